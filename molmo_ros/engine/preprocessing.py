@@ -96,8 +96,9 @@ class MolmoPreprocessor:
 
     Differences, all deliberate: `input_ids` are int64 even without an image (the reference gives
     int32 there, a numpy accident), and numpy inputs may also be grayscale HxW or RGBA HxWx4 (handled
-    as PIL's convert("RGB") would). `device` only chooses where the resize and normalization run; CPU
-    is bit-exact with the reference, a GPU differs by float rounding (~1e-6).
+    as PIL's convert("RGB") would). `device` only chooses where the resize, normalization and patch
+    cutting run (results come back as numpy either way); CPU is bit-exact with the reference, a GPU's
+    resize kernel may round differently.
     """
 
     def __init__(
