@@ -7,11 +7,12 @@ profile in the environment of BOTH the camera driver and this node (see README):
     export FASTDDS_DEFAULT_PROFILES_FILE=$(ros2 pkg prefix molmo_ros)/share/molmo_ros/config/fastdds_large_images.xml
 """
 
-from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchContext, LaunchDescription
 
 # Launch argument -> node parameter it overrides when not empty.
 OVERRIDES = {

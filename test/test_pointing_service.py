@@ -191,7 +191,10 @@ def test_requests_beyond_the_queue_are_busy_and_all_get_answers(make_harness):
     engine = ScriptedEngine(hold=True)
     harness = make_harness(engine, queue_size=2)
     harness.put(make_frame("front", harness.clock.now_ns))
-    submit = lambda: harness.service.submit(PointingRequest(query="cup"))  # noqa: E731
+
+    def submit():
+        return harness.service.submit(PointingRequest(query="cup"))
+
     running = submit()
     assert engine.wait_started()
     waiting = [submit(), submit()]

@@ -34,6 +34,7 @@ from molmo_ros.pointing.service import (
     PointingService,
     PointingSettings,
 )
+from molmo_ros.prompts import POINT_ALL_TEMPLATE, POINT_TEMPLATE, QUERY_PLACEHOLDER, make_point_prompt
 from molmo_ros.srv import Point
 
 QOS_CHOICES = ("sensor_data", "reliable")
@@ -76,10 +77,9 @@ class PointerNode(Node):
         settings = PointingSettings(
             cameras=tuple(camera_names),
             default_camera=self._default_camera(camera_names),
-            prompt_template=self._declare("prompt_template", "Point to the {query}", _described(
-                "Prompt sent to the model; {query} is replaced by the query. "
-                "'Point to the {query}' points at one thing; "
-                "'pointing: Point to all occurrences of \"{query}\"' points at every one.")),
+            prompt_template=self._declare("prompt_template", POINT_TEMPLATE, _described(
+                f"Prompt sent to the model; {QUERY_PLACEHOLDER} is replaced by the query. "
+                f"'{POINT_TEMPLATE}' points at one thing; '{POINT_ALL_TEMPLATE}' points at every one.")),
             max_query_length=self._declare("max_query_length", 200, _described(
                 "Longest accepted query, in characters.",
                 integer_range=[IntegerRange(from_value=1, to_value=2000, step=1)])),
@@ -90,8 +90,7 @@ class PointerNode(Node):
                 "Requests that may wait while the model is busy; more are answered 'busy'.",
                 integer_range=[IntegerRange(from_value=1, to_value=64, step=1)])),
         )
-        if "{query}" not in settings.prompt_template:
-            raise ValueError(f"parameter prompt_template must contain {{query}}: {settings.prompt_template!r}")
+        make_point_prompt(settings.prompt_template, "check")  # refuses a template without the placeholder now
         engine_settings = self._declare_engine_parameters()
         self.frames = LatestFrames()
         self._log_error = _ThrottledErrorLog(self)
@@ -125,10 +124,10 @@ class PointerNode(Node):
         return self.declare_parameter(name, default, descriptor).value
 
     def _declare_cameras(self) -> list[str]:
-        names = self._declare("cameras", ["camera"], _described(
+        names = self._declare("camera_names", ["camera"], _described(
             "Names of the cameras to listen to; each has cameras.<name>.topic and cameras.<name>.compressed."))
         if not names or len(set(names)) != len(names) or not all(names):
-            raise ValueError(f"parameter cameras must list distinct, non-empty names: {names!r}")
+            raise ValueError(f"parameter camera_names must list distinct, non-empty names: {names!r}")
         self._camera_qos = self._declare("qos", "sensor_data", _described(
             f"QoS of the camera subscriptions: one of {', '.join(QOS_CHOICES)}. Depth is always 1: "
             "only the newest frame matters.", additional_constraints=f"one of {', '.join(QOS_CHOICES)}"))
@@ -138,9 +137,9 @@ class PointerNode(Node):
 
     def _default_camera(self, camera_names: Sequence[str]) -> str:
         default = self._declare("default_camera", "", _described(
-            "Camera used when a request names none; empty means the first of cameras."))
+            "Camera used when a request names none; empty means the first of camera_names."))
         if default and default not in camera_names:
-            raise ValueError(f"parameter default_camera {default!r} is not one of cameras {list(camera_names)}")
+            raise ValueError(f"parameter default_camera {default!r} is not one of camera_names {list(camera_names)}")
         return default or camera_names[0]
 
     def _declare_engine_parameters(self) -> dict[str, object]:

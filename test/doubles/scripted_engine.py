@@ -40,9 +40,8 @@ class ScriptedEngine:
         with self._lock:
             self.calls.append(ScriptedCall(image=image.copy(), prompts=list(prompts)))
         self._started.release()
-        if self.hold:
-            if not self._release.acquire(timeout=30):
-                raise TimeoutError("ScriptedEngine was never released")
+        if self.hold and not self._release.acquire(timeout=30):
+            raise TimeoutError("ScriptedEngine was never released")
         if self.delay_s:
             time.sleep(self.delay_s)
         return ScriptedAnswer(texts=[self.answer(prompt, image) for prompt in prompts])

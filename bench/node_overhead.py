@@ -1,0 +1,170 @@
+"""What the ROS layer costs on top of the model: prints figures, asserts nothing.
+
+    .venv/bin/python bench/node_overhead.py [--calls 200] [--stream-seconds 10]
+
+The pointer node runs in its own process with a zero-cost engine (it answers at once), so every
+millisecond measured is node, DDS and conversion cost. For 640x480 and 1920x1080 rgb8 frames
+streamed at 30 Hz it prints the service round trip and the node overhead (round trip minus the
+engine's time) as p50/p95, then the CPU the node process spends just taking a 30 Hz stream.
+DDS stays on this machine; the shipped Fast DDS profile is used unless --no-profile.
+"""
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ZeroCostAnswer:
+    texts: list[str]
+
+
+class ZeroCostEngine:
+    """Answers at once with one point, so the node's own cost is all that is left."""
+
+    def generate(self, image: np.ndarray, prompts: Sequence[str]) -> ZeroCostAnswer:
+        return ZeroCostAnswer(texts=['<point x="50.0" y="50.0" alt="thing">thing</point>'] * len(prompts))
+
+
+def serve() -> None:
+    """Child process: the real pointer node with the zero-cost engine, until SIGTERM."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    from molmo_ros.nodes.pointer import PointerNode
+
+    rclpy.init()
+    node = PointerNode(engine=ZeroCostEngine())
+    executor = MultiThreadedExecutor(num_threads=node.executor_threads)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        frames = node.frames.get_with_sequence("camera")[1]
+        print(f"frames received: {frames}", flush=True)
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def measure(width: int, height: int, calls: int, stream_seconds: float, env: dict[str, str]) -> dict[str, float]:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    from molmo_ros.image_conversion import rgb_to_raw
+    from molmo_ros.srv import Point
+
+    child = subprocess.Popen([sys.executable, __file__, "--serve"], env=env, stdout=subprocess.PIPE, text=True)
+    rclpy.init()
+    client_node = rclpy.create_node("overhead_bench")
+    publisher = client_node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
+    client = client_node.create_client(Point, "/molmo/point")
+    rgb = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    data, step = rgb_to_raw(rgb)
+    message = Image(height=height, width=width, encoding="rgb8", step=step, data=data, header=Header(frame_id="cam"))
+    stop = threading.Event()
+    published = [0]
+
+    def stream() -> None:
+        period = 1 / 30
+        next_time = time.monotonic()
+        while not stop.is_set():
+            message.header.stamp = client_node.get_clock().now().to_msg()
+            publisher.publish(message)
+            published[0] += 1
+            next_time += period
+            time.sleep(max(0.0, next_time - time.monotonic()))
+
+    executor = SingleThreadedExecutor()
+    executor.add_node(client_node)
+    streamer = threading.Thread(target=stream, daemon=True)
+    try:
+        if not client.wait_for_service(timeout_sec=60):
+            raise RuntimeError("the pointer node did not come up")
+        streamer.start()
+        round_trips, overheads = [], []
+        for index in range(calls + 10):
+            started = time.perf_counter()
+            future = client.call_async(Point.Request(query="thing"))
+            executor.spin_until_future_complete(future, timeout_sec=10)
+            elapsed = time.perf_counter() - started
+            response = future.result()
+            if response is None or not response.success:
+                time.sleep(0.05)  # the first frames may not have arrived yet
+                continue
+            if index >= 10:
+                round_trips.append(elapsed * 1000)
+                overheads.append((elapsed - response.result.model_seconds) * 1000)
+        before = cpu_seconds(child.pid)
+        time.sleep(stream_seconds)
+        cpu = (cpu_seconds(child.pid) - before) / stream_seconds * 100
+    finally:
+        stop.set()
+        child.terminate()
+        output, _ = child.communicate(timeout=20)
+        client_node.destroy_node()
+        rclpy.try_shutdown()
+    frames = int(output.rsplit("frames received:", 1)[1].split()[0]) if "frames received:" in output else -1
+    return {
+        "calls": len(round_trips),
+        "rt_p50": statistics.median(round_trips), "rt_p95": percentile(round_trips, 0.95),
+        "ov_p50": statistics.median(overheads), "ov_p95": percentile(overheads, 0.95),
+        "stream_cpu_percent": cpu, "frames": f"{frames}/{published[0]}",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--stream-seconds", type=float, default=10.0)
+    parser.add_argument("--no-profile", action="store_true", help="leave Fast DDS at its defaults")
+    args = parser.parse_args()
+    if args.serve:
+        serve()
+        return
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               ROS_DOMAIN_ID=os.environ.get("ROS_DOMAIN_ID", str(random.randint(1, 101))))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    if not args.no_profile:
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(REPO_ROOT / "config" / "fastdds_large_images.xml")
+    os.environ.update(env)
+    print(f"node overhead, zero-cost engine, {os.cpu_count()} CPUs, "
+          f"Fast DDS profile: {env.get('FASTDDS_DEFAULT_PROFILES_FILE', 'none')}")
+    print(f"{'frame':>10} {'calls':>5} {'round trip p50/p95 ms':>22} {'overhead p50/p95 ms':>20} "
+          f"{'30 Hz stream CPU':>17} {'frames taken/sent':>18}")
+    for width, height in ((640, 480), (1920, 1080)):
+        r = measure(width, height, args.calls, args.stream_seconds, env)
+        print(f"{width}x{height:<5} {r['calls']:>5} {r['rt_p50']:>10.2f} / {r['rt_p95']:<9.2f} "
+              f"{r['ov_p50']:>9.2f} / {r['ov_p95']:<8.2f} {r['stream_cpu_percent']:>13.0f} %  {r['frames']:>18}")
+
+
+if __name__ == "__main__":
+    main()

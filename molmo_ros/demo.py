@@ -1,0 +1,136 @@
+"""`molmo-demo`: the whole product in one command.
+
+Starts the bundled image folder publisher and the pointer node as their own processes, asks the
+node to point at something over its service, and prints the points. DDS traffic stays on this
+machine unless the caller already chose otherwise.
+"""
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.client import Client
+from rclpy.node import Node
+
+from molmo_ros.resources import share_dir
+from molmo_ros.srv import Point
+
+EXIT_NODE_FAILED = 3
+
+
+def _environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))
+    env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(share_dir() / "config" / "fastdds_large_images.xml"))
+    return env
+
+
+def _start(module: str, ros_args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *ros_args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _stop(process: subprocess.Popen) -> str:
+    if process.poll() is None:
+        process.terminate()
+    try:
+        output, _ = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    return output or ""
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="molmo-demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--query", default="red mug", help="what to point at (default: %(default)s)")
+    parser.add_argument("--model", default="", help="model id or local checkpoint directory "
+                        "(default: $MOLMO_MODEL, else allenai/MolmoE-1B-0924)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--images", type=Path, default=None, help="folder of images to publish "
+                        "(default: the bundled samples)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the model to load")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    env = _environment()
+    os.environ.update(env)
+    config = share_dir() / "config" / "pointer.yaml"
+    camera_args = ["-p", "rate:=5.0"] + (["-p", f"folder:={args.images}"] if args.images else [])
+    pointer_args = ["--params-file", str(config), "-p", f"engine.device:={args.device}"]
+    if args.model:
+        pointer_args += ["-p", f"engine.model:={args.model}"]
+    camera = _start("molmo_ros.nodes.image_folder_publisher", camera_args, env)
+    pointer = _start("molmo_ros.nodes.pointer", pointer_args, env)
+    try:
+        return _query(args, pointer)
+    finally:
+        pointer_log = _stop(pointer)
+        camera_log = _stop(camera)
+        if os.environ.get("MOLMO_DEMO_VERBOSE"):
+            print(f"--- pointer log ---\n{pointer_log}--- camera log ---\n{camera_log}", file=sys.stderr)
+
+
+def _query(args: argparse.Namespace, pointer: subprocess.Popen) -> int:
+    rclpy.init()
+    node = rclpy.create_node("molmo_demo_client")
+    try:
+        client = node.create_client(Point, "/molmo/point")
+        print(f"waiting for /molmo/point (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}) while the model loads ...")
+        deadline = time.monotonic() + args.timeout
+        while not client.wait_for_service(timeout_sec=0.5):
+            if pointer.poll() is not None:
+                print(f"the pointer node stopped before it was ready:\n{_stop(pointer)}", file=sys.stderr)
+                return EXIT_NODE_FAILED
+            if time.monotonic() > deadline:
+                print(f"the pointer node was not ready after {args.timeout:g} s", file=sys.stderr)
+                return EXIT_NODE_FAILED
+        response = _call(node, client, Point.Request(query=args.query), deadline)
+        if response is None:
+            print("no answer from /molmo/point", file=sys.stderr)
+            return EXIT_NODE_FAILED
+        _print_response(args.query, response)
+        return 0 if response.success else 1
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def _call(node: Node, client: Client, request: Point.Request, deadline: float) -> Point.Response | None:
+    """Retries while no camera frame has arrived yet, which is normal in the first second."""
+    while time.monotonic() < deadline:
+        future = client.call_async(request)
+        rclpy.spin_until_future_complete(node, future, timeout_sec=max(1.0, deadline - time.monotonic()))
+        response = future.result()
+        if response is None or response.error_code != Point.Response.NO_FRAME:
+            return response
+        time.sleep(0.2)
+    return None
+
+
+def _print_response(query: str, response: Point.Response) -> None:
+    result = response.result
+    if not response.success:
+        print(f"query {query!r} failed: {response.message}")
+        return
+    print(f"query: {query!r}  prompt: {result.prompt!r}")
+    print(f"frame: {result.header.frame_id} stamp {result.header.stamp.sec}.{result.header.stamp.nanosec:09d} "
+          f"{result.image_width}x{result.image_height}, frame age {result.frame_age_seconds * 1000:.0f} ms, "
+          f"model {result.model_seconds * 1000:.0f} ms")
+    print(f"model answer: {result.raw_text!r}")
+    if not result.points:
+        print(f"no points ({response.message})")
+    for point, label in zip(result.points, result.labels, strict=True):
+        print(f"  {label}: x={point.x:.1f} y={point.y:.1f} (pixels)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Helpers for tests that exchange real DDS messages with a node in this process or another one."""
+
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.publisher import Publisher
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+from molmo_ros.image_conversion import rgb_to_raw
+from molmo_ros.msg import PointingResult
+from molmo_ros.srv import Point
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def stamp(nanoseconds: int) -> Time:
+    seconds, rest = divmod(nanoseconds, 1_000_000_000)
+    return Time(sec=seconds, nanosec=rest)
+
+
+def image_message(rgb: np.ndarray, stamp_ns: int, frame_id: str, encoding: str = "rgb8") -> Image:
+    data, step = rgb_to_raw(rgb, encoding)
+    return Image(header=Header(stamp=stamp(stamp_ns), frame_id=frame_id), height=rgb.shape[0], width=rgb.shape[1],
+                 encoding=encoding, is_bigendian=0, step=step, data=data)
+
+
+def jpeg_message(rgb: np.ndarray, stamp_ns: int, frame_id: str) -> CompressedImage:
+    import cv2
+
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    assert ok
+    return CompressedImage(header=Header(stamp=stamp(stamp_ns), frame_id=frame_id), format="jpeg",
+                           data=jpeg.tobytes())
+
+
+class Spinner:
+    """Spins nodes on a background executor until closed."""
+
+    def __init__(self, *nodes: Node, threads: int = 4) -> None:
+        self.executor = MultiThreadedExecutor(num_threads=threads)
+        for node in nodes:
+            self.executor.add_node(node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self._thread.join(timeout=10)
+
+
+class TestClient(Node):
+    """The user's side: camera publishers, a Point client and a /molmo/points listener."""
+
+    __test__ = False
+
+    def __init__(self, namespace: str = "/molmo") -> None:
+        super().__init__("test_client")
+        self.client = self.create_client(Point, f"{namespace}/point")
+        self.results: list[PointingResult] = []
+        self._results_lock = threading.Lock()
+        self.create_subscription(PointingResult, f"{namespace}/points", self._on_result, 50)
+
+    def _on_result(self, message: PointingResult) -> None:
+        with self._results_lock:
+            self.results.append(message)
+
+    def received(self) -> list[PointingResult]:
+        with self._results_lock:
+            return list(self.results)
+
+    def call(self, request: Point.Request, timeout: float = 20.0) -> Point.Response:
+        assert self.client.wait_for_service(timeout_sec=timeout), "the Point service never appeared"
+        future = self.client.call_async(request)
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        assert done.wait(timeout), "no answer from the Point service"
+        return future.result()
+
+    def point(self, query: str, camera: str = "", image: Image | None = None, timeout: float = 20.0) -> Point.Response:
+        return self.call(Point.Request(query=query, camera=camera, image=image or Image()), timeout)
+
+
+def publish_until(publisher: Publisher, message_factory: Callable[[], object], condition: Callable[[], bool],
+                  timeout: float = 10.0) -> bool:
+    """Publishes until the condition holds: discovery takes a moment and best-effort may drop the first ones."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        publisher.publish(message_factory())
+        if wait_until(condition, timeout=0.1):
+            return True
+    return False
