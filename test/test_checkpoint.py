@@ -1,0 +1,245 @@
+"""Checkpoint sources, formats, the converted-weights cache and the errors when weights are missing.
+
+The tiny reference checkpoint (reference key names, safetensors) is re-written here in the other
+layouts the engine must accept; every layout must give exactly the same model parameters.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from molmo_ros.engine import checkpoint
+from molmo_ros.engine.errors import IncompatibleCheckpointError, WeightsNotFoundError
+
+CPU = torch.device("cpu")
+FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="module")
+def reference_tensors(tiny_model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(tiny_model_dir / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def fp32_parameters(tiny_model_dir: Path) -> dict[str, torch.Tensor]:
+    model = checkpoint.load_model(checkpoint.resolve_checkpoint(str(tiny_model_dir)), CPU, torch.float32)
+    return {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+
+
+def _metadata_only_copy(tiny_model_dir: Path, target: Path) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in checkpoint.METADATA_FILES:
+        if (tiny_model_dir / name).is_file():
+            shutil.copyfile(tiny_model_dir / name, target / name)
+    return target
+
+
+def _split(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    names = sorted(tensors)
+    half = len(names) // 2
+    return [{name: tensors[name] for name in names[:half]}, {name: tensors[name] for name in names[half:]}]
+
+
+def _write_index(directory: Path, index_name: str, shards: dict[str, dict[str, torch.Tensor]]) -> None:
+    weight_map = {name: file for file, tensors in shards.items() for name in tensors}
+    (directory / index_name).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def _assert_same_parameters(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    loaded = dict(model.named_parameters())
+    assert loaded.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(loaded[name], tensor), name
+
+
+def _load(directory: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    return checkpoint.load_model(checkpoint.resolve_checkpoint(str(directory)), CPU, dtype)
+
+
+def test_local_safetensors_directory_loads_every_parameter(tiny_model_dir, reference_tensors):
+    source = checkpoint.resolve_checkpoint(str(tiny_model_dir))
+    assert source.revision is None and source.weights.format == "safetensors"
+    model = checkpoint.load_model(source, CPU, torch.float32)
+    assert not any(p.is_meta for p in model.parameters()) and not any(b.is_meta for b in model.buffers())
+    assert not model.training
+    # Spot-check the mapping independently of key_mapping: the untied head and the final norm are renames.
+    assert torch.equal(model.lm_head.weight, reference_tensors["lm_head.weight"])
+    assert torch.equal(model.llm.norm.weight, reference_tensors["model.transformer.ln_f.weight"])
+
+
+def test_pytorch_bin_single_file(tmp_path, tiny_model_dir, reference_tensors, fp32_parameters):
+    directory = _metadata_only_copy(tiny_model_dir, tmp_path / "bin")
+    torch.save(reference_tensors, directory / "pytorch_model.bin")
+    source = checkpoint.resolve_checkpoint(str(directory))
+    assert source.weights.format == "torch"
+    _assert_same_parameters(checkpoint.load_model(source, CPU, torch.float32), fp32_parameters)
+
+
+def test_pytorch_bin_sharded_with_index(tmp_path, tiny_model_dir, reference_tensors, fp32_parameters):
+    directory = _metadata_only_copy(tiny_model_dir, tmp_path / "bin_sharded")
+    shards = {
+        f"pytorch_model-0000{i + 1}-of-00002.bin": part for i, part in enumerate(_split(reference_tensors))
+    }
+    for file, tensors in shards.items():
+        torch.save(tensors, directory / file)
+    _write_index(directory, checkpoint.TORCH_INDEX, shards)
+    source = checkpoint.resolve_checkpoint(str(directory))
+    assert len(source.weights.paths) == 2
+    _assert_same_parameters(checkpoint.load_model(source, CPU, torch.float32), fp32_parameters)
+
+
+def test_safetensors_sharded_with_index(tmp_path, tiny_model_dir, reference_tensors, fp32_parameters):
+    directory = _metadata_only_copy(tiny_model_dir, tmp_path / "st_sharded")
+    shards = {
+        f"model-0000{i + 1}-of-00002.safetensors": part for i, part in enumerate(_split(reference_tensors))
+    }
+    for file, tensors in shards.items():
+        save_file(tensors, directory / file)
+    _write_index(directory, checkpoint.SAFETENSORS_INDEX, shards)
+    _assert_same_parameters(_load(directory), fp32_parameters)
+
+
+def test_bin_holding_code_is_refused_not_unpickled(tmp_path, tiny_model_dir):
+    directory = _metadata_only_copy(tiny_model_dir, tmp_path / "evil")
+    torch.save(
+        {"lm_head.weight": torch.zeros(2), "payload": Path("/etc/passwd")}, directory / "pytorch_model.bin"
+    )
+    with pytest.raises(IncompatibleCheckpointError, match="weights_only"):
+        _load(directory)
+
+
+@pytest.mark.parametrize("change", ["missing", "extra"])
+def test_checkpoint_with_wrong_keys_is_incompatible(tmp_path, tiny_model_dir, reference_tensors, change):
+    directory = _metadata_only_copy(tiny_model_dir, tmp_path / change)
+    tensors = dict(reference_tensors)
+    if change == "missing":
+        del tensors["model.transformer.blocks.0.attn.att_proj.weight"]
+    else:
+        tensors["model.transformer.blocks.0.attn.surprise.weight"] = torch.zeros(3)
+    save_file(tensors, directory / "model.safetensors")
+    with pytest.raises(IncompatibleCheckpointError, match="att_proj" if change == "missing" else "surprise"):
+        _load(directory)
+
+
+def test_missing_directory_names_the_path_and_the_fix(tmp_path):
+    missing = tmp_path / "no" / "such" / "checkpoint"
+    with pytest.raises(WeightsNotFoundError) as raised:
+        checkpoint.resolve_checkpoint(str(missing))
+    message = str(raised.value)
+    assert str(missing) in message
+    assert "--model" in message and "engine.model" in message and checkpoint.MODEL_ENV_VAR in message
+
+
+def test_directory_without_weights_says_so(tmp_path, tiny_model_dir):
+    directory = _metadata_only_copy(tiny_model_dir, tmp_path / "config_only")
+    with pytest.raises(WeightsNotFoundError, match="no weight files"):
+        checkpoint.resolve_checkpoint(str(directory))
+
+
+def test_hub_id_offline_with_empty_cache_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError) as raised:
+        checkpoint.resolve_checkpoint(checkpoint.DEFAULT_MODEL_ID, checkpoint.DEFAULT_REVISION)
+    message = str(raised.value)
+    for expected in (
+        checkpoint.DEFAULT_MODEL_ID,
+        checkpoint.DEFAULT_REVISION,
+        "HF_HUB_OFFLINE",
+        "HF_HOME",
+        "--model",
+        checkpoint.MODEL_ENV_VAR,
+        str(tmp_path / "hf" / "hub"),
+    ):
+        assert expected in message
+
+
+def test_hub_id_found_in_the_hf_cache_while_offline(tmp_path, monkeypatch, tiny_model_dir, fp32_parameters):
+    snapshot = tmp_path / "hf" / "hub" / "models--acme--tiny-molmo" / "snapshots" / FAKE_COMMIT
+    snapshot.mkdir(parents=True)
+    for file in tiny_model_dir.iterdir():
+        (snapshot / file.name).symlink_to(file)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = checkpoint.resolve_checkpoint("acme/tiny-molmo", FAKE_COMMIT)
+    assert source.directory == snapshot and source.revision == FAKE_COMMIT
+    _assert_same_parameters(checkpoint.load_model(source, CPU, torch.float32), fp32_parameters)
+
+
+def test_bfloat16_cache_is_built_once_then_loaded_directly(
+    tmp_path, monkeypatch, tiny_model_dir, fp32_parameters
+):
+    cache_root = tmp_path / "cache"
+    first = checkpoint.load_checkpoint(str(tiny_model_dir), None, CPU, torch.bfloat16, cache_dir=cache_root)
+    (entry,) = [path for path in cache_root.iterdir() if not path.name.startswith(".")]
+    assert first.files_dir == entry
+    manifest = json.loads((entry / checkpoint.CACHE_MANIFEST).read_text())
+    assert manifest["identity"]["dtype"] == "bfloat16"
+    assert manifest["identity"]["source"]["model"] == str(tiny_model_dir)
+    assert (entry / "config.json").is_file() and (entry / "tokenizer.json").is_file()
+    # The cache holds exactly the fp32 weights rounded to bfloat16, in our key names.
+    _assert_same_parameters(first.model, {k: v.to(torch.bfloat16) for k, v in fp32_parameters.items()})
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(checkpoint, "convert_reference_state_dict", no_conversion)
+    monkeypatch.setattr(checkpoint, "load_reference_weights", no_conversion)
+    second = checkpoint.load_checkpoint(str(tiny_model_dir), None, CPU, torch.bfloat16, cache_dir=cache_root)
+    assert second.files_dir == entry
+    _assert_same_parameters(second.model, dict(first.model.named_parameters()))
+
+
+def test_cached_bfloat16_model_computes_like_the_fp32_model(tmp_path, tiny_model_dir, reference_dir):
+    case = load_file(reference_dir / "preprocess" / "case_00.safetensors")
+    inputs = dict(
+        input_ids=case["input_ids"].long()[None],
+        images=case["images"][None],
+        image_masks=case["image_masks"][None],
+        image_input_idx=case["image_input_idx"][None],
+    )
+    fp32 = _load(tiny_model_dir)
+    cached = checkpoint.load_checkpoint(
+        str(tiny_model_dir), None, CPU, torch.bfloat16, cache_dir=tmp_path
+    ).model
+    with torch.inference_mode():
+        expected = fp32(**inputs).logits[0, -8:]
+        actual = cached(**inputs).logits[0, -8:].float()
+    scale = expected.abs().max()
+    assert (actual - expected).abs().max() < 0.05 * scale
+    assert (actual.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.75
+
+
+def test_cache_is_rebuilt_when_the_local_weights_change(tmp_path, tiny_model_dir):
+    directory = shutil.copytree(tiny_model_dir, tmp_path / "tiny_copy")
+    cache_root = tmp_path / "cache"
+    checkpoint.load_checkpoint(str(directory), None, CPU, torch.bfloat16, cache_dir=cache_root)
+    weights = directory / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    checkpoint.load_checkpoint(str(directory), None, CPU, torch.bfloat16, cache_dir=cache_root)
+    entries = [path for path in cache_root.iterdir() if not path.name.startswith(".")]
+    assert len(entries) == 2
+
+
+def test_float32_skips_the_cache(tmp_path, tiny_model_dir):
+    loaded = checkpoint.load_checkpoint(
+        str(tiny_model_dir), None, CPU, torch.float32, cache_dir=tmp_path / "c"
+    )
+    assert loaded.files_dir == tiny_model_dir
+    assert not (tmp_path / "c").exists()
+
+
+def test_cache_root_defaults(monkeypatch, tmp_path):
+    monkeypatch.delenv(checkpoint.CACHE_DIR_ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert checkpoint.weights_cache_root() == tmp_path / "xdg" / "molmo_ros"
+    monkeypatch.setenv(checkpoint.CACHE_DIR_ENV_VAR, str(tmp_path / "env"))
+    assert checkpoint.weights_cache_root() == tmp_path / "env"
+    assert checkpoint.weights_cache_root(tmp_path / "explicit") == tmp_path / "explicit"
