@@ -1,0 +1,126 @@
+"""Greedy decoding with a KV cache: one prefill over the prompt(s), then one token per step.
+
+Semantics follow the reference `generate_from_batch` (FACTS.md 5.4): prompts are right-padded with -1,
+positions count only real tokens, the padding stays masked for the whole generation, images are only
+used in the prefill. Per step the only host synchronisation is the "all rows finished?" check.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from molmo_ros.engine.modeling import PADDING_ID, MolmoEForPointing, position_ids_from_mask
+
+
+@dataclass
+class GenerationTimings:
+    """Seconds per stage, measured after a device synchronisation so GPU work is attributed correctly."""
+
+    vision_s: float = 0.0  # 0 when the caller passed already-encoded image features
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    new_tokens: int = 0  # decode steps run (the longest row's count, EOS included)
+
+
+@dataclass
+class GenerationOutput:
+    token_ids: list[list[int]]  # new tokens per row, EOS and anything after it excluded
+    finished: list[bool]  # the row produced EOS within max_new_tokens
+    timings: GenerationTimings = field(default_factory=GenerationTimings)
+
+
+class _StageClock:
+    """Wall-clock stage boundaries that wait for queued GPU work first."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self._synchronize()
+        self._last = time.perf_counter()
+
+    def lap(self) -> float:
+        self._synchronize()
+        now = time.perf_counter()
+        elapsed, self._last = now - self._last, now
+        return elapsed
+
+
+@torch.inference_mode()
+def greedy_generate(
+    model: MolmoEForPointing,
+    input_ids: torch.Tensor,
+    image_features: torch.Tensor | None = None,
+    image_input_idx: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int,
+    eos_token_id: int,
+    images: torch.Tensor | None = None,
+    image_masks: torch.Tensor | None = None,
+) -> GenerationOutput:
+    """Greedy continuation of each row of input_ids [B, T] (right-padded with -1).
+
+    Image input is either image_features [B or 1, N, tokens, d] from model.encode_images (a batch of 1 is
+    one image shared by all B prompts, encoded once), or raw images/image_masks which are encoded here and
+    timed as vision_s. image_input_idx [B or 1, N, tokens] says where features are added.
+    """
+    if image_features is not None and images is not None:
+        raise ValueError("pass either image_features or images, not both")
+    device = model.device
+    input_ids = input_ids.to(device)
+    batch, prompt_len = input_ids.shape
+    clock = _StageClock(device)
+    timings = GenerationTimings()
+    if images is not None:
+        image_features = model.encode_images(images.to(device), image_masks.to(device))
+        timings.vision_s = clock.lap()
+    if image_input_idx is not None:
+        image_input_idx = image_input_idx.to(device)
+
+    is_token = input_ids != PADDING_ID
+    prompt_lengths = is_token.sum(dim=-1)
+    has_padding = bool((prompt_lengths != prompt_len).any())
+    # Preallocated so each step takes a view instead of concatenating; new tokens are never padding.
+    attention_mask = torch.ones(batch, prompt_len + max_new_tokens, dtype=torch.long, device=device)
+    attention_mask[:, :prompt_len] = is_token
+    positions = position_ids_from_mask(is_token)
+    cache = DynamicCache(config=model.llm.config)
+
+    hidden = model.llm(
+        inputs_embeds=model.embed_inputs(input_ids, image_features, image_input_idx),
+        attention_mask=attention_mask[:, :prompt_len] if has_padding else None,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state
+    rows = torch.arange(batch, device=device)
+    next_tokens = model.lm_head(hidden[rows, prompt_lengths - 1]).argmax(dim=-1)
+    next_positions = prompt_lengths.unsqueeze(-1)  # the last real token sat at prompt_length - 1
+    timings.prefill_s = clock.lap()
+
+    generated = [next_tokens]
+    finished = next_tokens == eos_token_id
+    for step in range(1, max_new_tokens):
+        if bool(finished.all()):
+            break
+        hidden = model.llm(
+            inputs_embeds=model.embed_inputs(next_tokens.unsqueeze(-1)),
+            attention_mask=attention_mask[:, : prompt_len + step] if has_padding else None,
+            position_ids=next_positions,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        next_tokens = model.lm_head(hidden[:, -1]).argmax(dim=-1)
+        next_positions = next_positions + 1
+        generated.append(next_tokens)
+        finished = finished | (next_tokens == eos_token_id)
+
+    tokens = torch.stack(generated, dim=1).tolist()
+    timings.decode_s = clock.lap()
+    timings.new_tokens = len(generated)
+    token_ids = [row[: row.index(eos_token_id)] if eos_token_id in row else row for row in tokens]
+    return GenerationOutput(
+        token_ids=token_ids, finished=[eos_token_id in row for row in tokens], timings=timings
+    )
