@@ -83,9 +83,9 @@ def raw_to_rgb(
     rows = buffer[: step * height].reshape(height, step)[:, :row_bytes]
     if channel_bytes == 2:
         # a native, contiguous copy: OpenCV misreads 16-bit rows whose step is not a multiple of 2
-        native = rows.view(">u2" if is_bigendian else "<u2").astype(np.uint16)
-        return cv2.cvtColor(_stretch_to_uint8(native), cv2.COLOR_GRAY2RGB)
-    pixels = rows.reshape(height, width, channels) if channels > 1 else rows
+        pixels = _stretch_to_uint8(rows.view(">u2" if is_bigendian else "<u2").astype(np.uint16))
+    else:
+        pixels = rows.reshape(height, width, channels) if channels > 1 else rows
     if to_rgb is None:
         return np.ascontiguousarray(pixels)
     return cv2.cvtColor(pixels, to_rgb)
