@@ -8,9 +8,10 @@ Two answer formats are understood:
 * Molmo2: ``<points alt="mugs" coords="1 1 500 300 2 600 400">mugs</points>``; ``coords`` holds frame
   groups separated by a tab (``html-v1``) or ``;`` (``html-v2``). Each group is a frame index (``1`` for a
   single image; a timestamp such as ``2.5`` for video) followed by (point index, x, y) triples with x, y in
-  per-mille (0-1000, written ``%03d``). Source: Molmo2's ``olmo/preprocessing/point_formatter.py``
-  (``UnifiedPointFormatter``). The frame index is not kept: the service points into one image, so the
-  points of every group are returned. Video ``<tracks>`` tags are not supported.
+  per-mille (0-1000, written ``%03d``). Source: ``UnifiedPointFormatter`` in the Molmo2 training code,
+  ``olmo/preprocessing/point_formatter.py`` (read in a public fork, tidalove/molmo2). The frame index
+  is not kept: the service points into one image, so the points of every group are returned. Video
+  ``<tracks>`` tags are not supported.
 
 Either may sit in prose ("Counting the <points ..>cups</points> shows a total of 2."), several tags per
 answer. Text without tags ("There are none.") is zero points and not malformed. A tag counts only when it
