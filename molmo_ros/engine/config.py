@@ -98,8 +98,12 @@ class MolmoConfig:
             if _field(d, name) != required:
                 raise _incompatible(name, f"is {d[name]!r}, only {required!r} is supported")
         vision = _field(d, "vision_backbone")
+
+        def vision_field(name: str) -> Any:
+            return _field(vision, name, "vision_backbone.")
+
         for name, required in _REQUIRED_VISION:
-            if _field(vision, name, "vision_backbone.") != required:
+            if vision_field(name) != required:
                 raise _incompatible(
                     f"vision_backbone.{name}", f"is {vision[name]!r}, only {required!r} is supported"
                 )
@@ -111,24 +115,24 @@ class MolmoConfig:
             raise _incompatible("head_dim", "must be d_model / n_heads")
         mlp_hidden = d.get("mlp_hidden_size") or int(_field(d, "mlp_ratio")) * d_model
 
-        vit_width, vit_heads = int(_field(vision, "image_emb_dim")), int(_field(vision, "image_num_heads"))
-        if _field(vision, "image_num_key_value_heads", "vision_backbone.") != vit_heads:
+        vit_width, vit_heads = int(vision_field("image_emb_dim")), int(vision_field("image_num_heads"))
+        if vision_field("image_num_key_value_heads") != vit_heads:
             raise _incompatible("vision_backbone.image_num_key_value_heads", "must equal image_num_heads")
-        if int(_field(vision, "image_head_dim", "vision_backbone.")) * vit_heads != vit_width:
+        if int(vision_field("image_head_dim")) * vit_heads != vit_width:
             raise _incompatible(
                 "vision_backbone.image_head_dim", "times image_num_heads must equal image_emb_dim"
             )
-        height, width = _field(vision, "image_default_input_size", "vision_backbone.")
-        patch = int(_field(vision, "image_patch_size", "vision_backbone."))
+        height, width = vision_field("image_default_input_size")
+        patch = int(vision_field("image_patch_size"))
         if height != width or height % patch:
             raise _incompatible(
                 "vision_backbone.image_default_input_size", "must be square and a multiple of the patch"
             )
-        if _field(vision, "image_pos_patch_size", "vision_backbone.") != patch:
+        if vision_field("image_pos_patch_size") != patch:
             raise _incompatible("vision_backbone.image_pos_patch_size", "must equal image_patch_size")
-        if _field(vision, "image_num_pos", "vision_backbone.") != (height // patch) ** 2 + 1:
+        if vision_field("image_num_pos") != (height // patch) ** 2 + 1:
             raise _incompatible("vision_backbone.image_num_pos", "must be the patch count plus one (CLS)")
-        vit_num_layers = int(_field(vision, "image_num_layers", "vision_backbone."))
+        vit_num_layers = int(vision_field("image_num_layers"))
         vit_layers = tuple(int(i) for i in _field(d, "vit_layers"))
         if not vit_layers or any(not -vit_num_layers <= i < vit_num_layers for i in vit_layers):
             raise _incompatible("vit_layers", f"must name blocks of the {vit_num_layers}-block ViT")
@@ -151,10 +155,10 @@ class MolmoConfig:
             pad_token_id=int(_field(d, "pad_token_id")),
             vit_width=vit_width,
             vit_heads=vit_heads,
-            vit_mlp_dim=int(_field(vision, "image_mlp_dim", "vision_backbone.")),
+            vit_mlp_dim=int(vision_field("image_mlp_dim")),
             vit_num_layers=vit_num_layers,
             vit_layers=vit_layers,
-            vit_norm_eps=float(_field(vision, "image_norm_eps", "vision_backbone.")),
+            vit_norm_eps=float(vision_field("image_norm_eps")),
             image_size=int(height),
             patch_size=patch,
             pooling_h=pooling_h,

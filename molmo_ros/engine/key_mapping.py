@@ -17,6 +17,7 @@ from torch import nn
 
 from molmo_ros.engine.config import MolmoConfig
 from molmo_ros.engine.errors import IncompatibleCheckpointError
+from molmo_ros.engine.modeling import MolmoEForPointing
 
 GetTensor = Callable[[str], torch.Tensor]
 _LLM = "model.transformer"
@@ -300,7 +301,7 @@ def convert_reference_state_dict(
 
 
 def load_reference_weights(
-    model: nn.Module,
+    model: MolmoEForPointing,
     get_tensor: GetTensor,
     names: Iterable[str],
     dtype: torch.dtype,
@@ -337,3 +338,20 @@ def load_reference_weights(
         raise IncompatibleCheckpointError(f"model parameters left without weights: {_listing(not_loaded)}")
     if any(buffer.is_meta for buffer in model.buffers()):
         model.init_non_persistent_buffers(last_device)
+
+
+def load_reference_model(
+    config: MolmoConfig,
+    get_tensor: GetTensor,
+    names: Iterable[str],
+    dtype: torch.dtype,
+    device: torch.device | str | None = None,
+    **model_options: str | None,
+) -> MolmoEForPointing:
+    """Build the model on the meta device and fill it from a reference checkpoint: no random init, and
+    the weights exist once, in dtype on device. model_options go to MolmoEForPointing (e.g.
+    experts_implementation)."""
+    with torch.device("meta"):
+        model = MolmoEForPointing(config, **model_options)
+    load_reference_weights(model, get_tensor, names, dtype, device)
+    return model
