@@ -191,7 +191,7 @@ def test_bfloat16_cache_is_built_once_then_loaded_directly(
         raise AssertionError("the cache should have been used")
 
     monkeypatch.setattr(checkpoint, "convert_reference_state_dict", no_conversion)
-    monkeypatch.setattr(checkpoint, "load_reference_weights", no_conversion)
+    monkeypatch.setattr(checkpoint, "load_reference_model", no_conversion)
     second = checkpoint.load_checkpoint(str(tiny_model_dir), None, CPU, torch.bfloat16, cache_dir=cache_root)
     assert second.files_dir == entry
     _assert_same_parameters(second.model, dict(first.model.named_parameters()))

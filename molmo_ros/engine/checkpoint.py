@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from molmo_ros.engine.config import MolmoConfig
 from molmo_ros.engine.errors import EngineOutOfMemoryError, IncompatibleCheckpointError, WeightsNotFoundError
-from molmo_ros.engine.key_mapping import convert_reference_state_dict, load_reference_weights
+from molmo_ros.engine.key_mapping import convert_reference_state_dict, load_reference_model
 from molmo_ros.engine.modeling import MolmoEForPointing
 
 log = logging.getLogger(__name__)
@@ -369,12 +369,12 @@ def build_meta_model(config_path: Path) -> tuple[MolmoConfig, MolmoEForPointing]
 
 def load_model(source: CheckpointSource, device: torch.device, dtype: torch.dtype) -> MolmoEForPointing:
     """Convert a reference checkpoint tensor by tensor into our model, in eval mode on `device`."""
-    _, model = build_meta_model(source.directory / "config.json")
+    config = MolmoConfig.from_json_file(source.directory / "config.json")
     with (
         out_of_memory_guard(device, f"loading {source.describe()}"),
         CheckpointReader(source.weights) as reader,
     ):
-        load_reference_weights(model, reader.get_tensor, reader.names, dtype, device)
+        model = load_reference_model(config, reader.get_tensor, reader.names, dtype, device)
     return model.eval()
 
 
