@@ -25,10 +25,10 @@ def assert_matches(actual: torch.Tensor, expected: torch.Tensor, name: str = "")
     torch.testing.assert_close(actual, expected, atol=atol, rtol=0, msg=lambda m: f"{name}: {m}")
 
 
-def load_tiny(tiny_model_dir: Path, dtype: torch.dtype) -> MolmoEForPointing:
+def load_tiny(tiny_model_dir: Path, dtype: torch.dtype, **model_options: str) -> MolmoEForPointing:
     config = MolmoConfig.from_json_file(tiny_model_dir / "config.json")
     with safe_open(tiny_model_dir / "model.safetensors", "pt") as checkpoint:
-        return load_reference_model(config, checkpoint.get_tensor, checkpoint.keys(), dtype)
+        return load_reference_model(config, checkpoint.get_tensor, checkpoint.keys(), dtype, **model_options)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +104,18 @@ def test_bfloat16_weights_stay_close_to_fp32_reference(tiny_model_dir, reference
     assert (logits[-8:] - golden["logits_last8"]).abs().max() < 0.25
     agreement = (logits.argmax(dim=-1) == golden["logits_top5_ids"][:, 0]).float().mean()
     assert agreement > 0.95
+
+
+@pytest.mark.parametrize("experts_implementation", ["eager", "batched_mm", "grouped_mm"])
+def test_every_experts_implementation_matches_reference(
+    tiny_model_dir, reference_dir, experts_implementation
+):
+    model = load_tiny(tiny_model_dir, torch.float32, experts_implementation=experts_implementation)
+    assert model.llm.config._experts_implementation == experts_implementation
+    golden = load_file(reference_dir / "model" / "forward_case_06.safetensors")
+    with torch.inference_mode():
+        logits = model(**model_inputs(reference_dir, "06")).logits[0]
+    assert_matches(logits[-8:], golden["logits_last8"], "logits_last8")
 
 
 def test_builds_real_size_model_on_meta_device(reference_dir):

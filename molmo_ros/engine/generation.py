@@ -69,7 +69,7 @@ def greedy_generate(
     if image_features is not None and images is not None:
         raise ValueError("pass either image_features or images, not both")
     device = model.device
-    input_ids = input_ids.to(device)
+    input_ids = input_ids.to(device=device, dtype=torch.long)
     batch, prompt_len = input_ids.shape
     clock = _StageClock(device)
     timings = GenerationTimings()
