@@ -259,18 +259,8 @@ def _llm_rules(config: MolmoConfig) -> list[_Rule]:
     return rules
 
 
-def conversion_rules(config: MolmoConfig) -> list[_Rule]:
+def _conversion_rules(config: MolmoConfig) -> list[_Rule]:
     return _vit_rules(config) + _connector_rules() + _llm_rules(config)
-
-
-def unused_reference_keys(config: MolmoConfig) -> set[str]:
-    """ViT blocks after the last one the connector reads: present in checkpoints, computed by the reference
-    and then discarded, so we neither load nor run them."""
-    return {
-        name
-        for block in range(config.vit_layers_to_run, config.vit_num_layers)
-        for name in _vit_block_shapes(config, block)
-    }
 
 
 def convert_reference_state_dict(
@@ -283,6 +273,8 @@ def convert_reference_state_dict(
     """Yield (our state_dict name, tensor in dtype on device) one at a time from a reference checkpoint.
 
     names: every key the checkpoint holds; missing or unexpected keys raise before anything is read.
+    ViT blocks after the last one the connector reads (block 22 of MolmoE) are expected but never read:
+    the reference computes them and throws the result away, so the model does not have them.
     device: None keeps each tensor where get_tensor put it.
     """
     check_reference_keys(names, config)
@@ -296,7 +288,7 @@ def convert_reference_state_dict(
             )
         return tensor.to(device=device, dtype=dtype)
 
-    for rule in conversion_rules(config):
+    for rule in _conversion_rules(config):
         yield from zip(rule.targets, rule.build(read), strict=True)
 
 
