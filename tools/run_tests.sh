@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Lint and test the project in its venv: tools/run_tests.sh [pytest arguments] (default: all of test/).
+# ROS participants started by the tests stay on this machine, in a random domain unless one is set.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${MOLMO_ROS_VENV:-$repo_root/.venv}"
+"$repo_root/tools/ensure_venv.sh"
+cd "$repo_root"
+
+export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$((RANDOM % 101 + 1))}"
+
+"$venv/bin/ruff" check .
+
+status=0
+"$venv/bin/python" -m pytest "$@" || status=$?
+if [[ $status -eq 5 ]]; then
+  echo "run_tests: pytest collected no tests" >&2
+fi
+exit "$status"
