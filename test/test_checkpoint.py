@@ -243,3 +243,16 @@ def test_cache_root_defaults(monkeypatch, tmp_path):
     monkeypatch.setenv(checkpoint.CACHE_DIR_ENV_VAR, str(tmp_path / "env"))
     assert checkpoint.weights_cache_root() == tmp_path / "env"
     assert checkpoint.weights_cache_root(tmp_path / "explicit") == tmp_path / "explicit"
+
+
+def test_hub_download_failure_online_is_weights_not_found(tmp_path, monkeypatch):
+    class FakeUnreachableHub:
+        def list_repo_files(self, repo_id, revision=None):
+            raise RuntimeError("Name or service not known")  # what an HTTP client raises varies
+
+    monkeypatch.setattr(checkpoint, "HfApi", FakeUnreachableHub)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(WeightsNotFoundError, match="could not be downloaded: RuntimeError: Name or service"):
+        checkpoint.resolve_checkpoint("acme/tiny-molmo", FAKE_COMMIT)

@@ -32,7 +32,6 @@ import torch
 from huggingface_hub import HfApi, constants, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
-    HfHubHTTPError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
@@ -298,7 +297,9 @@ def _hub_checkpoint(model_id: str, revision: str) -> CheckpointSource:
         reason = f"the Hugging Face repository {model_id} does not exist or needs access rights ({error})"
     except RevisionNotFoundError as error:
         reason = f"{model_id} has no revision {revision} ({error})"
-    except (HfHubHTTPError, OSError) as error:  # no network, DNS, timeouts, disk full
+    # Anything else is the network or the disk failing (DNS, timeouts, refused connections from the
+    # hub's HTTP client, HTTP errors, disk full); its types vary with huggingface_hub versions.
+    except Exception as error:
         reason = f"{model_id} at revision {revision} could not be downloaded: {type(error).__name__}: {error}"
     else:
         source = _snapshot_source(model_id, revision, Path(snapshot))
