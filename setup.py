@@ -35,7 +35,8 @@ def package_xml_version() -> str:
 
 def ros_prefixes() -> list[str]:
     """Prefixes holding the ROS CMake packages: this venv, and pip's isolated build environment if any."""
-    candidates = [Path(sys.prefix)] + [Path(entry).parents[2] for entry in sys.path if entry.endswith("site-packages")]
+    site_dirs = [Path(entry) for entry in sys.path if entry.endswith("site-packages")]
+    candidates = [Path(sys.prefix)] + [site_dir.parents[2] for site_dir in site_dirs]
     prefixes: list[str] = []
     for candidate in candidates:
         if (candidate / "share" / "ament_cmake" / "cmake").is_dir() and str(candidate) not in prefixes:
