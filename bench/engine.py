@@ -1,0 +1,205 @@
+"""Where the engine's time goes, stage by stage: prints figures, asserts nothing.
+
+    .venv/bin/python bench/engine.py                 # (a) the tiny reference model on CPU
+    .venv/bin/python bench/engine.py --full-random   # (b) real MolmoE-1B shape, random bf16 weights, CUDA
+
+For 640x480 and 1920x1080 frames it runs one prompt, then 8 prompts on the same frame, with every
+answer forced to --tokens tokens (EOS ignored), and prints the median over --runs timed runs (after
+--warmup untimed ones) of preprocess, vision, prefill and decode time, the tokens generated and the
+decode time per step. (b) needs no weights: it builds the real configuration (real_config.json of
+the reference data, or --config) with random weights, so the figures are the real model's cost,
+not its answers. It refuses to run without CUDA: on CPU the full model would take minutes per frame.
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from molmo_ros.engine import EngineSettings, MolmoEngine  # noqa: E402
+from molmo_ros.engine.checkpoint import build_meta_model  # noqa: E402
+from molmo_ros.engine.preprocessing import MolmoPreprocessor  # noqa: E402
+
+FRAMES = ((640, 480), (1920, 1080))
+PROMPT = "Point to the red mug"
+PROMPTS_PER_FRAME = 8
+
+
+@dataclass(frozen=True)
+class Row:
+    case: str
+    preprocess_s: float
+    vision_s: float
+    prefill_s: float
+    decode_s: float
+    new_tokens: int
+    decode_steps: int
+
+    @property
+    def total_s(self) -> float:
+        return self.preprocess_s + self.vision_s + self.prefill_s + self.decode_s
+
+
+def default_reference_dir() -> Path:
+    return Path(os.environ.get("MOLMO_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "molmo_reference"))
+
+
+def tiny_engine(reference_dir: Path, tokens: int) -> MolmoEngine:
+    settings = EngineSettings(
+        model=str(reference_dir / "tiny"),
+        device="cpu",
+        dtype="float32",
+        max_new_tokens=tokens,
+        cache_weights=False,
+        stop_at_eos=False,
+    )
+    return MolmoEngine.load(settings)
+
+
+def random_full_engine(
+    config_path: Path, tokenizer_dir: Path, tokens: int, experts: str | None, device: torch.device
+) -> MolmoEngine:
+    """The given architecture with random bfloat16 weights, allocated once on `device` (no fp32 copy)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        _, model = build_meta_model(config_path)
+    finally:
+        torch.set_default_dtype(previous)
+    model = model.to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.ndim == 1:  # norm scales 1, biases 0: keeps activations in a realistic range
+                parameter.fill_(1.0 if name.endswith("weight") and "norm" in name else 0.0)
+            else:
+                parameter.normal_(0.0, 0.02, generator=generator)
+    model.init_non_persistent_buffers(device)
+    if experts:
+        model.set_experts_implementation(experts)
+    model.eval()
+    preprocessor = MolmoPreprocessor.from_pretrained(tokenizer_dir, device=device)
+    return MolmoEngine(
+        model,
+        preprocessor,
+        device=device,
+        dtype=torch.bfloat16,
+        model_name=f"{config_path} shape, random weights",
+        max_new_tokens=tokens,
+        stop_at_eos=False,
+    )
+
+
+def frame(width: int, height: int) -> np.ndarray:
+    return np.random.default_rng(width * height).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+
+
+def measure(case: str, call: Callable[[], object], warmup: int, runs: int) -> Row:
+    for _ in range(warmup):
+        call()
+    results = [call() for _ in range(runs)]
+    timings = [result.timings for result in results]
+    tokens = timings[0].new_tokens
+    return Row(
+        case=case,
+        preprocess_s=statistics.median(t.preprocess_s for t in timings),
+        vision_s=statistics.median(t.vision_s for t in timings),
+        prefill_s=statistics.median(t.prefill_s for t in timings),
+        decode_s=statistics.median(t.decode_s for t in timings),
+        new_tokens=tokens,
+        # The prefill yields each row's first token; every further token is one batched decode step.
+        decode_steps=max(1, timings[0].steps - 1),
+    )
+
+
+def run_cases(engine: MolmoEngine, label: str, warmup: int, runs: int) -> list[Row]:
+    rows = []
+    for width, height in FRAMES:
+        image = frame(width, height)
+        for prompts in (1, PROMPTS_PER_FRAME):
+            batch = [PROMPT] * prompts
+
+            def call(image: np.ndarray = image, batch: list[str] = batch) -> object:
+                return engine.generate(image, batch)
+
+            rows.append(measure(f"{label} {width}x{height} x{prompts}", call, warmup, runs))
+    return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    header = (
+        f"{'case':<34}{'preproc ms':>11}{'vision ms':>11}{'prefill ms':>11}{'decode ms':>11}"
+        f"{'tokens':>8}{'ms/step':>9}{'total ms':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        stages_ms = (row.preprocess_s, row.vision_s, row.prefill_s, row.decode_s)
+        print(
+            f"{row.case:<34}"
+            + "".join(f"{seconds * 1e3:>11.1f}" for seconds in stages_ms)
+            + f"{row.new_tokens:>8d}{row.decode_s * 1e3 / row.decode_steps:>9.2f}{row.total_s * 1e3:>10.1f}"
+        )
+
+
+def describe_environment(engine: MolmoEngine) -> None:
+    device = engine.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    print(f"device: {device} ({name}{threads}), dtype {str(engine.dtype).removeprefix('torch.')}")
+    versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
+    print(f"python {platform.python_version()}, {versions}")
+    print(f"model: {engine.model_name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--full-random", action="store_true", help="(b): real model shape, random bf16, CUDA")
+    parser.add_argument("--reference-dir", type=Path, default=default_reference_dir())
+    parser.add_argument("--config", type=Path, help="config for --full-random (default: real_config.json)")
+    parser.add_argument("--experts", help="MoE kernel for --full-random: grouped_mm, batched_mm or eager")
+    parser.add_argument("--tokens", type=int, default=16, help="tokens per answer (EOS ignored)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per case (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per case first")
+    args = parser.parse_args(argv)
+
+    if args.full_random:
+        if not torch.cuda.is_available():
+            print(
+                "bench/engine.py --full-random needs a CUDA GPU (the full model in bfloat16 takes ~15 GB "
+                "and minutes per frame on CPU); run it on a GPU machine, or drop --full-random for the "
+                "tiny model.",
+                file=sys.stderr,
+            )
+            return 2
+        config = args.config or args.reference_dir / "real_config.json"
+        engine = random_full_engine(
+            config, args.reference_dir / "tiny", args.tokens, args.experts, torch.device("cuda")
+        )
+        label = "full-random"
+    else:
+        engine = tiny_engine(args.reference_dir, args.tokens)
+        label = "tiny"
+    describe_environment(engine)
+    print(f"median of {args.runs} runs after {args.warmup} warm-up runs; {args.tokens} tokens per answer\n")
+    print_table(run_cases(engine, label, args.warmup, args.runs))
+    if engine.device.type == "cuda":
+        print(f"\npeak GPU memory: {torch.cuda.max_memory_allocated(engine.device) / 2**30:.2f} GiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
