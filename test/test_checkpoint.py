@@ -256,3 +256,26 @@ def test_hub_download_failure_online_is_weights_not_found(tmp_path, monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     with pytest.raises(WeightsNotFoundError, match="could not be downloaded: RuntimeError: Name or service"):
         checkpoint.resolve_checkpoint("acme/tiny-molmo", FAKE_COMMIT)
+
+
+def test_converted_pinned_hub_commit_loads_without_the_hf_cache(tmp_path, monkeypatch, tiny_model_dir):
+    hf_home = tmp_path / "hf"
+    snapshot = hf_home / "hub" / "models--acme--tiny-molmo" / "snapshots" / FAKE_COMMIT
+    snapshot.mkdir(parents=True)
+    for file in tiny_model_dir.iterdir():
+        (snapshot / file.name).symlink_to(file)
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache_root = tmp_path / "cache"
+    first = checkpoint.load_checkpoint(
+        "acme/tiny-molmo", FAKE_COMMIT, CPU, torch.bfloat16, cache_dir=cache_root
+    )
+    shutil.rmtree(hf_home)  # e.g. the 29 GB download deleted after the conversion
+    second = checkpoint.load_checkpoint(
+        "acme/tiny-molmo", FAKE_COMMIT, CPU, torch.bfloat16, cache_dir=cache_root
+    )
+    assert second.files_dir == first.files_dir and "acme/tiny-molmo@" + FAKE_COMMIT in second.description
+    _assert_same_parameters(second.model, dict(first.model.named_parameters()))
+    with pytest.raises(WeightsNotFoundError):  # another dtype was never converted
+        checkpoint.load_checkpoint("acme/tiny-molmo", FAKE_COMMIT, CPU, torch.float16, cache_dir=cache_root)

@@ -418,19 +418,31 @@ def weights_cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "molmo_ros"
 
 
-def _source_identity(source: CheckpointSource, dtype: torch.dtype) -> dict[str, object]:
-    """What a cache entry must match: the source, its revision (or file sizes and times), the dtype."""
-    if source.revision is not None and _COMMIT.match(source.revision):
-        origin: dict[str, object] = {"model": source.model, "revision": source.revision}
-    else:
-        files = sorted(source.weights.paths) + ([source.weights.index] if source.weights.index else [])
-        stats = [(path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in files]
-        origin = {
-            "model": source.model,
-            "revision": source.revision,
-            "directory": str(source.directory),
-            "files": stats,
-        }
+def _pinned_hub_origin(model: str, revision: str | None) -> dict[str, object] | None:
+    """A hub id at a full commit names immutable files, so it identifies a cache entry by itself."""
+    revision = revision or DEFAULT_REVISION
+    if Path(model).expanduser().exists() or not _HUB_ID.match(model) or not _COMMIT.match(revision):
+        return None
+    return {"model": model, "revision": revision}
+
+
+def _source_origin(source: CheckpointSource) -> dict[str, object]:
+    """Where converted weights came from: a pinned commit, or else the files' names, sizes and times."""
+    pinned = _pinned_hub_origin(source.model, source.revision) if source.revision else None
+    if pinned is not None:
+        return pinned
+    files = sorted(source.weights.paths) + ([source.weights.index] if source.weights.index else [])
+    stats = [[path.name, path.stat().st_size, path.stat().st_mtime_ns] for path in files]
+    return {
+        "model": source.model,
+        "revision": source.revision,
+        "directory": str(source.directory),
+        "files": stats,
+    }
+
+
+def _identity(origin: dict[str, object], dtype: torch.dtype) -> dict[str, object]:
+    """What a cache entry must match: its origin, the dtype and the layout version of the cache."""
     return {
         "format_version": CACHE_FORMAT_VERSION,
         "source": origin,
@@ -438,21 +450,20 @@ def _source_identity(source: CheckpointSource, dtype: torch.dtype) -> dict[str, 
     }
 
 
-def cache_entry_dir(root: Path, source: CheckpointSource, dtype: torch.dtype) -> Path:
-    identity = _source_identity(source, dtype)
+def cache_entry_dir(root: Path, origin: dict[str, object], dtype: torch.dtype) -> Path:
+    identity = _identity(origin, dtype)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    readable = re.sub(r"[^\w.-]+", "--", source.model.strip("/"))[-60:]
+    readable = re.sub(r"[^\w.-]+", "--", str(origin["model"]).strip("/"))[-60:]
     return root / f"{readable}-{identity['dtype']}-{digest}"
 
 
-def find_cache_entry(root: Path, source: CheckpointSource, dtype: torch.dtype) -> Path | None:
-    entry = cache_entry_dir(root, source, dtype)
+def find_cache_entry(root: Path, origin: dict[str, object], dtype: torch.dtype) -> Path | None:
+    entry = cache_entry_dir(root, origin, dtype)
     try:
         manifest = _read_manifest(entry)
     except (OSError, ValueError):
         return None
-    identity = json.loads(json.dumps(_source_identity(source, dtype)))  # as stored: tuples become lists
-    return entry if manifest.get("identity") == identity else None
+    return entry if manifest.get("identity") == _identity(origin, dtype) else None
 
 
 def _read_manifest(entry: Path) -> dict:
@@ -462,7 +473,8 @@ def _read_manifest(entry: Path) -> dict:
 def build_cache_entry(root: Path, source: CheckpointSource, dtype: torch.dtype) -> Path:
     """Convert once into shards of our key names; the manifest is written last, the directory renamed
     into place, so a crash leaves no entry that looks complete."""
-    entry = cache_entry_dir(root, source, dtype)
+    origin = _source_origin(source)
+    entry = cache_entry_dir(root, origin, dtype)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=root))
     try:
@@ -478,7 +490,7 @@ def build_cache_entry(root: Path, source: CheckpointSource, dtype: torch.dtype) 
         ):
             converted = convert_reference_state_dict(reader.get_tensor, reader.names, config, dtype)
             shards = _write_shards(converted, staging, progress.update)
-        manifest = {"identity": _source_identity(source, dtype), "shards": shards}
+        manifest = {"identity": _identity(origin, dtype), "shards": shards}
         (staging / CACHE_MANIFEST).write_text(json.dumps(manifest, indent=1))
         if entry.exists():
             shutil.rmtree(entry)
@@ -523,15 +535,25 @@ def load_checkpoint(
     use_cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
 ) -> LoadedCheckpoint:
-    """Resolve, then load through the weights cache when the dtype is a reduced one (building it on
-    first use), else straight from the source. Never falls back to random weights."""
-    source = resolve_checkpoint(model, revision)
-    if not (use_cache and dtype in CACHEABLE_DTYPES):
-        return LoadedCheckpoint(load_model(source, device, dtype), source.directory, source.describe())
+    """Load through the weights cache when the dtype is a reduced one (converting on first use), else
+    straight from the source. A hub id at a pinned commit that is already converted needs neither the
+    network nor the HF cache any more. Never falls back to random weights."""
+    caching = use_cache and dtype in CACHEABLE_DTYPES
     root = weights_cache_root(cache_dir)
-    entry = find_cache_entry(root, source, dtype)
+    pinned = _pinned_hub_origin(model, revision)
+    if caching and pinned is not None and (entry := find_cache_entry(root, pinned, dtype)) is not None:
+        return _from_cache(entry, device, f"{model}@{pinned['revision']}")
+    source = resolve_checkpoint(model, revision)
+    if not caching:
+        return LoadedCheckpoint(load_model(source, device, dtype), source.directory, source.describe())
+    entry = find_cache_entry(root, _source_origin(source), dtype)
     if entry is None:
         log.info("converting %s to %s once; the result is kept in %s", source.describe(), dtype, root)
         entry = build_cache_entry(root, source, dtype)
-    model_on_device = load_cached_model(entry, device)
-    return LoadedCheckpoint(model_on_device, entry, f"{source.describe()} (converted weights in {entry})")
+    return _from_cache(entry, device, source.describe())
+
+
+def _from_cache(entry: Path, device: torch.device, description: str) -> LoadedCheckpoint:
+    return LoadedCheckpoint(
+        load_cached_model(entry, device), entry, f"{description} (converted weights in {entry})"
+    )
