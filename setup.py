@@ -71,9 +71,15 @@ class BuildInterfaces(build_ext):
             raise SystemExit("editable and in-place builds cannot install the interface libraries into "
                              "<venv>/lib; use: pip install --no-build-isolation .")
         prefixes = ros_prefixes()
-        # One CMake build directory per target environment: its cache pins the ROS packages it found.
-        key = hashlib.sha256(f"{sys.prefix}|{os.pathsep.join(prefixes)}".encode()).hexdigest()[:12]
-        build_dir = Path(self.build_temp).resolve() / f"cmake-{key}"
+        # One CMake build directory per venv, kept for fast rebuilds. Its cache pins where the ROS
+        # packages were found, so it starts over when they come from elsewhere (isolated builds).
+        venv_key = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+        build_dir = Path(self.build_temp).resolve() / f"cmake-{venv_key}"
+        found_in = build_dir / "ros_prefixes.txt"
+        if found_in.is_file() and found_in.read_text() != os.pathsep.join(prefixes):
+            shutil.rmtree(build_dir)
+        build_dir.mkdir(parents=True, exist_ok=True)
+        found_in.write_text(os.pathsep.join(prefixes))
         stage = build_dir / "stage"
         env = dict(os.environ, AMENT_PREFIX_PATH=os.pathsep.join(prefixes))
         subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir),
