@@ -172,7 +172,7 @@ class CheckpointReader:
             }
         else:
             (path,) = weights.paths
-            self._file_of = {name: path for name in self._names_in(path)}
+            self._file_of = {name: path for name in self._open(path).keys()}
         self.names: tuple[str, ...] = tuple(sorted(self._file_of))
 
     def get_tensor(self, name: str) -> torch.Tensor:
@@ -194,10 +194,6 @@ class CheckpointReader:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def _names_in(self, path: Path) -> list[str]:
-        handle = self._open(path)
-        return list(handle.keys())
 
     def _open(self, path: Path):  # a safetensors handle or a dict of (memory-mapped) tensors
         if path not in self._open_files:
