@@ -5,6 +5,8 @@ argument it reads, and set only parameters the node declares.
 """
 
 import ast
+import importlib
+import tomllib
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -55,7 +57,8 @@ def test_launch_arguments_are_declared_documented_and_used(tree):
     assert declared == EXPECTED_ARGUMENTS
     for call in calls_named(tree, "DeclareLaunchArgument"):
         assert isinstance(keyword(call, "description"), (ast.Constant, ast.BinOp, ast.JoinedStr)), "documented"
-    used = {first_string_argument(call) for call in calls_named(tree, "LaunchConfiguration")}
+    used = {first_string_argument(call) for call in calls_named(tree, "LaunchConfiguration")
+            if isinstance(call.args[0], ast.Constant)}
     overrides = ast.literal_eval(next(node.value for node in tree.body if isinstance(node, ast.Assign)
                                       and node.targets[0].id == "OVERRIDES"))
     assert used | set(overrides) == declared, "every declared argument is read, and only those"
@@ -67,9 +70,12 @@ def test_node_package_and_executable_exist_in_the_build(tree):
     executable = ast.literal_eval(keyword(node_call, "executable"))
     package_xml_name = ElementTree.parse(REPO_ROOT / "package.xml").getroot().findtext("name")
     assert package == package_xml_name == "molmo_ros"
-    setup_py = (REPO_ROOT / "setup.py").read_text()
-    assert f"{executable} = molmo_ros.nodes.{executable}:main" in setup_py, "pip console script"
-    assert executable in (REPO_ROOT / "CMakeLists.txt").read_text(), "colcon installs it into lib/molmo_ros"
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = scripts[executable].split(":")
+    assert callable(getattr(importlib.import_module(module), function)), "the console script's target exists"
+    cmake = (REPO_ROOT / "CMakeLists.txt").read_text()
+    assert "molmo_ros_install_ros2_run_executables" in cmake and "pyproject.toml" in cmake, (
+        "colcon installs the same scripts into lib/molmo_ros for launch_ros")
     params_default = [call for call in calls_named(tree, "PathJoinSubstitution")]
     assert params_default, "the params file defaults to the package's share directory"
     parts = [ast.literal_eval(e) for e in params_default[0].args[0].elts[1:]]

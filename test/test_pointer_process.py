@@ -1,0 +1,103 @@
+"""Proof of life: the real node, as its own process through its console entry point, with the tiny MolmoE.
+
+No GPU and no real weights: the tiny seeded-random checkpoint runs on the CPU, so its answer is
+random text and zero points is the expected result. What is checked is the whole path: params
+file, engine loading, DDS frame in, service answer with the model's raw text, result topic.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.qos import qos_profile_sensor_data
+from ros_helpers import Spinner, TestClient, image_message, publish_until, wait_until
+from sensor_msgs.msg import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def start(command: list[str], **env: str) -> subprocess.Popen:
+    return subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 30) -> tuple[int, str]:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
+
+
+@pytest.fixture
+def ros():
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+def test_console_entry_point_with_params_file_and_tiny_model(ros, tiny_model_dir):
+    node = start([str(BIN / "pointer"), "--ros-args", "--params-file", str(REPO_ROOT / "config" / "pointer.yaml"),
+                  "-p", f"engine.model:={tiny_model_dir}", "-p", "engine.device:=cpu",
+                  "-p", "engine.max_new_tokens:=8"])
+    user = TestClient()
+    camera = user.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
+    spinner = Spinner(user)
+    try:
+        assert user.client.wait_for_service(timeout_sec=120), "the node never offered /molmo/point"
+        rgb = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+        frame = image_message(rgb, user.get_clock().now().nanoseconds, "camera_optical_frame")
+        response = None
+
+        def answered() -> bool:
+            nonlocal response
+            response = user.point("red mug", timeout=60)
+            return response.error_code != response.NO_FRAME
+
+        assert publish_until(camera, lambda: frame, answered, timeout=60)
+        assert response.success, response.message
+        result = response.result
+        assert result.raw_text.strip(), "the model's raw text comes back"
+        assert result.prompt == "Point to the red mug"
+        assert result.header.stamp == frame.header.stamp and result.header.frame_id == "camera_optical_frame"
+        assert (result.image_width, result.image_height) == (128, 96)
+        assert result.model_seconds > 0
+        assert wait_until(lambda: any(r.raw_text == result.raw_text for r in user.received()))
+    finally:
+        spinner.close()
+        user.destroy_node()
+        code, output = finish(node)
+    assert code == 0, output
+    assert "model loaded on cpu" in output
+
+
+def test_missing_weights_stop_the_node_with_what_to_set(tmp_path):
+    missing = tmp_path / "no-such-checkpoint"
+    code, output = finish(start([str(BIN / "pointer"), "--ros-args", "-p", f"engine.model:={missing}"]), 60)
+    assert code == 1
+    assert str(missing) in output and "engine.model" in output and "MOLMO_MODEL" in output
+
+    offline = start([str(BIN / "pointer")], HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), MOLMO_MODEL="")
+    code, output = finish(offline, 60)
+    assert code == 1 and "allenai/MolmoE-1B-0924" in output and "offline" in output.lower()
+
+
+def test_demo_runs_the_whole_product_with_the_tiny_model(tiny_model_dir):
+    code, output = finish(start([str(BIN / "molmo-demo"), "--model", str(tiny_model_dir), "--device", "cpu",
+                                 "--query", "red mug"]), 180)
+    assert code == 0, output
+    assert "model answer:" in output and "Point to the red mug" in output
+    assert "frame: camera_optical_frame" in output
+
+
+def test_demo_without_weights_says_so_and_shows_no_points(tmp_path):
+    code, output = finish(start([str(BIN / "molmo-demo"), "--timeout", "120"], HF_HUB_OFFLINE="1",
+                                HF_HOME=str(tmp_path / "hf"), MOLMO_MODEL=""), 180)
+    assert code == 3, output
+    assert "allenai/MolmoE-1B-0924" in output and "MOLMO_MODEL" in output
+    assert "(pixels)" not in output
