@@ -71,7 +71,9 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def measure(width: int, height: int, calls: int, stream_seconds: float, env: dict[str, str]) -> dict[str, float]:
+def measure(
+    width: int, height: int, calls: int, stream_seconds: float, env: dict[str, str]
+) -> dict[str, float]:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
@@ -81,14 +83,18 @@ def measure(width: int, height: int, calls: int, stream_seconds: float, env: dic
     from molmo_ros.image_conversion import rgb_to_raw
     from molmo_ros.srv import Point
 
-    child = subprocess.Popen([sys.executable, __file__, "--serve"], env=env, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve"], env=env, stdout=subprocess.PIPE, text=True
+    )
     rclpy.init()
     client_node = rclpy.create_node("overhead_bench")
     publisher = client_node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
     client = client_node.create_client(Point, "/molmo/point")
     rgb = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
     data, step = rgb_to_raw(rgb)
-    message = Image(height=height, width=width, encoding="rgb8", step=step, data=data, header=Header(frame_id="cam"))
+    message = Image(
+        height=height, width=width, encoding="rgb8", step=step, data=data, header=Header(frame_id="cam")
+    )
     stop = threading.Event()
     published = [0]
 
@@ -134,9 +140,12 @@ def measure(width: int, height: int, calls: int, stream_seconds: float, env: dic
     frames = int(output.rsplit("frames received:", 1)[1].split()[0]) if "frames received:" in output else -1
     return {
         "calls": len(round_trips),
-        "rt_p50": statistics.median(round_trips), "rt_p95": percentile(round_trips, 0.95),
-        "ov_p50": statistics.median(overheads), "ov_p95": percentile(overheads, 0.95),
-        "stream_cpu_percent": cpu, "frames": f"{frames}/{published[0]}",
+        "rt_p50": statistics.median(round_trips),
+        "rt_p95": percentile(round_trips, 0.95),
+        "ov_p50": statistics.median(overheads),
+        "ov_p95": percentile(overheads, 0.95),
+        "stream_cpu_percent": cpu,
+        "frames": f"{frames}/{published[0]}",
     }
 
 
@@ -150,20 +159,29 @@ def main() -> None:
     if args.serve:
         serve()
         return
-    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               ROS_DOMAIN_ID=os.environ.get("ROS_DOMAIN_ID", str(random.randint(1, 101))))
+    env = dict(
+        os.environ,
+        ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+        ROS_DOMAIN_ID=os.environ.get("ROS_DOMAIN_ID", str(random.randint(1, 101))),
+    )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     if not args.no_profile:
         env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(REPO_ROOT / "config" / "fastdds_large_images.xml")
     os.environ.update(env)
-    print(f"node overhead, zero-cost engine, {os.cpu_count()} CPUs, "
-          f"Fast DDS profile: {env.get('FASTDDS_DEFAULT_PROFILES_FILE', 'none')}")
-    print(f"{'frame':>10} {'calls':>5} {'round trip p50/p95 ms':>22} {'overhead p50/p95 ms':>20} "
-          f"{'30 Hz stream CPU':>17} {'frames taken/sent':>18}")
+    print(
+        f"node overhead, zero-cost engine, {os.cpu_count()} CPUs, "
+        f"Fast DDS profile: {env.get('FASTDDS_DEFAULT_PROFILES_FILE', 'none')}"
+    )
+    print(
+        f"{'frame':>10} {'calls':>5} {'round trip p50/p95 ms':>22} {'overhead p50/p95 ms':>20} "
+        f"{'30 Hz stream CPU':>17} {'frames taken/sent':>18}"
+    )
     for width, height in ((640, 480), (1920, 1080)):
         r = measure(width, height, args.calls, args.stream_seconds, env)
-        print(f"{width}x{height:<5} {r['calls']:>5} {r['rt_p50']:>10.2f} / {r['rt_p95']:<9.2f} "
-              f"{r['ov_p50']:>9.2f} / {r['ov_p95']:<8.2f} {r['stream_cpu_percent']:>13.0f} %  {r['frames']:>18}")
+        print(
+            f"{width}x{height:<5} {r['calls']:>5} {r['rt_p50']:>10.2f} / {r['rt_p95']:<9.2f} "
+            f"{r['ov_p50']:>9.2f} / {r['ov_p95']:<8.2f} {r['stream_cpu_percent']:>13.0f} %  {r['frames']:>18}"
+        )
 
 
 if __name__ == "__main__":

@@ -4,15 +4,15 @@
 
 Arguments left empty keep what the params file says. Full-HD raw images need the shipped Fast DDS
 profile in the environment of BOTH the camera driver and this node (see README):
-    export FASTDDS_DEFAULT_PROFILES_FILE=$(ros2 pkg prefix molmo_ros)/share/molmo_ros/config/fastdds_large_images.xml
+    export FASTDDS_DEFAULT_PROFILES_FILE=\
+        $(ros2 pkg prefix molmo_ros)/share/molmo_ros/config/fastdds_large_images.xml
 """
 
+from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchContext, LaunchDescription
 
 # Launch argument -> node parameter it overrides when not empty.
 OVERRIDES = {
@@ -43,22 +43,40 @@ def _pointer_node(context: LaunchContext) -> list[Node]:
 
 
 def generate_launch_description() -> LaunchDescription:
-    return LaunchDescription([
-        DeclareLaunchArgument("namespace", default_value="molmo",
-                              description="Namespace of the node: service <namespace>/point, results "
-                                          "<namespace>/points, standing query <namespace>/query."),
-        DeclareLaunchArgument("params_file",
-                              default_value=PathJoinSubstitution([FindPackageShare("molmo_ros"), "config",
-                                                                  "pointer.yaml"]),
-                              description="Parameter file (see config/pointer.yaml)."),
-        DeclareLaunchArgument("image_topic", default_value="",
-                              description="Image topic of the camera named 'camera' (default /camera/image_raw)."),
-        DeclareLaunchArgument("compressed", default_value="",
-                              description="true if image_topic carries sensor_msgs/CompressedImage, else false."),
-        DeclareLaunchArgument("model", default_value="",
-                              description="Hugging Face model id or local checkpoint directory "
-                                          "(default $MOLMO_MODEL, else allenai/MolmoE-1B-0924)."),
-        DeclareLaunchArgument("device", default_value="",
-                              description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N."),
-        OpaqueFunction(function=_pointer_node),
-    ])
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(
+                "namespace",
+                default_value="molmo",
+                description="Namespace of the node: service <namespace>/point, results "
+                "<namespace>/points, standing query <namespace>/query.",
+            ),
+            DeclareLaunchArgument(
+                "params_file",
+                default_value=PathJoinSubstitution([FindPackageShare("molmo_ros"), "config", "pointer.yaml"]),
+                description="Parameter file (see config/pointer.yaml).",
+            ),
+            DeclareLaunchArgument(
+                "image_topic",
+                default_value="",
+                description="Image topic of the camera named 'camera' (default /camera/image_raw).",
+            ),
+            DeclareLaunchArgument(
+                "compressed",
+                default_value="",
+                description="true if image_topic carries sensor_msgs/CompressedImage, else false.",
+            ),
+            DeclareLaunchArgument(
+                "model",
+                default_value="",
+                description="Hugging Face model id or local checkpoint directory "
+                "(default $MOLMO_MODEL, else allenai/MolmoE-1B-0924).",
+            ),
+            DeclareLaunchArgument(
+                "device",
+                default_value="",
+                description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.",
+            ),
+            OpaqueFunction(function=_pointer_node),
+        ]
+    )

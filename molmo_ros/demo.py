@@ -32,8 +32,13 @@ def _environment() -> dict[str, str]:
 
 
 def _start(module: str, ros_args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *ros_args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", module, "--ros-args", *ros_args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _stop(process: subprocess.Popen) -> str:
@@ -50,11 +55,15 @@ def _stop(process: subprocess.Popen) -> str:
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="molmo-demo", description=__doc__.splitlines()[0])
     parser.add_argument("--query", default="red mug", help="what to point at (default: %(default)s)")
-    parser.add_argument("--model", default="", help="model id or local checkpoint directory "
-                        "(default: $MOLMO_MODEL, else allenai/MolmoE-1B-0924)")
+    parser.add_argument(
+        "--model",
+        default="",
+        help="model id or local checkpoint directory (default: $MOLMO_MODEL, else allenai/MolmoE-1B-0924)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--images", type=Path, default=None, help="folder of images to publish "
-                        "(default: the bundled samples)")
+    parser.add_argument(
+        "--images", type=Path, default=None, help="folder of images to publish (default: the bundled samples)"
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the model to load")
     return parser.parse_args(argv)
 
@@ -84,7 +93,10 @@ def _query(args: argparse.Namespace, pointer: subprocess.Popen) -> int:
     node = rclpy.create_node("molmo_demo_client")
     try:
         client = node.create_client(Point, "/molmo/point")
-        print(f"waiting for /molmo/point (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}) while the model loads ...")
+        print(
+            f"waiting for /molmo/point (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}) "
+            "while the model loads ..."
+        )
         deadline = time.monotonic() + args.timeout
         while not client.wait_for_service(timeout_sec=0.5):
             if pointer.poll() is not None:
@@ -122,9 +134,11 @@ def _print_response(query: str, response: Point.Response) -> None:
         print(f"query {query!r} failed: {response.message}")
         return
     print(f"query: {query!r}  prompt: {result.prompt!r}")
-    print(f"frame: {result.header.frame_id} stamp {result.header.stamp.sec}.{result.header.stamp.nanosec:09d} "
-          f"{result.image_width}x{result.image_height}, frame age {result.frame_age_seconds * 1000:.0f} ms, "
-          f"model {result.model_seconds * 1000:.0f} ms")
+    print(
+        f"frame: {result.header.frame_id} stamp {result.header.stamp.sec}.{result.header.stamp.nanosec:09d} "
+        f"{result.image_width}x{result.image_height}, frame age {result.frame_age_seconds * 1000:.0f} ms, "
+        f"model {result.model_seconds * 1000:.0f} ms"
+    )
     print(f"model answer: {result.raw_text!r}")
     if not result.points:
         print(f"no points ({response.message})")

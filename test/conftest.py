@@ -21,7 +21,9 @@ def reference_dir() -> Path:
     """
     path = _reference_dir()
     if not (path / "FACTS.md").is_file():
-        message = f"reference data not found at {path}; set MOLMO_REFERENCE_DIR to the molmo_reference directory"
+        message = (
+            f"reference data not found at {path}; set MOLMO_REFERENCE_DIR to the molmo_reference directory"
+        )
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)

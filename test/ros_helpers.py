@@ -33,8 +33,15 @@ def stamp(nanoseconds: int) -> Time:
 
 def image_message(rgb: np.ndarray, stamp_ns: int, frame_id: str, encoding: str = "rgb8") -> Image:
     data, step = rgb_to_raw(rgb, encoding)
-    return Image(header=Header(stamp=stamp(stamp_ns), frame_id=frame_id), height=rgb.shape[0], width=rgb.shape[1],
-                 encoding=encoding, is_bigendian=0, step=step, data=data)
+    return Image(
+        header=Header(stamp=stamp(stamp_ns), frame_id=frame_id),
+        height=rgb.shape[0],
+        width=rgb.shape[1],
+        encoding=encoding,
+        is_bigendian=0,
+        step=step,
+        data=data,
+    )
 
 
 def jpeg_message(rgb: np.ndarray, stamp_ns: int, frame_id: str) -> CompressedImage:
@@ -42,8 +49,9 @@ def jpeg_message(rgb: np.ndarray, stamp_ns: int, frame_id: str) -> CompressedIma
 
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 100])
     assert ok
-    return CompressedImage(header=Header(stamp=stamp(stamp_ns), frame_id=frame_id), format="jpeg",
-                           data=jpeg.tobytes())
+    return CompressedImage(
+        header=Header(stamp=stamp(stamp_ns), frame_id=frame_id), format="jpeg", data=jpeg.tobytes()
+    )
 
 
 class Spinner:
@@ -89,13 +97,19 @@ class TestClient(Node):
         assert done.wait(timeout), "no answer from the Point service"
         return future.result()
 
-    def point(self, query: str, camera: str = "", image: Image | None = None, timeout: float = 20.0) -> Point.Response:
+    def point(
+        self, query: str, camera: str = "", image: Image | None = None, timeout: float = 20.0
+    ) -> Point.Response:
         return self.call(Point.Request(query=query, camera=camera, image=image or Image()), timeout)
 
 
-def publish_until(publisher: Publisher, message_factory: Callable[[], object], condition: Callable[[], bool],
-                  timeout: float = 10.0) -> bool:
-    """Publishes until the condition holds: discovery takes a moment and best-effort may drop the first ones."""
+def publish_until(
+    publisher: Publisher,
+    message_factory: Callable[[], object],
+    condition: Callable[[], bool],
+    timeout: float = 10.0,
+) -> bool:
+    """Publishes until the condition holds: discovery takes a moment, best effort may drop the first ones."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         publisher.publish(message_factory())

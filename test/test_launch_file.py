@@ -39,8 +39,11 @@ def declared_parameters():
 
 
 def calls_named(tree: ast.Module, name: str) -> list[ast.Call]:
-    return [node for node in ast.walk(tree) if isinstance(node, ast.Call)
-            and getattr(node.func, "id", getattr(node.func, "attr", None)) == name]
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == name
+    ]
 
 
 def first_string_argument(call: ast.Call) -> str:
@@ -56,11 +59,21 @@ def test_launch_arguments_are_declared_documented_and_used(tree):
     declared = {first_string_argument(call) for call in calls_named(tree, "DeclareLaunchArgument")}
     assert declared == EXPECTED_ARGUMENTS
     for call in calls_named(tree, "DeclareLaunchArgument"):
-        assert isinstance(keyword(call, "description"), (ast.Constant, ast.BinOp, ast.JoinedStr)), "documented"
-    used = {first_string_argument(call) for call in calls_named(tree, "LaunchConfiguration")
-            if isinstance(call.args[0], ast.Constant)}
-    overrides = ast.literal_eval(next(node.value for node in tree.body if isinstance(node, ast.Assign)
-                                      and node.targets[0].id == "OVERRIDES"))
+        assert isinstance(keyword(call, "description"), (ast.Constant, ast.BinOp, ast.JoinedStr)), (
+            "documented"
+        )
+    used = {
+        first_string_argument(call)
+        for call in calls_named(tree, "LaunchConfiguration")
+        if isinstance(call.args[0], ast.Constant)
+    }
+    overrides = ast.literal_eval(
+        next(
+            node.value
+            for node in tree.body
+            if isinstance(node, ast.Assign) and node.targets[0].id == "OVERRIDES"
+        )
+    )
     assert used | set(overrides) == declared, "every declared argument is read, and only those"
 
 
@@ -75,7 +88,8 @@ def test_node_package_and_executable_exist_in_the_build(tree):
     assert callable(getattr(importlib.import_module(module), function)), "the console script's target exists"
     cmake = (REPO_ROOT / "CMakeLists.txt").read_text()
     assert "molmo_ros_install_ros2_run_executables" in cmake and "pyproject.toml" in cmake, (
-        "colcon installs the same scripts into lib/molmo_ros for launch_ros")
+        "colcon installs the same scripts into lib/molmo_ros for launch_ros"
+    )
     params_default = [call for call in calls_named(tree, "PathJoinSubstitution")]
     assert params_default, "the params file defaults to the package's share directory"
     parts = [ast.literal_eval(e) for e in params_default[0].args[0].elts[1:]]
@@ -83,8 +97,13 @@ def test_node_package_and_executable_exist_in_the_build(tree):
 
 
 def test_every_parameter_the_launch_file_sets_is_declared_by_the_node(tree, declared_parameters):
-    overrides = ast.literal_eval(next(node.value for node in tree.body if isinstance(node, ast.Assign)
-                                      and node.targets[0].id == "OVERRIDES"))
+    overrides = ast.literal_eval(
+        next(
+            node.value
+            for node in tree.body
+            if isinstance(node, ast.Assign) and node.targets[0].id == "OVERRIDES"
+        )
+    )
     assert set(overrides.values()) <= declared_parameters, set(overrides.values()) - declared_parameters
 
 

@@ -32,16 +32,22 @@ class Rig:
     """A pointer node with two cameras (front raw, wrist compressed) and the user's side."""
 
     def __init__(self, engine: ScriptedEngine, **parameters: object) -> None:
-        values = {"camera_names": ["front", "wrist"], "cameras.wrist.compressed": True, "queue_size": 2,
-                  "max_frame_age": 5.0}
+        values = {
+            "camera_names": ["front", "wrist"],
+            "cameras.wrist.compressed": True,
+            "queue_size": 2,
+            "max_frame_age": 5.0,
+        }
         values.update(parameters)
         self.engine = engine
-        self.node = PointerNode(engine=engine,
-                                parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+        self.node = PointerNode(
+            engine=engine, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()]
+        )
         self.user = TestClient()
         self.front = self.user.create_publisher(Image, "/front/image_raw", qos_profile_sensor_data)
-        self.wrist = self.user.create_publisher(CompressedImage, "/wrist/image_raw/compressed",
-                                                qos_profile_sensor_data)
+        self.wrist = self.user.create_publisher(
+            CompressedImage, "/wrist/image_raw/compressed", qos_profile_sensor_data
+        )
         self.standing = self.user.create_publisher(String, "/molmo/query", 10)
         self.spinner = Spinner(self.node, self.user, threads=self.node.executor_threads + 2)
 
@@ -56,7 +62,9 @@ class Rig:
             frame = self.node.frames.get("front")
             return frame is not None and frame.stamp_ns == stamp_ns
 
-        assert publish_until(self.front, lambda: image_message(value_image(value), stamp_ns, frame_id), arrived)
+        assert publish_until(
+            self.front, lambda: image_message(value_image(value), stamp_ns, frame_id), arrived
+        )
         return stamp_ns
 
     def close(self) -> None:
@@ -105,13 +113,18 @@ def test_compressed_camera_and_two_cameras(make_rig):
     rig = make_rig()
     rig.send_front(10)
     stamp_ns = rig.now_ns()
-    assert publish_until(rig.wrist, lambda: jpeg_message(value_image(200), stamp_ns, "wrist_optical"),
-                         lambda: rig.node.frames.get("wrist") is not None)
+    assert publish_until(
+        rig.wrist,
+        lambda: jpeg_message(value_image(200), stamp_ns, "wrist_optical"),
+        lambda: rig.node.frames.get("wrist") is not None,
+    )
 
     wrist = rig.user.point("cup", camera="wrist")
     front = rig.user.point("cup")
 
-    assert wrist.success and wrist.result.camera == "wrist" and wrist.result.header.frame_id == "wrist_optical"
+    assert (
+        wrist.success and wrist.result.camera == "wrist" and wrist.result.header.frame_id == "wrist_optical"
+    )
     assert abs(int(rig.engine.calls[0].image.mean()) - 200) <= 2, "JPEG-decoded wrist frame"
     assert front.success and front.result.camera == "front"
     assert int(rig.engine.calls[1].image[0, 0, 0]) == 10
@@ -203,7 +216,11 @@ def test_engine_failure_is_answered_and_the_node_keeps_working(make_rig):
     failed = rig.user.point("cup")
     assert failed.error_code == Point.Response.ENGINE_ERROR and "out of memory" in failed.message
     recovered = rig.user.point("cup")
-    assert recovered.success and recovered.result.raw_text == "There are none." and len(recovered.result.points) == 0
+    assert (
+        recovered.success
+        and recovered.result.raw_text == "There are none."
+        and len(recovered.result.points) == 0
+    )
 
 
 def test_frame_flood_while_busy_keeps_only_the_newest(make_rig):

@@ -23,8 +23,9 @@ BIN = Path(sys.executable).parent
 
 
 def start(command: list[str], **env: str) -> subprocess.Popen:
-    return subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+        command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def finish(process: subprocess.Popen, timeout: float = 30) -> tuple[int, str]:
@@ -42,9 +43,20 @@ def ros():
 
 
 def test_console_entry_point_with_params_file_and_tiny_model(ros, tiny_model_dir):
-    node = start([str(BIN / "pointer"), "--ros-args", "--params-file", str(REPO_ROOT / "config" / "pointer.yaml"),
-                  "-p", f"engine.model:={tiny_model_dir}", "-p", "engine.device:=cpu",
-                  "-p", "engine.max_new_tokens:=8"])
+    node = start(
+        [
+            str(BIN / "pointer"),
+            "--ros-args",
+            "--params-file",
+            str(REPO_ROOT / "config" / "pointer.yaml"),
+            "-p",
+            f"engine.model:={tiny_model_dir}",
+            "-p",
+            "engine.device:=cpu",
+            "-p",
+            "engine.max_new_tokens:=8",
+        ]
+    )
     user = TestClient()
     camera = user.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
     spinner = Spinner(user)
@@ -88,16 +100,27 @@ def test_missing_weights_stop_the_node_with_what_to_set(tmp_path):
 
 
 def test_demo_runs_the_whole_product_with_the_tiny_model(tiny_model_dir):
-    code, output = finish(start([str(BIN / "molmo-demo"), "--model", str(tiny_model_dir), "--device", "cpu",
-                                 "--query", "red mug"]), 180)
+    code, output = finish(
+        start(
+            [str(BIN / "molmo-demo"), "--model", str(tiny_model_dir), "--device", "cpu", "--query", "red mug"]
+        ),
+        180,
+    )
     assert code == 0, output
     assert "model answer:" in output and "Point to the red mug" in output
     assert "frame: camera_optical_frame" in output
 
 
 def test_demo_without_weights_says_so_and_shows_no_points(tmp_path):
-    code, output = finish(start([str(BIN / "molmo-demo"), "--timeout", "120"], HF_HUB_OFFLINE="1",
-                                HF_HOME=str(tmp_path / "hf"), MOLMO_MODEL=""), 180)
+    code, output = finish(
+        start(
+            [str(BIN / "molmo-demo"), "--timeout", "120"],
+            HF_HUB_OFFLINE="1",
+            HF_HOME=str(tmp_path / "hf"),
+            MOLMO_MODEL="",
+        ),
+        180,
+    )
     assert code == 3, output
     assert "allenai/MolmoE-1B-0924" in output and "MOLMO_MODEL" in output
     assert "(pixels)" not in output

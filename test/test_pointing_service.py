@@ -30,22 +30,39 @@ class Clock:
 
 def make_frame(camera: str, stamp_ns: int, width: int = 64, height: int = 48, value: int = 0) -> Frame:
     image = np.full((height, width, 3), value, dtype=np.uint8)
-    return Frame(camera=camera, stamp_ns=stamp_ns, frame_id=f"{camera}_optical", received_ns=stamp_ns,
-                 decode=lambda: image)
+    return Frame(
+        camera=camera,
+        stamp_ns=stamp_ns,
+        frame_id=f"{camera}_optical",
+        received_ns=stamp_ns,
+        decode=lambda: image,
+    )
 
 
 class Harness:
     def __init__(self, engine: ScriptedEngine, **settings: object) -> None:
-        defaults = dict(cameras=("front", "wrist"), default_camera="front", prompt_template="Point to the {query}",
-                        max_query_length=50, max_frame_age_s=2.0, queue_size=2)
+        defaults = dict(
+            cameras=("front", "wrist"),
+            default_camera="front",
+            prompt_template="Point to the {query}",
+            max_query_length=50,
+            max_frame_age_s=2.0,
+            queue_size=2,
+        )
         defaults.update(settings)
         self.clock = Clock()
         self.frames = LatestFrames()
         self.outcomes = []
         self.errors = []
         self.outcome_event = threading.Event()
-        self.service = PointingService(engine, self.frames, PointingSettings(**defaults), self.clock,
-                                       self._on_outcome, self.errors.append)
+        self.service = PointingService(
+            engine,
+            self.frames,
+            PointingSettings(**defaults),
+            self.clock,
+            self._on_outcome,
+            self.errors.append,
+        )
         self.service.start()
 
     def _on_outcome(self, outcome) -> None:
@@ -125,8 +142,14 @@ def test_request_image_replaces_camera_frame_and_needs_no_camera_frame(make_harn
 
 @pytest.mark.parametrize(
     "query, fragment",
-    [("", "empty"), ("   ", "empty"), ("x" * 51, "limit is 50"), ("red\x00mug", "not plain text"),
-     ("mug\x1b[2J", "not plain text"), ("bad \ud800 surrogate", "not plain text")],
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("x" * 51, "limit is 50"),
+        ("red\x00mug", "not plain text"),
+        ("mug\x1b[2J", "not plain text"),
+        ("bad \ud800 surrogate", "not plain text"),
+    ],
 )
 def test_invalid_queries_are_refused_with_the_reason(make_harness, query, fragment):
     engine = ScriptedEngine()
@@ -162,8 +185,13 @@ def test_stale_frame_is_refused_and_age_zero_disables(make_harness):
 
 def test_corrupt_frame_is_a_bad_image(make_harness):
     harness = make_harness(ScriptedEngine())
-    truncated = Frame("front", harness.clock.now_ns, "f", harness.clock.now_ns,
-                      decode=lambda: raw_to_rgb(b"\x00" * 10, "rgb8", 48, 64, 192, False))
+    truncated = Frame(
+        "front",
+        harness.clock.now_ns,
+        "f",
+        harness.clock.now_ns,
+        decode=lambda: raw_to_rgb(b"\x00" * 10, "rgb8", 48, 64, 192, False),
+    )
     harness.put(truncated)
     error = failure(harness, "cup")
     assert error.code == ErrorCode.BAD_IMAGE and "camera 'front'" in str(error)

@@ -17,8 +17,15 @@ from molmo_ros.engine.preprocessing import MolmoPreprocessor, select_tiling
 CASES = [f"case_{i:02d}" for i in range(7)]
 IMAGE_CASES = [case for case in CASES if case != "case_06"]
 # FACTS.md section 3, the token table.
-EXPECTED_TOKEN_IDS = {"eos": 50279, "pad": 1, "start": 50280, "end": 50281, "patch": 50282, "col": 50283,
-                      "prompt": 50284}
+EXPECTED_TOKEN_IDS = {
+    "eos": 50279,
+    "pad": 1,
+    "start": 50280,
+    "end": 50281,
+    "patch": 50282,
+    "col": 50283,
+    "prompt": 50284,
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +41,9 @@ def _load_case(reference_dir: Path, case: str) -> tuple[dict, dict[str, np.ndarr
 
 
 @cache
-def _processed(preprocessor: MolmoPreprocessor, reference_dir: Path, case: str, path: str
-               ) -> dict[str, np.ndarray]:
+def _processed(
+    preprocessor: MolmoPreprocessor, reference_dir: Path, case: str, path: str
+) -> dict[str, np.ndarray]:
     meta, golden = _load_case(reference_dir, case)
     if "input_image_uint8" not in golden:
         return preprocessor.process(None, meta["prompt"])
@@ -71,8 +79,16 @@ def test_tiling_and_size_match_sidecar(preprocessor, reference_dir, case):
 
 @pytest.mark.parametrize(
     ("height", "width", "expected"),
-    [(32, 24, (1, 1)), (700, 100, (1, 1)), (100, 900, (1, 1)), (300, 500, (1, 2)), (720, 1280, (3, 4)),
-     (1080, 1920, (3, 4)), (480, 640, (2, 3)), (336, 336, (1, 1))],
+    [
+        (32, 24, (1, 1)),
+        (700, 100, (1, 1)),
+        (100, 900, (1, 1)),
+        (300, 500, (1, 2)),
+        (720, 1280, (3, 4)),
+        (1080, 1920, (3, 4)),
+        (480, 640, (2, 3)),
+        (336, 336, (1, 1)),
+    ],
 )
 def test_tiling_choice(height, width, expected):
     # Margins of 8 patches of 14 px removed, windows of 16 patches (FACTS section 4.2).
@@ -95,7 +111,9 @@ def test_token_block_and_feature_positions_are_consistent(preprocessor, height, 
     positions = encoded.image_input_idx[encoded.image_input_idx >= 0]
     assert np.all(encoded.image_input_idx[encoded.image_input_idx < 0] == -100)
     assert len(np.unique(positions)) == len(positions)
-    np.testing.assert_array_equal(np.sort(positions), np.flatnonzero(input_ids == preprocessor.image_patch_id))
+    np.testing.assert_array_equal(
+        np.sort(positions), np.flatnonzero(input_ids == preprocessor.image_patch_id)
+    )
 
 
 def test_one_encoded_image_serves_every_prompt(preprocessor, reference_dir):
@@ -106,14 +124,21 @@ def test_one_encoded_image_serves_every_prompt(preprocessor, reference_dir):
         reused = preprocessor.process(encoded, prompt)
         for key in direct:
             np.testing.assert_array_equal(reused[key], direct[key])
-    np.testing.assert_array_equal(preprocessor.process(encoded, meta["prompt"])["input_ids"], golden["input_ids"])
+    np.testing.assert_array_equal(
+        preprocessor.process(encoded, meta["prompt"])["input_ids"], golden["input_ids"]
+    )
 
 
 def test_special_token_ids_match_the_reference_table(preprocessor):
-    ids = {"eos": preprocessor.eos_token_id, "pad": preprocessor.pad_token_id,
-           "start": preprocessor.image_start_id, "end": preprocessor.image_end_id,
-           "patch": preprocessor.image_patch_id, "col": preprocessor.image_col_id,
-           "prompt": preprocessor.image_prompt_id}
+    ids = {
+        "eos": preprocessor.eos_token_id,
+        "pad": preprocessor.pad_token_id,
+        "start": preprocessor.image_start_id,
+        "end": preprocessor.image_end_id,
+        "patch": preprocessor.image_patch_id,
+        "col": preprocessor.image_col_id,
+        "prompt": preprocessor.image_prompt_id,
+    }
     assert ids == EXPECTED_TOKEN_IDS
     assert preprocessor.bos_token_id == EXPECTED_TOKEN_IDS["eos"]
 
@@ -128,7 +153,8 @@ def test_decode_matches_transformers_with_the_reference_cleanup(preprocessor, ti
     transformers = pytest.importorskip("transformers")
     # transformers 4.50 (the reference environment) applied this clean-up; 5.x needs it forced.
     library = transformers.PreTrainedTokenizerFast(
-        tokenizer_file=str(tiny_model_dir / "tokenizer.json"), clean_up_tokenization_spaces=True,
+        tokenizer_file=str(tiny_model_dir / "tokenizer.json"),
+        clean_up_tokenization_spaces=True,
         clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output=True,
     )
     text = ' <point x="61.5" y="40.2" alt="red mug">red mug</point> . It \'s here , isn\'t it ?'
@@ -138,8 +164,16 @@ def test_decode_matches_transformers_with_the_reference_cleanup(preprocessor, ti
 
 def test_decode_drops_special_padding_and_unknown_ids(preprocessor):
     words = preprocessor.tokenizer.encode(" red mug", add_special_tokens=False).ids
-    noisy = [preprocessor.image_start_id, *words, preprocessor.image_patch_id, preprocessor.pad_token_id,
-             50290, preprocessor.eos_token_id, -1, -1]
+    noisy = [
+        preprocessor.image_start_id,
+        *words,
+        preprocessor.image_patch_id,
+        preprocessor.pad_token_id,
+        50290,
+        preprocessor.eos_token_id,
+        -1,
+        -1,
+    ]
     assert preprocessor.decode(noisy) == " red mug"
 
 
@@ -151,8 +185,9 @@ def test_exif_orientation_is_ignored_like_the_reference(preprocessor):
     PIL.Image.fromarray(pixels).save(buffer, format="PNG", exif=exif)
     reopened = PIL.Image.open(buffer)
     assert reopened.getexif()[0x0112] == 6
-    np.testing.assert_array_equal(preprocessor.encode_image(reopened).images,
-                                  preprocessor.encode_image(pixels).images)
+    np.testing.assert_array_equal(
+        preprocessor.encode_image(reopened).images, preprocessor.encode_image(pixels).images
+    )
 
 
 def test_equivalent_numpy_inputs(preprocessor):
@@ -195,10 +230,21 @@ def test_read_only_buffer_is_accepted_without_warnings(preprocessor):
         [[0, 0, 0]],
         PIL.Image.new("RGB", (0, 5)),
     ],
-    ids=["float", "two-channels", "batch-axis", "1d", "zero-height", "zero-width", "out-of-range",
-         "negative", "bool", "too-thin", "list", "empty-pil"],
+    ids=[
+        "float",
+        "two-channels",
+        "batch-axis",
+        "1d",
+        "zero-height",
+        "zero-width",
+        "out-of-range",
+        "negative",
+        "bool",
+        "too-thin",
+        "list",
+        "empty-pil",
+    ],
 )
 def test_invalid_images_are_rejected(preprocessor, bad_image):
     with pytest.raises(InvalidImageError):
         preprocessor.encode_image(bad_image)
-

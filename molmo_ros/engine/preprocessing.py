@@ -65,8 +65,12 @@ def select_tiling(height: int, width: int, window: int, max_crops: int) -> tuple
     sizes that are zero or negative (tiny images) are not special-cased there either.
     """
     candidates = sorted(
-        ((rows, cols) for rows in range(1, max_crops + 1) for cols in range(1, max_crops + 1)
-         if rows * cols <= max_crops),
+        (
+            (rows, cols)
+            for rows in range(1, max_crops + 1)
+            for cols in range(1, max_crops + 1)
+            if rows * cols <= max_crops
+        ),
         key=lambda tiling: (tiling[0] * tiling[1], tiling[0]),
     )
     tilings = np.array(candidates, dtype=np.int32)
@@ -154,8 +158,13 @@ class MolmoPreprocessor:
             raise IncompatibleCheckpointError(
                 f"the tokenizer does not know Molmo's image tokens {', '.join(_IMAGE_TOKENS)}"
             )
-        (self.image_start_id, self.image_end_id, self.image_patch_id, self.image_col_id,
-         self.image_prompt_id) = image_ids
+        (
+            self.image_start_id,
+            self.image_end_id,
+            self.image_patch_id,
+            self.image_col_id,
+            self.image_prompt_id,
+        ) = image_ids
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
 
     def _token_id(self, token: str) -> int:
@@ -168,7 +177,7 @@ class MolmoPreprocessor:
     def from_pretrained(
         cls, checkpoint_dir: str | Path, *, device: torch.device | str = "cpu"
     ) -> MolmoPreprocessor:
-        """Build from a checkpoint directory (tokenizer.json, preprocessor_config.json, tokenizer_config.json)."""
+        """From a checkpoint dir: tokenizer.json, preprocessor_config.json, tokenizer_config.json."""
         checkpoint_dir = Path(checkpoint_dir)
         tokenizer_file = checkpoint_dir / "tokenizer.json"
         if not tokenizer_file.is_file():
@@ -176,8 +185,10 @@ class MolmoPreprocessor:
         settings = _read_json(checkpoint_dir / "preprocessor_config.json")
         for flag in ("do_normalize", "image_padding_mask"):
             if settings.get(flag, True) is not True:
-                raise IncompatibleCheckpointError(f"preprocessor_config.json sets {flag}={settings[flag]!r}, "
-                                                  "which this engine does not implement")
+                raise IncompatibleCheckpointError(
+                    f"preprocessor_config.json sets {flag}={settings[flag]!r}, "
+                    "which this engine does not implement"
+                )
         kwargs = {name: settings[name] for name in _PREPROCESSOR_SETTINGS if name in settings}
         tokenizer_config = _read_json(checkpoint_dir / "tokenizer_config.json")
         for name in ("eos_token", "pad_token"):
@@ -213,8 +224,10 @@ class MolmoPreprocessor:
             text = _clean_up_tokenization(text)
         return text
 
-    def process(self, image: np.ndarray | PIL.Image.Image | ImageInputs | None, prompt: str) -> dict[str, np.ndarray]:
-        """The reference processor's outputs (no batch axis): input_ids, images, image_input_idx, image_masks."""
+    def process(
+        self, image: np.ndarray | PIL.Image.Image | ImageInputs | None, prompt: str
+    ) -> dict[str, np.ndarray]:
+        """Reference processor outputs, no batch axis: input_ids, images, image_input_idx, image_masks."""
         if image is None:
             return {"input_ids": self.build_input_ids(prompt, None)}
         if not isinstance(image, ImageInputs):
@@ -246,7 +259,7 @@ class MolmoPreprocessor:
         source = self._to_float_tensor(pixels)
         n_crops = rows * cols
         images = torch.empty(
-            (1 + n_crops, self.crop_patches ** 2, patch * patch * 3), dtype=torch.float32, device=self.device
+            (1 + n_crops, self.crop_patches**2, patch * patch * 3), dtype=torch.float32, device=self.device
         )
         global_image, _ = self._resize_and_pad(source, self.crop_size, self.crop_size)
         images[0].view(self.crop_patches, self.crop_patches, patch, patch, 3).copy_(
@@ -260,10 +273,12 @@ class MolmoPreprocessor:
         row_cover = _coverage(canvas_h, top, top + new_h, patch)
         col_cover = _coverage(canvas_w, left, left + new_w, patch)
         crop_masks = self._crop_windows(np.outer(row_cover, col_cover), rows, cols)
-        image_masks = np.concatenate([
-            crop_masks.reshape(n_crops, -1).astype(np.float32) / np.float32(patch * patch),
-            np.full((1, self.crop_patches ** 2), -1, dtype=np.float32),
-        ])
+        image_masks = np.concatenate(
+            [
+                crop_masks.reshape(n_crops, -1).astype(np.float32) / np.float32(patch * patch),
+                np.full((1, self.crop_patches**2), -1, dtype=np.float32),
+            ]
+        )
         return ImageInputs(
             images=images.cpu().numpy(),
             image_masks=image_masks,
@@ -280,8 +295,9 @@ class MolmoPreprocessor:
         source = torch.from_numpy(pixels).to(self.device).permute(2, 0, 1).unsqueeze(0)
         return source.to(torch.float32).div_(255)
 
-    def _resize_and_pad(self, source: torch.Tensor, target_h: int, target_w: int
-                        ) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    def _resize_and_pad(
+        self, source: torch.Tensor, target_h: int, target_w: int
+    ) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
         """Normalized [target_h, target_w, 3] image, centered; padding holds normalized zeros."""
         height, width = source.shape[-2:]
         new_h, new_w = _scaled_size(height, width, target_h, target_w)
@@ -290,16 +306,18 @@ class MolmoPreprocessor:
                 f"image of {height}x{width} pixels is too thin to resize to {target_h}x{target_w}; "
                 "crop it to a less extreme aspect ratio"
             )
-        resized = F.interpolate(source, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+        resized = F.interpolate(
+            source, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
+        )
         resized = resized.clamp_(0.0, 1.0)[0].permute(1, 2, 0)
         top, left = (target_h - new_h) // 2, (target_w - new_w) // 2
         canvas = torch.empty((target_h, target_w, 3), dtype=torch.float32, device=self.device)
         canvas.copy_((-self._mean / self._std).expand_as(canvas))  # normalized zero padding
-        canvas[top:top + new_h, left:left + new_w] = (resized - self._mean) / self._std
+        canvas[top : top + new_h, left : left + new_w] = (resized - self._mean) / self._std
         return canvas, (top, left, new_h, new_w)
 
     def _patch_grid(self, image: torch.Tensor) -> torch.Tensor:
-        """[rows, cols, patch, patch, 3] view of an HWC image: patches row-major, pixels (row, col, channel)."""
+        """[rows, cols, patch, patch, 3] view of HWC pixels: patches row-major, pixels (row, col, channel)."""
         p = self.patch_size
         return image.view(image.shape[0] // p, p, image.shape[1] // p, p, 3).permute(0, 2, 1, 3, 4)
 
@@ -407,7 +425,17 @@ def _read_json(path: Path) -> dict:
 
 def _clean_up_tokenization(text: str) -> str:
     """The space clean-up transformers applies when decoding for this tokenizer (its config enables it)."""
-    for spaced, joined in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                           (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+    for spaced, joined in (
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ):
         text = text.replace(spaced, joined)
     return text

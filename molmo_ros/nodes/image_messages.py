@@ -17,7 +17,12 @@ def frame_from_image(message: Image, camera: str, received_ns: int) -> Frame:
         frame_id=message.header.frame_id,
         received_ns=received_ns,
         decode=lambda: raw_to_rgb(
-            message.data, message.encoding, message.height, message.width, message.step, bool(message.is_bigendian)
+            message.data,
+            message.encoding,
+            message.height,
+            message.width,
+            message.step,
+            bool(message.is_bigendian),
         ),
     )
 

@@ -3,7 +3,6 @@
 Thin by design: it turns messages into `PointingService` calls and outcomes back into messages.
 """
 
-import os
 import sys
 import threading
 import time
@@ -77,18 +76,38 @@ class PointerNode(Node):
         settings = PointingSettings(
             cameras=tuple(camera_names),
             default_camera=self._default_camera(camera_names),
-            prompt_template=self._declare("prompt_template", POINT_TEMPLATE, _described(
-                f"Prompt sent to the model; {QUERY_PLACEHOLDER} is replaced by the query. "
-                f"'{POINT_TEMPLATE}' points at one thing; '{POINT_ALL_TEMPLATE}' points at every one.")),
-            max_query_length=self._declare("max_query_length", 200, _described(
-                "Longest accepted query, in characters.",
-                integer_range=[IntegerRange(from_value=1, to_value=2000, step=1)])),
-            max_frame_age_s=self._declare("max_frame_age", 2.0, _described(
-                "Refuse frames older than this many seconds when the model starts (0 disables).",
-                floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0, step=0.0)])),
-            queue_size=self._declare("queue_size", 4, _described(
-                "Requests that may wait while the model is busy; more are answered 'busy'.",
-                integer_range=[IntegerRange(from_value=1, to_value=64, step=1)])),
+            prompt_template=self._declare(
+                "prompt_template",
+                POINT_TEMPLATE,
+                _described(
+                    f"Prompt sent to the model; {QUERY_PLACEHOLDER} is replaced by the query. "
+                    f"'{POINT_TEMPLATE}' points at one thing; '{POINT_ALL_TEMPLATE}' points at every one."
+                ),
+            ),
+            max_query_length=self._declare(
+                "max_query_length",
+                200,
+                _described(
+                    "Longest accepted query, in characters.",
+                    integer_range=[IntegerRange(from_value=1, to_value=2000, step=1)],
+                ),
+            ),
+            max_frame_age_s=self._declare(
+                "max_frame_age",
+                2.0,
+                _described(
+                    "Refuse frames older than this many seconds when the model starts (0 disables).",
+                    floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0, step=0.0)],
+                ),
+            ),
+            queue_size=self._declare(
+                "queue_size",
+                4,
+                _described(
+                    "Requests that may wait while the model is busy; more are answered 'busy'.",
+                    integer_range=[IntegerRange(from_value=1, to_value=64, step=1)],
+                ),
+            ),
         )
         make_point_prompt(settings.prompt_template, "check")  # refuses a template without the placeholder now
         engine_settings = self._declare_engine_parameters()
@@ -103,7 +122,9 @@ class PointerNode(Node):
         self._camera_group = MutuallyExclusiveCallbackGroup()
         self._request_group = ReentrantCallbackGroup()
         self._subscribe_cameras(camera_names)
-        self.create_subscription(String, "query", self._on_standing_query, 10, callback_group=self._camera_group)
+        self.create_subscription(
+            String, "query", self._on_standing_query, 10, callback_group=self._camera_group
+        )
         self.service.start()
         self.create_service(Point, "point", self._on_point, callback_group=self._request_group)
         self.get_logger().info(
@@ -124,48 +145,94 @@ class PointerNode(Node):
         return self.declare_parameter(name, default, descriptor).value
 
     def _declare_cameras(self) -> list[str]:
-        names = self._declare("camera_names", ["camera"], _described(
-            "Names of the cameras to listen to; each has cameras.<name>.topic and cameras.<name>.compressed."))
+        names = self._declare(
+            "camera_names",
+            ["camera"],
+            _described(
+                "Names of the cameras to listen to; each has cameras.<name>.topic and "
+                "cameras.<name>.compressed."
+            ),
+        )
         if not names or len(set(names)) != len(names) or not all(names):
             raise ValueError(f"parameter camera_names must list distinct, non-empty names: {names!r}")
-        self._camera_qos = self._declare("qos", "sensor_data", _described(
-            f"QoS of the camera subscriptions: one of {', '.join(QOS_CHOICES)}. Depth is always 1: "
-            "only the newest frame matters.", additional_constraints=f"one of {', '.join(QOS_CHOICES)}"))
+        self._camera_qos = self._declare(
+            "qos",
+            "sensor_data",
+            _described(
+                f"QoS of the camera subscriptions: one of {', '.join(QOS_CHOICES)}. Depth is always 1: "
+                "only the newest frame matters.",
+                additional_constraints=f"one of {', '.join(QOS_CHOICES)}",
+            ),
+        )
         if self._camera_qos not in QOS_CHOICES:
             raise ValueError(f"parameter qos must be one of {QOS_CHOICES}, not {self._camera_qos!r}")
         return list(names)
 
     def _default_camera(self, camera_names: Sequence[str]) -> str:
-        default = self._declare("default_camera", "", _described(
-            "Camera used when a request names none; empty means the first of camera_names."))
+        default = self._declare(
+            "default_camera",
+            "",
+            _described("Camera used when a request names none; empty means the first of camera_names."),
+        )
         if default and default not in camera_names:
-            raise ValueError(f"parameter default_camera {default!r} is not one of camera_names {list(camera_names)}")
+            raise ValueError(
+                f"parameter default_camera {default!r} is not one of camera_names {list(camera_names)}"
+            )
         return default or camera_names[0]
 
     def _declare_engine_parameters(self) -> dict[str, object]:
         return {
-            "model": self._declare("engine.model", "", _described(
-                "Hugging Face model id or local checkpoint directory; empty means $MOLMO_MODEL, "
-                "else allenai/MolmoE-1B-0924.", read_only=True)),
-            "revision": self._declare("engine.revision", "", _described(
-                "Commit of the model id to use; empty means the pinned default.", read_only=True)),
-            "device": self._declare("engine.device", "auto", _described(
-                "auto (CUDA if present, else CPU), cpu, cuda or cuda:N.", read_only=True)),
-            "dtype": self._declare("engine.dtype", "auto", _described(
-                "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.", read_only=True)),
-            "max_new_tokens": self._declare("engine.max_new_tokens", 200, _described(
-                "Longest answer, in tokens.", read_only=True,
-                integer_range=[IntegerRange(from_value=1, to_value=4096, step=1)])),
-            "cache_dir": self._declare("engine.cache_dir", "", _described(
-                "Where the one-time bfloat16 conversion of the checkpoint is kept; empty means the default.",
-                read_only=True)),
+            "model": self._declare(
+                "engine.model",
+                "",
+                _described(
+                    "Hugging Face model id or local checkpoint directory; empty means $MOLMO_MODEL, "
+                    "else allenai/MolmoE-1B-0924.",
+                    read_only=True,
+                ),
+            ),
+            "revision": self._declare(
+                "engine.revision",
+                "",
+                _described("Commit of the model id to use; empty means the pinned default.", read_only=True),
+            ),
+            "device": self._declare(
+                "engine.device",
+                "auto",
+                _described("auto (CUDA if present, else CPU), cpu, cuda or cuda:N.", read_only=True),
+            ),
+            "dtype": self._declare(
+                "engine.dtype",
+                "auto",
+                _described(
+                    "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.", read_only=True
+                ),
+            ),
+            "max_new_tokens": self._declare(
+                "engine.max_new_tokens",
+                200,
+                _described(
+                    "Longest answer, in tokens.",
+                    read_only=True,
+                    integer_range=[IntegerRange(from_value=1, to_value=4096, step=1)],
+                ),
+            ),
+            "cache_dir": self._declare(
+                "engine.cache_dir",
+                "",
+                _described(
+                    "Where the one-time bfloat16 conversion of the checkpoint is kept; "
+                    "empty means the default.",
+                    read_only=True,
+                ),
+            ),
         }
 
     def _load_engine(self, parameters: dict[str, object]) -> PointingEngine:
         from molmo_ros.engine import EngineSettings, MolmoEngine
-        from molmo_ros.engine.checkpoint import DEFAULT_MODEL_ID
+        from molmo_ros.engine.checkpoint import default_model
 
-        model = parameters["model"] or os.environ.get("MOLMO_MODEL") or DEFAULT_MODEL_ID
+        model = parameters["model"] or default_model()
         settings_kwargs = {key: value for key, value in parameters.items() if value != "" and key != "model"}
         settings = EngineSettings(model=model, **settings_kwargs)
         self.get_logger().info(f"loading {model} (device {settings.device}, dtype {settings.dtype})")
@@ -178,23 +245,38 @@ class PointerNode(Node):
         if self._camera_qos == "reliable":
             qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         for name in camera_names:
-            compressed = self._declare(f"cameras.{name}.compressed", False, _described(
-                f"Whether camera {name} publishes sensor_msgs/CompressedImage (decoded with OpenCV).",
-                read_only=True))
-            topic = self._declare(f"cameras.{name}.topic", "", _described(
-                f"Image topic of camera {name}; empty means /{name}/image_raw "
-                "(/compressed appended for compressed images).", read_only=True))
+            compressed = self._declare(
+                f"cameras.{name}.compressed",
+                False,
+                _described(
+                    f"Whether camera {name} publishes sensor_msgs/CompressedImage (decoded with OpenCV).",
+                    read_only=True,
+                ),
+            )
+            topic = self._declare(
+                f"cameras.{name}.topic",
+                "",
+                _described(
+                    f"Image topic of camera {name}; empty means /{name}/image_raw "
+                    "(/compressed appended for compressed images).",
+                    read_only=True,
+                ),
+            )
             topic = topic or f"/{name}/image_raw" + ("/compressed" if compressed else "")
             if compressed:
                 callback = self._frame_callback(name, frame_from_compressed)
-                subscription = self.create_subscription(CompressedImage, topic, callback, qos,
-                                                        callback_group=self._camera_group)
+                subscription = self.create_subscription(
+                    CompressedImage, topic, callback, qos, callback_group=self._camera_group
+                )
             else:
                 callback = self._frame_callback(name, frame_from_image)
-                subscription = self.create_subscription(Image, topic, callback, qos,
-                                                        callback_group=self._camera_group)
-            self.get_logger().info(f"camera {name}: {subscription.topic_name} "
-                                   f"({'compressed' if compressed else 'raw'}, {self._camera_qos})")
+                subscription = self.create_subscription(
+                    Image, topic, callback, qos, callback_group=self._camera_group
+                )
+            self.get_logger().info(
+                f"camera {name}: {subscription.topic_name} "
+                f"({'compressed' if compressed else 'raw'}, {self._camera_qos})"
+            )
 
     def _frame_callback(
         self, camera: str, to_frame: Callable[[Image | CompressedImage, str, int], Frame]

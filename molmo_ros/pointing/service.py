@@ -100,17 +100,21 @@ def validate_query(query: str, max_length: int) -> str:
     """The query with surrounding blanks removed; raises INVALID_QUERY with the reason."""
     stripped = query.strip()
     if not stripped:
-        raise PointingError(ErrorCode.INVALID_QUERY, "the query is empty; say what to point at, e.g. 'red mug'")
+        raise PointingError(
+            ErrorCode.INVALID_QUERY, "the query is empty; say what to point at, e.g. 'red mug'"
+        )
     if len(stripped) > max_length:
         raise PointingError(
             ErrorCode.INVALID_QUERY,
-            f"the query is {len(stripped)} characters long; the limit is {max_length} (parameter max_query_length)",
+            f"the query is {len(stripped)} characters long; "
+            f"the limit is {max_length} (parameter max_query_length)",
         )
     bad = [ch for ch in stripped if not ch.isprintable() or "\ud800" <= ch <= "\udfff"]
     if bad:
         raise PointingError(
             ErrorCode.INVALID_QUERY,
-            f"the query is not plain text: it contains control or invalid characters {sorted(set(map(repr, bad)))}",
+            "the query is not plain text: it contains control or invalid characters "
+            f"{sorted(set(map(repr, bad)))}",
         )
     return stripped
 
@@ -132,7 +136,9 @@ class PointingService:
         on_error: Callable[[PointingError], None],
     ) -> None:
         if settings.default_camera not in settings.cameras:
-            raise ValueError(f"default camera {settings.default_camera!r} is not one of {list(settings.cameras)}")
+            raise ValueError(
+                f"default camera {settings.default_camera!r} is not one of {list(settings.cameras)}"
+            )
         if settings.queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         self._engine = engine
@@ -185,7 +191,8 @@ class PointingService:
                 if len(self._jobs) >= self._settings.queue_size:
                     raise PointingError(
                         ErrorCode.BUSY,
-                        f"busy: {len(self._jobs)} requests are already waiting (parameter queue_size); try again shortly",
+                        f"busy: {len(self._jobs)} requests are already waiting (parameter queue_size); "
+                        "try again shortly",
                     )
                 self._jobs.append(job)
                 self._wake.notify_all()
@@ -201,7 +208,8 @@ class PointingService:
             self._standing_query = cleaned
             # The frame already there counts as new, so a standing query answers without waiting.
             self._standing_seen = {
-                camera: max(self._frames.get_with_sequence(camera)[1] - 1, 0) for camera in self._settings.cameras
+                camera: max(self._frames.get_with_sequence(camera)[1] - 1, 0)
+                for camera in self._settings.cameras
             }
             self._wake.notify_all()
 
@@ -271,7 +279,9 @@ class PointingService:
                 if query is None:
                     continue
                 try:
-                    self._on_outcome(self._answer_safely(PointingRequest(query=query, camera=standing_camera)))
+                    self._on_outcome(
+                        self._answer_safely(PointingRequest(query=query, camera=standing_camera))
+                    )
                 except PointingError as error:
                     self._on_error(error)
             else:
@@ -284,7 +294,9 @@ class PointingService:
         except PointingError:
             raise
         except Exception as error:
-            raise PointingError(ErrorCode.ENGINE_ERROR, f"internal error: {type(error).__name__}: {error}") from error
+            raise PointingError(
+                ErrorCode.ENGINE_ERROR, f"internal error: {type(error).__name__}: {error}"
+            ) from error
 
     def _answer(self, request: PointingRequest) -> PointingOutcome:
         frame = request.image or self._frames.get(request.camera)
@@ -295,13 +307,18 @@ class PointingService:
         if request.image is None and limit > 0 and age_s > limit:
             raise PointingError(
                 ErrorCode.STALE_FRAME,
-                f"the newest frame from camera {frame.camera!r} is {age_s:.2f} s old; the limit is {limit:g} s "
+                f"the newest frame from camera {frame.camera!r} is {age_s:.2f} s old; "
+                f"the limit is {limit:g} s "
                 "(parameter max_frame_age); is the camera still publishing?",
             )
         try:
             image = frame.decode()
         except ImageConversionError as error:
-            source = "the request's image" if request.image is not None else f"the frame from camera {frame.camera!r}"
+            source = (
+                "the request's image"
+                if request.image is not None
+                else f"the frame from camera {frame.camera!r}"
+            )
             raise PointingError(ErrorCode.BAD_IMAGE, f"cannot use {source}: {error}") from error
         prompt = make_point_prompt(self._settings.prompt_template, request.query)
         started = time.perf_counter()
@@ -312,7 +329,9 @@ class PointingService:
         except EngineOutOfMemoryError as error:
             raise PointingError(ErrorCode.ENGINE_ERROR, f"the model ran out of memory: {error}") from error
         except Exception as error:
-            raise PointingError(ErrorCode.ENGINE_ERROR, f"the model failed: {type(error).__name__}: {error}") from error
+            raise PointingError(
+                ErrorCode.ENGINE_ERROR, f"the model failed: {type(error).__name__}: {error}"
+            ) from error
         model_seconds = time.perf_counter() - started
         raw_text = answer.texts[0]
         height, width = image.shape[:2]
