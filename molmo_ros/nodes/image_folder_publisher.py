@@ -10,15 +10,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from molmo_ros.image_conversion import rgb_to_raw
+from molmo_ros.nodes.runner import run_node
 from molmo_ros.resources import share_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -126,21 +125,7 @@ class ImageFolderPublisher(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = ImageFolderPublisher()
-    except (ValueError, OSError) as error:
-        print(f"image_folder_publisher: cannot start: {error}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node("image_folder_publisher", ImageFolderPublisher, (ValueError, OSError), args)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-import rclpy
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point as PointMsg
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.exceptions import InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
@@ -23,6 +21,7 @@ from std_msgs.msg import Header, String
 from molmo_ros.engine.errors import EngineError
 from molmo_ros.msg import PointingResult
 from molmo_ros.nodes.image_messages import frame_from_compressed, frame_from_image
+from molmo_ros.nodes.runner import run_node
 from molmo_ros.pointing.frames import Frame, LatestFrames
 from molmo_ros.pointing.service import (
     ErrorCode,
@@ -352,23 +351,13 @@ def _result_message(outcome: PointingOutcome) -> PointingResult:
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = PointerNode()
-    except (EngineError, ValueError, InvalidParameterValueException) as error:
-        print(f"pointer: cannot start: {error}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    try:
-        executor = MultiThreadedExecutor(num_threads=node.executor_threads)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(
+        "pointer",
+        PointerNode,
+        (EngineError, ValueError, InvalidParameterValueException),
+        args,
+        threads=lambda node: node.executor_threads,
+    )
 
 
 if __name__ == "__main__":
