@@ -16,6 +16,7 @@ from pathlib import Path
 
 from setuptools import Distribution, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 PACKAGE = "molmo_ros"
@@ -61,6 +62,14 @@ def data_files_under(stage: Path, top: str, recursive: bool) -> list[tuple[str, 
         if path.is_file():
             groups.setdefault(path.parent.relative_to(stage).as_posix(), []).append(str(path))
     return sorted(groups.items())
+
+
+class FreshBuildPy(build_py):
+    """pip builds in the checkout and keeps build/lib: a module deleted from the source must not ship."""
+
+    def run(self) -> None:
+        shutil.rmtree(Path(self.build_lib) / PACKAGE, ignore_errors=True)
+        super().run()
 
 
 class BuildInterfaces(build_ext):
@@ -114,5 +123,5 @@ class BuildInterfaces(build_ext):
 setup(
     version=package_xml_version(),
     distclass=BinaryDistribution,
-    cmdclass={"build_ext": BuildInterfaces},
+    cmdclass={"build_py": FreshBuildPy, "build_ext": BuildInterfaces},
 )
