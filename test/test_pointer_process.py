@@ -28,11 +28,16 @@ def start(command: list[str], **env: str) -> subprocess.Popen:
     )
 
 
-def finish(process: subprocess.Popen, timeout: float = 30) -> tuple[int, str]:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
+def exit_of(process: subprocess.Popen, timeout: float) -> tuple[int, str]:
+    """Waits for a process that must end by itself."""
     output, _ = process.communicate(timeout=timeout)
     return process.returncode, output
+
+
+def interrupt(process: subprocess.Popen) -> tuple[int, str]:
+    """Ctrl-C, as a user stops the node."""
+    process.send_signal(signal.SIGINT)
+    return exit_of(process, 30)
 
 
 @pytest.fixture
@@ -83,24 +88,24 @@ def test_console_entry_point_with_params_file_and_tiny_model(ros, tiny_model_dir
     finally:
         spinner.close()
         user.destroy_node()
-        code, output = finish(node)
+        code, output = interrupt(node)
     assert code == 0, output
     assert "model loaded on cpu" in output
 
 
 def test_missing_weights_stop_the_node_with_what_to_set(tmp_path):
     missing = tmp_path / "no-such-checkpoint"
-    code, output = finish(start([str(BIN / "pointer"), "--ros-args", "-p", f"engine.model:={missing}"]), 60)
+    code, output = exit_of(start([str(BIN / "pointer"), "--ros-args", "-p", f"engine.model:={missing}"]), 60)
     assert code == 1
     assert str(missing) in output and "engine.model" in output and "MOLMO_MODEL" in output
 
     offline = start([str(BIN / "pointer")], HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), MOLMO_MODEL="")
-    code, output = finish(offline, 60)
+    code, output = exit_of(offline, 60)
     assert code == 1 and "allenai/MolmoE-1B-0924" in output and "offline" in output.lower()
 
 
 def test_demo_runs_the_whole_product_with_the_tiny_model(tiny_model_dir):
-    code, output = finish(
+    code, output = exit_of(
         start(
             [str(BIN / "molmo-demo"), "--model", str(tiny_model_dir), "--device", "cpu", "--query", "red mug"]
         ),
@@ -112,7 +117,7 @@ def test_demo_runs_the_whole_product_with_the_tiny_model(tiny_model_dir):
 
 
 def test_demo_without_weights_says_so_and_shows_no_points(tmp_path):
-    code, output = finish(
+    code, output = exit_of(
         start(
             [str(BIN / "molmo-demo"), "--timeout", "120"],
             HF_HUB_OFFLINE="1",
