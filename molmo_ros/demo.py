@@ -140,8 +140,7 @@ def _print_response(query: str, response: Point.Response) -> None:
         f"model {result.model_seconds * 1000:.0f} ms"
     )
     print(f"model answer: {result.raw_text!r}")
-    if not result.points:
-        print(f"no points ({response.message})")
+    print(f"result: {response.message}")
     for point, label in zip(result.points, result.labels, strict=True):
         print(f"  {label}: x={point.x:.1f} y={point.y:.1f} (pixels)")
 

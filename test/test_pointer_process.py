@@ -98,6 +98,7 @@ def test_missing_weights_stop_the_node_with_what_to_set(tmp_path):
     code, output = exit_of(start([str(BIN / "pointer"), "--ros-args", "-p", f"engine.model:={missing}"]), 60)
     assert code == 1
     assert str(missing) in output and "engine.model" in output and "MOLMO_MODEL" in output
+    assert "Traceback" not in output
 
     offline = start([str(BIN / "pointer")], HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), MOLMO_MODEL="")
     code, output = exit_of(offline, 60)

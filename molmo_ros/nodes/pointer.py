@@ -71,6 +71,9 @@ class PointerNode(Node):
     def __init__(self, engine: PointingEngine | None = None, **node_options: object) -> None:
         node_options.setdefault("namespace", "molmo")
         super().__init__("pointer", **node_options)
+        # rclpy destroys a node whose constructor failed (weights missing, bad parameter) at shutdown,
+        # so destroy_node must cope with a node that never got its service.
+        self._pointing: PointingService | None = None
         camera_names = self._declare_cameras()
         settings = PointingSettings(
             cameras=tuple(camera_names),
@@ -115,7 +118,7 @@ class PointerNode(Node):
         self._points_publisher = self.create_publisher(PointingResult, "points", 10)
         if engine is None:
             engine = self._load_engine(engine_settings)
-        self.service = PointingService(
+        self._pointing = PointingService(
             engine, self.frames, settings, self._now_ns, self._publish_outcome, self._log_error
         )
         self._camera_group = MutuallyExclusiveCallbackGroup()
@@ -136,8 +139,14 @@ class PointerNode(Node):
         """Enough threads that waiting requests never starve frame callbacks or 'busy' answers."""
         return self.service.settings.queue_size + 4
 
+    @property
+    def service(self) -> PointingService:
+        assert self._pointing is not None, "the node was not fully constructed"
+        return self._pointing
+
     def destroy_node(self) -> None:
-        self.service.stop()
+        if self._pointing is not None:
+            self._pointing.stop()
         super().destroy_node()
 
     def _declare(self, name: str, default: object, descriptor: ParameterDescriptor) -> object:
