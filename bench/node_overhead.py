@@ -4,8 +4,9 @@
 
 The pointer node runs in its own process with a zero-cost engine (it answers at once), so every
 millisecond measured is node, DDS and conversion cost. For 640x480 and 1920x1080 rgb8 frames
-streamed at 30 Hz it prints the service round trip and the node overhead (round trip minus the
-engine's time) as p50/p95, then the CPU the node process spends just taking a 30 Hz stream.
+streamed at 30 Hz by a camera in a third process it prints the service round trip and the node
+overhead (round trip minus the engine's time) as p50/p95, then the CPU the node process spends
+just taking the stream, and how many frames it took of those sent.
 DDS stays on this machine; the shipped Fast DDS profile is used unless --no-profile.
 """
 
@@ -42,13 +43,14 @@ class ZeroCostEngine:
 def serve() -> None:
     """Child process: the real pointer node with the zero-cost engine, until SIGTERM."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
 
     from molmo_ros.nodes.pointer import PointerNode
+    from molmo_ros.nodes.runner import SubmitOnceExecutor
 
     rclpy.init()
     node = PointerNode(engine=ZeroCostEngine())
-    executor = MultiThreadedExecutor(num_threads=node.executor_threads)
+    executor = SubmitOnceExecutor(num_threads=node.executor_threads)
     executor.add_node(node)
     try:
         executor.spin()
@@ -71,73 +73,94 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def measure(
-    width: int, height: int, calls: int, stream_seconds: float, env: dict[str, str]
-) -> dict[str, float]:
+def camera(width: int, height: int) -> None:
+    """Child process: a 30 Hz rgb8 camera, as a driver in its own process would be, until SIGTERM."""
+    import signal
+
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
     from molmo_ros.image_conversion import rgb_to_raw
-    from molmo_ros.srv import Point
 
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--serve"], env=env, stdout=subprocess.PIPE, text=True
-    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     rclpy.init()
-    client_node = rclpy.create_node("overhead_bench")
-    publisher = client_node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
-    client = client_node.create_client(Point, "/molmo/point")
+    node = rclpy.create_node("overhead_bench_camera")
+    publisher = node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
     rgb = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
     data, step = rgb_to_raw(rgb)
     message = Image(
         height=height, width=width, encoding="rgb8", step=step, data=data, header=Header(frame_id="cam")
     )
-    stop = threading.Event()
-    published = [0]
+    sent = 0
+    next_time = time.monotonic()
+    while not stop.is_set():
+        message.header.stamp = node.get_clock().now().to_msg()
+        publisher.publish(message)
+        sent += 1
+        next_time += 1 / 30
+        time.sleep(max(0.0, next_time - time.monotonic()))
+    print(f"frames sent: {sent}", flush=True)
+    node.destroy_node()
+    rclpy.try_shutdown()
 
-    def stream() -> None:
-        period = 1 / 30
-        next_time = time.monotonic()
-        while not stop.is_set():
-            message.header.stamp = client_node.get_clock().now().to_msg()
-            publisher.publish(message)
-            published[0] += 1
-            next_time += period
-            time.sleep(max(0.0, next_time - time.monotonic()))
 
+def _count(output: str, label: str) -> int:
+    return int(output.rsplit(label, 1)[1].split()[0]) if label in output else -1
+
+
+def measure(
+    width: int, height: int, calls: int, stream_seconds: float, env: dict[str, str]
+) -> dict[str, object]:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from molmo_ros.srv import Point
+
+    def child(*args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, __file__, *args], env=env, stdout=subprocess.PIPE, text=True)
+
+    node = child("--serve")
+    stream = child("--camera", str(width), str(height))
+    rclpy.init()
+    client_node = rclpy.create_node("overhead_bench")
+    client = client_node.create_client(Point, "/molmo/point")
     executor = SingleThreadedExecutor()
     executor.add_node(client_node)
-    streamer = threading.Thread(target=stream, daemon=True)
+    round_trips, overheads = [], []
     try:
         if not client.wait_for_service(timeout_sec=60):
             raise RuntimeError("the pointer node did not come up")
-        streamer.start()
-        round_trips, overheads = [], []
-        for index in range(calls + 10):
+        warm_up = 10
+        deadline = time.monotonic() + 120
+        while len(round_trips) < calls and time.monotonic() < deadline:
             started = time.perf_counter()
             future = client.call_async(Point.Request(query="thing"))
             executor.spin_until_future_complete(future, timeout_sec=10)
             elapsed = time.perf_counter() - started
             response = future.result()
             if response is None or not response.success:
-                time.sleep(0.05)  # the first frames may not have arrived yet
+                time.sleep(0.05)  # no frame has arrived yet
                 continue
-            if index >= 10:
-                round_trips.append(elapsed * 1000)
-                overheads.append((elapsed - response.result.model_seconds) * 1000)
-        before = cpu_seconds(child.pid)
+            if warm_up:
+                warm_up -= 1
+                continue
+            round_trips.append(elapsed * 1000)
+            overheads.append((elapsed - response.result.model_seconds) * 1000)
+        before = cpu_seconds(node.pid)
         time.sleep(stream_seconds)
-        cpu = (cpu_seconds(child.pid) - before) / stream_seconds * 100
+        cpu = (cpu_seconds(node.pid) - before) / stream_seconds * 100
     finally:
-        stop.set()
-        child.terminate()
-        output, _ = child.communicate(timeout=20)
+        for process in (stream, node):
+            process.terminate()
+        sent = _count(stream.communicate(timeout=20)[0], "frames sent:")
+        taken = _count(node.communicate(timeout=20)[0], "frames received:")
         client_node.destroy_node()
         rclpy.try_shutdown()
-    frames = int(output.rsplit("frames received:", 1)[1].split()[0]) if "frames received:" in output else -1
+    if not round_trips:
+        raise RuntimeError(f"no successful call at {width}x{height}: did any frame reach the node?")
     return {
         "calls": len(round_trips),
         "rt_p50": statistics.median(round_trips),
@@ -145,19 +168,23 @@ def measure(
         "ov_p50": statistics.median(overheads),
         "ov_p95": percentile(overheads, 0.95),
         "stream_cpu_percent": cpu,
-        "frames": f"{frames}/{published[0]}",
+        "frames": f"{taken}/{sent}",
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--camera", nargs=2, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--stream-seconds", type=float, default=10.0)
     parser.add_argument("--no-profile", action="store_true", help="leave Fast DDS at its defaults")
     args = parser.parse_args()
     if args.serve:
         serve()
+        return
+    if args.camera:
+        camera(*args.camera)
         return
     env = dict(
         os.environ,

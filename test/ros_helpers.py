@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.publisher import Publisher
 from sensor_msgs.msg import CompressedImage, Image
@@ -14,6 +13,7 @@ from std_msgs.msg import Header
 
 from molmo_ros.image_conversion import rgb_to_raw
 from molmo_ros.msg import PointingResult
+from molmo_ros.nodes.runner import SubmitOnceExecutor
 from molmo_ros.srv import Point
 
 
@@ -58,7 +58,7 @@ class Spinner:
     """Spins nodes on a background executor until closed."""
 
     def __init__(self, *nodes: Node, threads: int = 4) -> None:
-        self.executor = MultiThreadedExecutor(num_threads=threads)
+        self.executor = SubmitOnceExecutor(num_threads=threads)
         for node in nodes:
             self.executor.add_node(node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
