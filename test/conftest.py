@@ -10,7 +10,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _reference_dir() -> Path:
-    return Path(os.environ.get("MOLMO_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "molmo_reference"))
+    default = REPO_ROOT.parent / "shared" / "molmo_reference"
+    return Path(os.environ.get("MOLMO_REFERENCE_DIR", default)).resolve()
 
 
 @pytest.fixture(scope="session")
