@@ -259,3 +259,26 @@ def test_concurrent_requests_beyond_the_queue_are_all_answered(make_rig):
     codes = sorted(f.result().error_code for f in futures)
     assert codes == [Point.Response.OK] * 3 + [Point.Response.BUSY] * 5
     assert all("busy" in f.result().message for f in futures if not f.result().success)
+
+
+def test_runtime_parameters_apply_to_the_next_request_and_the_rest_are_read_only(make_rig):
+    rig = make_rig()
+    rig.send_front(1)
+    results = rig.node.set_parameters(
+        [Parameter("prompt_template", value='pointing: Point to all occurrences of "{query}"')]
+    )
+    assert results[0].successful
+    assert rig.user.point("cup").result.prompt == 'pointing: Point to all occurrences of "cup"'
+
+    assert not rig.node.set_parameters([Parameter("prompt_template", value="Find it")])[0].successful
+    assert rig.node.set_parameters([Parameter("max_query_length", value=3)])[0].successful
+    assert rig.user.point("cup plate").error_code == Point.Response.INVALID_QUERY
+    assert not rig.node.set_parameters([Parameter("max_query_length", value=0)])[0].successful, "range"
+
+    for name, value in [
+        ("queue_size", 8),
+        ("camera_names", ["other"]),
+        ("engine.model", "x"),
+        ("qos", "reliable"),
+    ]:
+        assert not rig.node.set_parameters([Parameter(name, value=value)])[0].successful, name

@@ -301,3 +301,17 @@ def test_stop_fails_waiting_requests_instead_of_dropping_them(make_harness):
     engine.release(1)
     stopper.join(10)
     assert running.result(0).raw_text == "There are none."
+
+
+def test_runtime_settings_change_and_fixed_ones_are_refused(make_harness):
+    engine = ScriptedEngine()
+    harness = make_harness(engine)
+    harness.put(make_frame("front", harness.clock.now_ns))
+    harness.service.update_settings(prompt_template="Find the {query}")
+    harness.point("cup")
+    assert engine.calls[-1].prompts == ["Find the cup"]
+    with pytest.raises(ValueError, match="queue_size"):
+        harness.service.update_settings(queue_size=10)
+    with pytest.raises(ValueError):
+        harness.service.update_settings(prompt_template="no placeholder")
+    assert harness.service.settings.prompt_template == "Find the {query}"

@@ -10,10 +10,11 @@ from collections.abc import Callable, Sequence
 
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point as PointMsg
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
@@ -36,6 +37,12 @@ from molmo_ros.prompts import POINT_ALL_TEMPLATE, POINT_TEMPLATE, QUERY_PLACEHOL
 from molmo_ros.srv import Point
 
 QOS_CHOICES = ("sensor_data", "reliable")
+# Parameters that may change while the node runs -> the PointingSettings field they set.
+RUNTIME_PARAMETERS = {
+    "prompt_template": "prompt_template",
+    "max_query_length": "max_query_length",
+    "max_frame_age": "max_frame_age_s",
+}
 ERROR_LOG_INTERVAL_S = 5.0
 
 
@@ -108,6 +115,7 @@ class PointerNode(Node):
                 _described(
                     "Requests that may wait while the model is busy; more are answered 'busy'.",
                     integer_range=[IntegerRange(from_value=1, to_value=64, step=1)],
+                    read_only=True,
                 ),
             ),
         )
@@ -128,6 +136,7 @@ class PointerNode(Node):
             String, "query", self._on_standing_query, 10, callback_group=self._camera_group
         )
         self.service.start()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_service(Point, "point", self._on_point, callback_group=self._request_group)
         self.get_logger().info(
             f"ready: cameras {', '.join(camera_names)} (default {settings.default_camera}), "
@@ -149,6 +158,16 @@ class PointerNode(Node):
             self._pointing.stop()
         super().destroy_node()
 
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        """prompt_template, max_query_length and max_frame_age apply from the next request on."""
+        changes = {RUNTIME_PARAMETERS[p.name]: p.value for p in parameters if p.name in RUNTIME_PARAMETERS}
+        try:
+            if changes:
+                self.service.update_settings(**changes)
+        except ValueError as error:
+            return SetParametersResult(successful=False, reason=str(error))
+        return SetParametersResult(successful=True)
+
     def _declare(self, name: str, default: object, descriptor: ParameterDescriptor) -> object:
         return self.declare_parameter(name, default, descriptor).value
 
@@ -158,7 +177,8 @@ class PointerNode(Node):
             ["camera"],
             _described(
                 "Names of the cameras to listen to; each has cameras.<name>.topic and "
-                "cameras.<name>.compressed."
+                "cameras.<name>.compressed.",
+                read_only=True,
             ),
         )
         if not names or len(set(names)) != len(names) or not all(names):
@@ -170,6 +190,7 @@ class PointerNode(Node):
                 f"QoS of the camera subscriptions: one of {', '.join(QOS_CHOICES)}. Depth is always 1: "
                 "only the newest frame matters.",
                 additional_constraints=f"one of {', '.join(QOS_CHOICES)}",
+                read_only=True,
             ),
         )
         if self._camera_qos not in QOS_CHOICES:
@@ -180,7 +201,10 @@ class PointerNode(Node):
         default = self._declare(
             "default_camera",
             "",
-            _described("Camera used when a request names none; empty means the first of camera_names."),
+            _described(
+                "Camera used when a request names none; empty means the first of camera_names.",
+                read_only=True,
+            ),
         )
         if default and default not in camera_names:
             raise ValueError(

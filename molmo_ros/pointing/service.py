@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Protocol
 
@@ -57,12 +57,17 @@ class PointingEngine(Protocol):
 
 @dataclass(frozen=True)
 class PointingSettings:
+    """How requests are checked and answered; `RUNTIME_SETTINGS` may change while the service runs."""
+
     cameras: tuple[str, ...]
     default_camera: str
     prompt_template: str
     max_query_length: int = 200
     max_frame_age_s: float = 2.0  # 0 disables the check
     queue_size: int = 4
+
+
+RUNTIME_SETTINGS = frozenset({"prompt_template", "max_query_length", "max_frame_age_s"})
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,16 @@ class PointingService:
     @property
     def settings(self) -> PointingSettings:
         return self._settings
+
+    def update_settings(self, **changes: object) -> None:
+        """Applies to requests not yet started; only RUNTIME_SETTINGS can change."""
+        fixed = set(changes) - RUNTIME_SETTINGS
+        if fixed:
+            raise ValueError(f"{', '.join(sorted(fixed))} cannot change while the service runs")
+        if "prompt_template" in changes:
+            make_point_prompt(str(changes["prompt_template"]), "check")
+        with self._wake:
+            self._settings = replace(self._settings, **changes)
 
     def start(self) -> None:
         self._running = True
