@@ -7,7 +7,7 @@ import pytest
 import rclpy
 from doubles.scripted_engine import ScriptedEngine, fixed_points_answer
 from rclpy.parameter import Parameter
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from ros_helpers import Spinner, TestClient, image_message, jpeg_message, publish_until, wait_until
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
@@ -282,3 +282,19 @@ def test_runtime_parameters_apply_to_the_next_request_and_the_rest_are_read_only
         ("qos", "reliable"),
     ]:
         assert not rig.node.set_parameters([Parameter(name, value=value)])[0].successful, name
+
+
+def test_reliable_qos_on_request(make_rig):
+    rig = make_rig(qos="reliable")
+    reliable = rig.user.create_publisher(
+        Image, "/front/image_raw", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+    )
+    stamp_ns = rig.now_ns()
+    assert publish_until(
+        reliable,
+        lambda: image_message(value_image(9), stamp_ns, "front_optical"),
+        lambda: rig.node.frames.get("front") is not None,
+    )
+    assert rig.user.point("cup").success
+    subscription = next(s for s in rig.node.subscriptions if s.topic_name == "/front/image_raw")
+    assert subscription.qos_profile.reliability == ReliabilityPolicy.RELIABLE
