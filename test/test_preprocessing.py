@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 from molmo_ros.engine.errors import InvalidImageError
@@ -108,12 +109,23 @@ def test_token_block_and_feature_positions_are_consistent(preprocessor, height, 
     assert len(input_ids) == 1 + 158 + 2 + (8 * rows + 4) * (8 * cols + 5) + text_length
     assert input_ids[0] == preprocessor.bos_token_id
     # Every <im_patch> token receives exactly one pooled feature, and nothing else does.
-    positions = encoded.image_input_idx[encoded.image_input_idx >= 0]
-    assert np.all(encoded.image_input_idx[encoded.image_input_idx < 0] == -100)
+    image_input_idx = encoded.image_input_idx.numpy()
+    positions = image_input_idx[image_input_idx >= 0]
+    assert np.all(image_input_idx[image_input_idx < 0] == -100)
     assert len(np.unique(positions)) == len(positions)
     np.testing.assert_array_equal(
         np.sort(positions), np.flatnonzero(input_ids == preprocessor.image_patch_id)
     )
+
+
+def test_encoded_image_stays_a_tensor_on_the_preprocessor_device(preprocessor):
+    encoded = preprocessor.encode_image(np.zeros((60, 80, 3), dtype=np.uint8))
+    for name in ("images", "image_masks", "image_input_idx"):
+        tensor = getattr(encoded, name)
+        assert isinstance(tensor, torch.Tensor), name
+        assert tensor.device == preprocessor.device, name
+    processed = preprocessor.process(encoded, "a")
+    assert all(isinstance(value, np.ndarray) for value in processed.values())
 
 
 def test_one_encoded_image_serves_every_prompt(preprocessor, reference_dir):

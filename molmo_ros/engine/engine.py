@@ -250,24 +250,28 @@ class MolmoEngine:
     def _stack_images(
         self, image_inputs: list[ImageInputs]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """[B, N, ...] tensors; images with fewer crops are padded with -1, the reference's batch padding
-        (an all -1 crop is skipped by the vision encoder, a -1 position receives no feature)."""
+        """[B, N, ...] tensors on the preprocessor's device. One image only gains the batch axis (no copy);
+        images with fewer crops are padded with -1, the reference's batch padding (an all -1 crop is
+        encoded like any other and its features zeroed, a -1 position receives no feature)."""
+        names = ("images", "image_masks", "image_input_idx")
+        if len(image_inputs) == 1:
+            images, masks, positions = (getattr(image_inputs[0], name)[None] for name in names)
+            return images, masks, positions
         crops = max(inputs.images.shape[0] for inputs in image_inputs)
 
-        def stacked(name: str, dtype: torch.dtype) -> torch.Tensor:
-            rows = []
-            for inputs in image_inputs:
-                array = getattr(inputs, name)
-                padding = np.full((crops - array.shape[0], *array.shape[1:]), -1, dtype=array.dtype)
-                rows.append(np.concatenate([array, padding]))
-            return torch.from_numpy(np.stack(rows)).to(self._device, dtype)
+        def stacked(name: str) -> torch.Tensor:
+            rows = [getattr(inputs, name) for inputs in image_inputs]
+            return torch.stack(
+                [
+                    row
+                    if row.shape[0] == crops
+                    else torch.cat([row, row.new_full((crops - row.shape[0], *row.shape[1:]), -1)])
+                    for row in rows
+                ]
+            )
 
-        # float32 masks: the model compares them with 0 and 1, which rounding to bfloat16 could change.
-        return (
-            stacked("images", torch.float32),
-            stacked("image_masks", torch.float32),
-            stacked("image_input_idx", torch.long),
-        )
+        images, masks, positions = (stacked(name) for name in names)
+        return images, masks, positions
 
     def _synchronize(self) -> None:
         if self._device.type == "cuda":

@@ -47,12 +47,13 @@ class ImageInputs:
     """One image, preprocessed once, ready to be paired with any number of prompts.
 
     The image block always sits right after BOS, so `image_input_idx` (absolute positions in
-    `input_ids`) does not depend on the prompt.
+    `input_ids`) does not depend on the prompt. The tensors stay on the preprocessor's device, so the
+    engine can hand them to the model without a round trip through host memory.
     """
 
-    images: np.ndarray  # float32 [N, patches per crop, pixels per patch]; N = 1 + rows * cols
-    image_masks: np.ndarray  # float32 [N, patches per crop]; row t is crop t's mask, last row -1
-    image_input_idx: np.ndarray  # int32 [N, pooled tokens per crop]; -100 where a slot is dropped
+    images: torch.Tensor  # float32 [N, patches per crop, pixels per patch]; N = 1 + rows * cols
+    image_masks: torch.Tensor  # float32 [N, patches per crop]; row t is crop t's mask, last row -1
+    image_input_idx: torch.Tensor  # int32 [N, pooled tokens per crop]; -100 where a slot is dropped
     image_token_ids: np.ndarray  # int64, the global block then the crop block
     tiling: tuple[int, int]  # (rows, cols) of crops
     original_size: tuple[int, int]  # (height, width) of the input image
@@ -100,9 +101,9 @@ class MolmoPreprocessor:
 
     Differences, all deliberate: `input_ids` are int64 even without an image (the reference gives
     int32 there, a numpy accident), and numpy inputs may also be grayscale HxW or RGBA HxWx4 (handled
-    as PIL's convert("RGB") would). `device` only chooses where the resize, normalization and patch
-    cutting run (results come back as numpy either way); CPU is bit-exact with the reference, a GPU's
-    resize kernel may round differently.
+    as PIL's convert("RGB") would). `device` chooses where the resize, normalization and patch cutting
+    run and where `encode_image`'s tensors live (`process` returns numpy either way); CPU is bit-exact
+    with the reference, a GPU's resize kernel may round differently.
     """
 
     def __init__(
@@ -234,9 +235,9 @@ class MolmoPreprocessor:
             image = self.encode_image(image)
         return {
             "input_ids": self.build_input_ids(prompt, image),
-            "images": image.images,
-            "image_input_idx": image.image_input_idx,
-            "image_masks": image.image_masks,
+            "images": image.images.cpu().numpy(),
+            "image_input_idx": image.image_input_idx.cpu().numpy(),
+            "image_masks": image.image_masks.cpu().numpy(),
         }
 
     # ----------------------------------------------------------------- image
@@ -280,9 +281,9 @@ class MolmoPreprocessor:
             ]
         )
         return ImageInputs(
-            images=images.cpu().numpy(),
-            image_masks=image_masks,
-            image_input_idx=self._image_input_idx(rows, cols),
+            images=images,
+            image_masks=torch.from_numpy(image_masks).to(self.device),
+            image_input_idx=torch.from_numpy(self._image_input_idx(rows, cols)).to(self.device),
             image_token_ids=self._image_token_ids(rows, cols),
             tiling=(rows, cols),
             original_size=(height, width),
