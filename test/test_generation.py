@@ -54,7 +54,7 @@ def test_single_prompt_matches_reference(tiny_model, reference_dir, goldens, cas
     )
     assert out.token_ids == [goldens[f"case_{case}.generated_ids"].tolist()]
     assert out.finished == [False]
-    assert out.timings.new_tokens == MAX_NEW_TOKENS
+    assert out.timings.steps == MAX_NEW_TOKENS
     assert (out.timings.vision_s > 0) == bool(image_inputs)
 
 
@@ -114,7 +114,7 @@ def test_stops_at_eos_and_excludes_it(tiny_model, reference_dir, goldens):
     )
     assert out.token_ids == [expected[:2]]
     assert out.finished == [True]
-    assert out.timings.new_tokens == 3
+    assert out.timings.steps == 3
 
 
 def test_finished_row_waits_for_the_others(tiny_model, reference_dir, goldens):
@@ -146,4 +146,15 @@ def test_finished_row_waits_for_the_others(tiny_model, reference_dir, goldens):
         goldens["case_00.generated_ids"].tolist(),
     ]
     assert out.finished == [True, False]
-    assert out.timings.new_tokens == MAX_NEW_TOKENS
+    assert out.timings.steps == MAX_NEW_TOKENS
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_max_new_tokens_below_one_is_rejected(tiny_model, reference_dir, limit):
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        greedy_generate(
+            tiny_model,
+            processed(reference_dir, "06")["input_ids"].long()[None],
+            max_new_tokens=limit,
+            eos_token_id=EOS,
+        )

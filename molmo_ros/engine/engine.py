@@ -67,8 +67,9 @@ class StageTimings:
     """Seconds per stage of one call.
 
     `new_tokens` counts the answer tokens of all prompts together (EOS not included); `steps` is the
-    number of generation steps, i.e. the longest answer's length with its EOS. The prefill yields the
-    first token, so `decode_s` covers `steps - 1` batched steps.
+    number of tokens generated per prompt: the longest answer plus its EOS, or max_new_tokens when that
+    limit stopped generation first. The prefill yields the first token, so `decode_s` covers
+    `steps - 1` batched steps.
     """
 
     preprocess_s: float
@@ -219,30 +220,24 @@ class MolmoEngine:
         max_new_tokens: int | None,
     ) -> EngineResult:
         """Encode the images (one per row, or one shared by all rows) and decode all rows together."""
-        limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if limit < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {limit}")
-        started = time.perf_counter()
         images, masks, positions = self._stack_images(image_inputs)
-        features = self.model.encode_images(images, masks)
-        self._synchronize()
-        vision_s = time.perf_counter() - started
         output = greedy_generate(
             self.model,
             _right_pad(input_ids).to(self._device),
-            features,
-            positions,
-            max_new_tokens=limit,
+            image_input_idx=positions,
+            images=images,
+            image_masks=masks,
+            max_new_tokens=self.max_new_tokens if max_new_tokens is None else max_new_tokens,
             # argmax never yields -1, so with stop_at_eos off every answer runs to the limit.
             eos_token_id=self.preprocessor.eos_token_id if self.stop_at_eos else PADDING_ID,
         )
         timings = StageTimings(
             preprocess_s=preprocess_s,
-            vision_s=vision_s,
+            vision_s=output.timings.vision_s,
             prefill_s=output.timings.prefill_s,
             decode_s=output.timings.decode_s,
             new_tokens=sum(len(row) for row in output.token_ids),
-            steps=output.timings.new_tokens,
+            steps=output.timings.steps,
         )
         texts = [self.preprocessor.decode(row) for row in output.token_ids]
         return EngineResult(texts, timings, output.token_ids)
@@ -272,10 +267,6 @@ class MolmoEngine:
 
         images, masks, positions = (stacked(name) for name in names)
         return images, masks, positions
-
-    def _synchronize(self) -> None:
-        if self._device.type == "cuda":
-            torch.cuda.synchronize(self._device)
 
 
 def _check_prompts(prompts: Sequence[str]) -> list[str]:

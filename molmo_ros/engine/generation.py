@@ -23,7 +23,7 @@ class GenerationTimings:
     vision_s: float = 0.0  # 0 when the caller passed already-encoded image features
     prefill_s: float = 0.0
     decode_s: float = 0.0
-    new_tokens: int = 0  # decode steps run (the longest row's count, EOS included)
+    steps: int = 0  # tokens generated per row: the prefill's token plus the decode steps run
 
 
 @dataclass
@@ -37,9 +37,13 @@ class _StageClock:
     """Wall-clock stage boundaries that wait for queued GPU work first."""
 
     def __init__(self, device: torch.device) -> None:
-        self._synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self._device = device
         self._synchronize()
         self._last = time.perf_counter()
+
+    def _synchronize(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
 
     def lap(self) -> float:
         self._synchronize()
@@ -68,6 +72,8 @@ def greedy_generate(
     """
     if image_features is not None and images is not None:
         raise ValueError("pass either image_features or images, not both")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     device = model.device
     input_ids = input_ids.to(device=device, dtype=torch.long)
     batch, prompt_len = input_ids.shape
@@ -119,7 +125,7 @@ def greedy_generate(
 
     tokens = torch.stack(generated, dim=1).tolist()
     timings.decode_s = clock.lap()
-    timings.new_tokens = len(generated)
+    timings.steps = len(generated)
     token_ids = [row[: row.index(eos_token_id)] if eos_token_id in row else row for row in tokens]
     return GenerationOutput(
         token_ids=token_ids, finished=[eos_token_id in row for row in tokens], timings=timings
