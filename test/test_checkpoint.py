@@ -279,3 +279,52 @@ def test_converted_pinned_hub_commit_loads_without_the_hf_cache(tmp_path, monkey
     _assert_same_parameters(second.model, dict(first.model.named_parameters()))
     with pytest.raises(WeightsNotFoundError):  # another dtype was never converted
         checkpoint.load_checkpoint("acme/tiny-molmo", FAKE_COMMIT, CPU, torch.float16, cache_dir=cache_root)
+
+
+def test_unwritable_cache_falls_back_to_loading_from_the_source(
+    tmp_path, tiny_model_dir, fp32_parameters, caplog
+):
+    (tmp_path / "afile").write_text("a file, so no directory can be made under it")
+    cache_root = tmp_path / "afile" / "sub"
+    with caplog.at_level("WARNING", logger=checkpoint.__name__):
+        loaded = checkpoint.load_checkpoint(
+            str(tiny_model_dir), None, CPU, torch.bfloat16, cache_dir=cache_root
+        )
+    assert loaded.files_dir == tiny_model_dir
+    assert str(cache_root) in caplog.text and "without the weights cache" in caplog.text
+    _assert_same_parameters(loaded.model, {k: v.to(torch.bfloat16) for k, v in fp32_parameters.items()})
+
+
+def test_failed_shard_write_falls_back_and_leaves_no_entry(tmp_path, monkeypatch, tiny_model_dir):
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    cache_root = tmp_path / "cache"
+    loaded = checkpoint.load_checkpoint(str(tiny_model_dir), None, CPU, torch.bfloat16, cache_dir=cache_root)
+    assert loaded.files_dir == tiny_model_dir
+    assert list(cache_root.iterdir()) == []
+
+
+def test_entry_completed_by_another_process_during_conversion_is_used(tmp_path, monkeypatch, tiny_model_dir):
+    """Two processes convert at once; the one that finishes second keeps the first one's entry."""
+    cache_root = tmp_path / "cache"
+    source = checkpoint.resolve_checkpoint(str(tiny_model_dir))
+    first = checkpoint.build_cache_entry(cache_root, source, torch.bfloat16)
+    manifest_before = (first / checkpoint.CACHE_MANIFEST).stat().st_mtime_ns
+
+    def must_not_delete(*args, **kwargs):
+        raise AssertionError("a complete entry must not be deleted")
+
+    rmtree = shutil.rmtree
+    monkeypatch.setattr(
+        checkpoint.shutil,
+        "rmtree",
+        lambda path, *args, **kwargs: (must_not_delete if Path(path) == first else rmtree)(
+            path, *args, **kwargs
+        ),
+    )
+    second = checkpoint.build_cache_entry(cache_root, source, torch.bfloat16)
+    assert second == first
+    assert (first / checkpoint.CACHE_MANIFEST).stat().st_mtime_ns == manifest_before
+    assert [path.name for path in cache_root.iterdir()] == [first.name]

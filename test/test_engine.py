@@ -2,6 +2,7 @@
 
 import ast
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from molmo_ros.engine import (
     EngineError,
     EngineOutOfMemoryError,
     EngineSettings,
+    IncompatibleCheckpointError,
     InvalidImageError,
     MolmoEngine,
 )
@@ -188,3 +190,21 @@ def test_device_and_dtype_resolution():
         assert resolve_device("auto") == torch.device("cpu")
         with pytest.raises(EngineError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("broken", ["config.json", "preprocessor_config.json", "tokenizer_config.json"])
+def test_malformed_json_is_an_incompatible_checkpoint_naming_the_file(tmp_path, tiny_model_dir, broken):
+    directory = shutil.copytree(tiny_model_dir, tmp_path / "tiny_copy")
+    (directory / broken).write_text('{"model_type": "molmo",')
+    with pytest.raises(IncompatibleCheckpointError, match=broken):
+        MolmoEngine.load(EngineSettings(model=str(directory), device="cpu"))
+
+
+def test_unsupported_preprocessor_settings_are_an_incompatible_checkpoint(tmp_path, tiny_model_dir):
+    directory = shutil.copytree(tiny_model_dir, tmp_path / "tiny_copy")
+    settings_file = directory / "preprocessor_config.json"
+    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    settings["overlap_margins"] = [3, 3]
+    settings_file.write_text(json.dumps(settings))
+    with pytest.raises(IncompatibleCheckpointError, match="preprocessor_config.json"):
+        MolmoEngine.load(EngineSettings(model=str(directory), device="cpu"))

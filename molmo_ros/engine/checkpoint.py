@@ -12,7 +12,8 @@ key names, in bfloat16 or float16) can be kept in a weights cache and loaded dir
 The cache lives in `cache_dir` if given, else `$MOLMO_CACHE_DIR`, else
 `$XDG_CACHE_HOME/molmo_ros` (normally `~/.cache/molmo_ros`); one subdirectory per source,
 revision and dtype, with the config/tokenizer files and a manifest saying what it was made from.
-Deleting it is always safe.
+Deleting it is always safe; when it cannot be written (read-only, disk full) the weights are loaded
+straight from the source instead, with a warning.
 """
 
 import contextlib
@@ -36,7 +37,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -488,12 +489,24 @@ def build_cache_entry(root: Path, source: CheckpointSource, dtype: torch.dtype) 
             shards = _write_shards(converted, staging, progress.update)
         manifest = {"identity": _identity(origin, dtype), "shards": shards}
         (staging / CACHE_MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if entry.exists():
-            shutil.rmtree(entry)
-        staging.rename(entry)
+        _move_into_place(staging, entry, origin, dtype)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return entry
+
+
+def _move_into_place(staging: Path, entry: Path, origin: dict[str, object], dtype: torch.dtype) -> None:
+    """Rename the finished staging directory to `entry`. Another process converting the same source may
+    have got there first: its complete entry is kept (it may be loading from it) and ours dropped."""
+    if find_cache_entry(entry.parent, origin, dtype) is not None:
+        return
+    if entry.exists():  # without a matching manifest: left over from something else, never complete
+        shutil.rmtree(entry, ignore_errors=True)
+    try:
+        staging.rename(entry)
+    except OSError:
+        if find_cache_entry(entry.parent, origin, dtype) is None:
+            raise
 
 
 def _write_shards(
@@ -545,7 +558,19 @@ def load_checkpoint(
     entry = find_cache_entry(root, _source_origin(source), dtype)
     if entry is None:
         log.info("converting %s to %s once; the result is kept in %s", source.describe(), dtype, root)
-        entry = build_cache_entry(root, source, dtype)
+        try:
+            entry = build_cache_entry(root, source, dtype)
+        except (OSError, SafetensorError) as error:
+            log.warning(
+                "cannot keep converted weights in %s (%s: %s); loading %s without the weights cache. "
+                "Set a writable cache_dir (or %s) to get fast starts.",
+                root,
+                type(error).__name__,
+                error,
+                source.describe(),
+                CACHE_DIR_ENV_VAR,
+            )
+            return LoadedCheckpoint(load_model(source, device, dtype), source.directory, source.describe())
     return _from_cache(entry, device, source.describe())
 
 

@@ -89,8 +89,14 @@ class MolmoConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> MolmoConfig:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        try:
+            with open(path, encoding="utf-8") as f:
+                settings = json.load(f)
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+            raise IncompatibleCheckpointError(f"{path} is not valid JSON: {error}") from error
+        if not isinstance(settings, dict):
+            raise IncompatibleCheckpointError(f"{path} holds a {type(settings).__name__}, not a JSON object")
+        return cls.from_dict(settings)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MolmoConfig:

@@ -200,7 +200,14 @@ class MolmoPreprocessor:
                 kwargs[name] = token
         if "clean_up_tokenization_spaces" in tokenizer_config:
             kwargs["clean_up_tokenization_spaces"] = bool(tokenizer_config["clean_up_tokenization_spaces"])
-        return cls(tokenizers.Tokenizer.from_file(str(tokenizer_file)), device=device, **kwargs)
+        tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_file))
+        try:
+            return cls(tokenizer, device=device, **kwargs)
+        except (ValueError, TypeError) as error:
+            raise IncompatibleCheckpointError(
+                f"{checkpoint_dir / 'preprocessor_config.json'} has settings this engine does not support: "
+                f"{error}"
+            ) from error
 
     # ------------------------------------------------------------------ text
 
@@ -420,8 +427,14 @@ def _numpy_to_rgb(array: np.ndarray) -> np.ndarray:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
-    with path.open(encoding="utf-8") as file:
-        return json.load(file)
+    try:
+        with path.open(encoding="utf-8") as file:
+            settings = json.load(file)
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise IncompatibleCheckpointError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(settings, dict):
+        raise IncompatibleCheckpointError(f"{path} holds a {type(settings).__name__}, not a JSON object")
+    return settings
 
 
 def _clean_up_tokenization(text: str) -> str:
