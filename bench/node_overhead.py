@@ -41,26 +41,21 @@ class ZeroCostEngine:
 
 
 def serve() -> None:
-    """Child process: the real pointer node with the zero-cost engine, until SIGTERM."""
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
-
+    """Child process: the real pointer node, run as its program runs it, with the zero-cost engine."""
     from molmo_ros.nodes.pointer import PointerNode
-    from molmo_ros.nodes.runner import SubmitOnceExecutor
+    from molmo_ros.nodes.runner import run_node
 
-    rclpy.init()
-    node = PointerNode(engine=ZeroCostEngine())
-    executor = SubmitOnceExecutor(num_threads=node.executor_threads)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        frames = node.frames.get_with_sequence("camera")[1]
-        print(f"frames received: {frames}", flush=True)
-        node.destroy_node()
-        rclpy.try_shutdown()
+    class CountingPointerNode(PointerNode):
+        def destroy_node(self) -> None:
+            print(f"frames received: {self.frames.sequence('camera')}", flush=True)
+            super().destroy_node()
+
+    run_node(
+        "pointer",
+        lambda: CountingPointerNode(engine=ZeroCostEngine()),
+        (),
+        threads=lambda n: n.executor_threads,
+    )
 
 
 def cpu_seconds(pid: int) -> float:

@@ -10,8 +10,11 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import rclpy
 from rclpy.client import Client
@@ -31,25 +34,35 @@ def _environment() -> dict[str, str]:
     return env
 
 
-def _start(module: str, ros_args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", module, "--ros-args", *ros_args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+@dataclass
+class _Child:
+    """A node process; its output goes to a temporary file, since a pipe nobody reads during a long
+    model load would fill up and block the node."""
+
+    process: subprocess.Popen
+    log: IO[str]
+
+    def poll(self) -> int | None:
+        return self.process.poll()
 
 
-def _stop(process: subprocess.Popen) -> str:
-    if process.poll() is None:
-        process.terminate()
+def _start(module: str, ros_args: list[str], env: dict[str, str]) -> _Child:
+    log = tempfile.TemporaryFile(mode="w+")
+    command = [sys.executable, "-m", module, "--ros-args", *ros_args]
+    return _Child(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+
+
+def _stop(child: _Child) -> str:
+    """Stops the child if it still runs and returns everything it printed."""
+    if child.poll() is None:
+        child.process.terminate()
     try:
-        output, _ = process.communicate(timeout=10)
+        child.process.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-    return output or ""
+        child.process.kill()
+        child.process.wait()
+    child.log.seek(0)
+    return child.log.read()
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -88,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--- pointer log ---\n{pointer_log}--- camera log ---\n{camera_log}", file=sys.stderr)
 
 
-def _query(args: argparse.Namespace, pointer: subprocess.Popen) -> int:
+def _query(args: argparse.Namespace, pointer: _Child) -> int:
     rclpy.init()
     node = rclpy.create_node("molmo_demo_client")
     try:

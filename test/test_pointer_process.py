@@ -130,3 +130,18 @@ def test_demo_without_weights_says_so_and_shows_no_points(tmp_path):
     assert code == 3, output
     assert "allenai/MolmoE-1B-0924" in output and "MOLMO_MODEL" in output
     assert "(pixels)" not in output
+
+
+@pytest.mark.parametrize(
+    "parameter, fragment",
+    [
+        ("max_frame_age:=2", "max_frame_age"),
+        ("queue_size:=0", "queue_size"),
+        ("cameras.camera.topic:=/bad topic", "topic"),
+        ("qos:=fast", "qos"),
+    ],
+)
+def test_bad_parameters_stop_the_node_before_the_model_loads(parameter, fragment):
+    code, output = exit_of(start([str(BIN / "pointer"), "--ros-args", "-p", parameter]), 60)
+    assert code == 1 and "cannot start" in output and fragment in output, output
+    assert "Traceback" not in output and "loading" not in output, "checked before any model load"

@@ -91,6 +91,15 @@ def make_harness():
         harness.service.stop()
 
 
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
 def failure(harness: Harness, query: str, **kwargs: object) -> PointingError:
     with pytest.raises(PointingError) as caught:
         harness.point(query, **kwargs)
@@ -112,6 +121,7 @@ def test_answer_carries_the_frame_stamp_and_pixel_points(make_harness):
     assert [(p.x, p.y, p.label) for p in outcome.points] == [(50.0, 50.0, "mug")]
     assert outcome.frame_age_seconds == pytest.approx(0.5)
     assert outcome.model_seconds >= 0 and not outcome.answer_malformed
+    assert harness.outcome_event.wait(5)
     assert harness.outcomes == [outcome], "every answer is also published"
 
 
@@ -246,7 +256,9 @@ def test_the_newest_frame_is_used_and_nothing_queues_while_busy(make_harness):
     second = harness.service.submit(PointingRequest(query="cup"))
     for value in range(1, 200):
         harness.put(make_frame("front", harness.clock.now_ns, value=value))
-    assert len(harness.frames) == 1, "only the newest frame of the one camera is kept"
+    assert harness.frames.sequence("front") == 200
+    assert int(harness.frames.get("front").decode()[0, 0, 0]) == 199, "only the newest frame is held"
+    assert harness.service.pending() == 1, "frames never become queued work"
     engine.release(2)
     first.result(10)
     second.result(10)
@@ -278,6 +290,33 @@ def test_standing_query_follows_new_frames_and_requests_go_first(make_harness):
     assert len(engine.calls) == calls
     standing = [o for o in harness.outcomes if o.query == "cup"]
     assert {o.camera for o in standing} == {"front", "wrist"}
+
+
+def test_republishing_the_same_standing_query_does_not_answer_the_same_frame_again(make_harness):
+    engine = ScriptedEngine()
+    harness = make_harness(engine)
+    harness.put(make_frame("front", harness.clock.now_ns))
+    harness.service.set_standing_query("cup")
+    assert wait_until(lambda: len(engine.calls) == 1)
+    harness.service.set_standing_query("cup")
+    harness.service.set_standing_query(" cup ")
+    time.sleep(0.2)
+    assert len(engine.calls) == 1
+    harness.service.set_standing_query("plate")
+    assert wait_until(lambda: len(engine.calls) == 2), "a new query answers the current frame at once"
+
+
+def test_a_failing_publish_does_not_stop_the_worker(make_harness):
+    engine = ScriptedEngine()
+    harness = make_harness(engine)
+
+    def broken_publish(outcome) -> None:
+        raise RuntimeError("publisher's context is invalid")
+
+    harness.service._on_outcome = broken_publish
+    harness.put(make_frame("front", harness.clock.now_ns))
+    assert harness.point("cup").raw_text == "There are none."
+    assert harness.point("plate").raw_text == "There are none.", "the worker survived the failing publish"
 
 
 def test_invalid_standing_query_raises_and_keeps_the_old_one(make_harness):

@@ -55,7 +55,7 @@ def test_a_frame_stream_is_taken_without_flooding_the_thread_pool(node):
     streamer.join()
     executor.shutdown()
     assert most_pending <= 8, f"{most_pending} submissions pending at once"
-    assert len(received) > 50, f"only {len(received)} of {len(sent)} frames taken"
+    assert len(received) > 20, f"only {len(received)} of {len(sent)} frames taken"
 
 
 def test_a_callback_exception_stops_spinning_as_in_rclpy(node):

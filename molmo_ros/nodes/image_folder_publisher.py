@@ -17,7 +17,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from molmo_ros.image_conversion import rgb_to_raw
-from molmo_ros.nodes.runner import run_node
+from molmo_ros.nodes.runner import CONFIGURATION_ERRORS, run_node
 from molmo_ros.resources import share_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -125,7 +125,7 @@ class ImageFolderPublisher(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node("image_folder_publisher", ImageFolderPublisher, (ValueError, OSError), args)
+    return run_node("image_folder_publisher", ImageFolderPublisher, (OSError, *CONFIGURATION_ERRORS), args)
 
 
 if __name__ == "__main__":

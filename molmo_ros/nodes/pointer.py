@@ -12,17 +12,17 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point as PointMsg
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.validate_topic_name import validate_topic_name
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
 from molmo_ros.engine.errors import EngineError
 from molmo_ros.msg import PointingResult
 from molmo_ros.nodes.image_messages import frame_from_compressed, frame_from_image
-from molmo_ros.nodes.runner import run_node
+from molmo_ros.nodes.runner import CONFIGURATION_ERRORS, run_node
 from molmo_ros.pointing.frames import Frame, LatestFrames
 from molmo_ros.pointing.service import (
     ErrorCode,
@@ -115,11 +115,11 @@ class PointerNode(Node):
                 _described(
                     "Requests that may wait while the model is busy; more are answered 'busy'.",
                     integer_range=[IntegerRange(from_value=1, to_value=64, step=1)],
-                    read_only=True,
                 ),
             ),
         )
         make_point_prompt(settings.prompt_template, "check")  # refuses a template without the placeholder now
+        camera_topics = self._declare_camera_topics(camera_names)
         engine_settings = self._declare_engine_parameters()
         self.frames = LatestFrames()
         self._log_error = _ThrottledErrorLog(self)
@@ -131,7 +131,7 @@ class PointerNode(Node):
         )
         self._camera_group = MutuallyExclusiveCallbackGroup()
         self._request_group = ReentrantCallbackGroup()
-        self._subscribe_cameras(camera_names)
+        self._subscribe_cameras(camera_topics)
         self.create_subscription(
             String, "query", self._on_standing_query, 10, callback_group=self._camera_group
         )
@@ -169,6 +169,7 @@ class PointerNode(Node):
         return SetParametersResult(successful=True)
 
     def _declare(self, name: str, default: object, descriptor: ParameterDescriptor) -> object:
+        descriptor.read_only = name not in RUNTIME_PARAMETERS
         return self.declare_parameter(name, default, descriptor).value
 
     def _declare_cameras(self) -> list[str]:
@@ -178,7 +179,6 @@ class PointerNode(Node):
             _described(
                 "Names of the cameras to listen to; each has cameras.<name>.topic and "
                 "cameras.<name>.compressed.",
-                read_only=True,
             ),
         )
         if not names or len(set(names)) != len(names) or not all(names):
@@ -190,7 +190,6 @@ class PointerNode(Node):
                 f"QoS of the camera subscriptions: one of {', '.join(QOS_CHOICES)}. Depth is always 1: "
                 "only the newest frame matters.",
                 additional_constraints=f"one of {', '.join(QOS_CHOICES)}",
-                read_only=True,
             ),
         )
         if self._camera_qos not in QOS_CHOICES:
@@ -201,10 +200,7 @@ class PointerNode(Node):
         default = self._declare(
             "default_camera",
             "",
-            _described(
-                "Camera used when a request names none; empty means the first of camera_names.",
-                read_only=True,
-            ),
+            _described("Camera used when a request names none; empty means the first of camera_names."),
         )
         if default and default not in camera_names:
             raise ValueError(
@@ -220,32 +216,28 @@ class PointerNode(Node):
                 _described(
                     "Hugging Face model id or local checkpoint directory; empty means $MOLMO_MODEL, "
                     "else allenai/MolmoE-1B-0924.",
-                    read_only=True,
                 ),
             ),
             "revision": self._declare(
                 "engine.revision",
                 "",
-                _described("Commit of the model id to use; empty means the pinned default.", read_only=True),
+                _described("Commit of the model id to use; empty means the pinned default."),
             ),
             "device": self._declare(
                 "engine.device",
                 "auto",
-                _described("auto (CUDA if present, else CPU), cpu, cuda or cuda:N.", read_only=True),
+                _described("auto (CUDA if present, else CPU), cpu, cuda or cuda:N."),
             ),
             "dtype": self._declare(
                 "engine.dtype",
                 "auto",
-                _described(
-                    "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.", read_only=True
-                ),
+                _described("auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16."),
             ),
             "max_new_tokens": self._declare(
                 "engine.max_new_tokens",
                 200,
                 _described(
                     "Longest answer, in tokens.",
-                    read_only=True,
                     integer_range=[IntegerRange(from_value=1, to_value=4096, step=1)],
                 ),
             ),
@@ -255,7 +247,6 @@ class PointerNode(Node):
                 _described(
                     "Where the one-time bfloat16 conversion of the checkpoint is kept; "
                     "empty means the default.",
-                    read_only=True,
                 ),
             ),
         }
@@ -272,17 +263,15 @@ class PointerNode(Node):
         self.get_logger().info(f"model loaded on {engine.device} as {engine.dtype}")
         return engine
 
-    def _subscribe_cameras(self, camera_names: Sequence[str]) -> None:
-        qos = qos_profile_sensor_data
-        if self._camera_qos == "reliable":
-            qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+    def _declare_camera_topics(self, camera_names: Sequence[str]) -> list[tuple[str, str, bool]]:
+        """(name, topic, compressed) per camera, checked before the model loads: a typo fails fast."""
+        cameras = []
         for name in camera_names:
             compressed = self._declare(
                 f"cameras.{name}.compressed",
                 False,
                 _described(
-                    f"Whether camera {name} publishes sensor_msgs/CompressedImage (decoded with OpenCV).",
-                    read_only=True,
+                    f"Whether camera {name} publishes sensor_msgs/CompressedImage (decoded with OpenCV)."
                 ),
             )
             topic = self._declare(
@@ -290,21 +279,31 @@ class PointerNode(Node):
                 "",
                 _described(
                     f"Image topic of camera {name}; empty means /{name}/image_raw "
-                    "(/compressed appended for compressed images).",
-                    read_only=True,
+                    "(/compressed appended for compressed images)."
                 ),
             )
             topic = topic or f"/{name}/image_raw" + ("/compressed" if compressed else "")
-            if compressed:
-                callback = self._frame_callback(name, frame_from_compressed)
-                subscription = self.create_subscription(
-                    CompressedImage, topic, callback, qos, callback_group=self._camera_group
-                )
-            else:
-                callback = self._frame_callback(name, frame_from_image)
-                subscription = self.create_subscription(
-                    Image, topic, callback, qos, callback_group=self._camera_group
-                )
+            validate_topic_name(topic)
+            cameras.append((name, topic, compressed))
+        return cameras
+
+    def _subscribe_cameras(self, cameras: Sequence[tuple[str, str, bool]]) -> None:
+        # Depth 1: only the newest frame matters, and older ones would each be taken and converted.
+        reliability = (
+            ReliabilityPolicy.RELIABLE if self._camera_qos == "reliable" else ReliabilityPolicy.BEST_EFFORT
+        )
+        qos = QoSProfile(depth=1, reliability=reliability, durability=DurabilityPolicy.VOLATILE)
+        for name, topic, compressed in cameras:
+            message_type, to_frame = (
+                (CompressedImage, frame_from_compressed) if compressed else (Image, frame_from_image)
+            )
+            subscription = self.create_subscription(
+                message_type,
+                topic,
+                self._frame_callback(name, to_frame),
+                qos,
+                callback_group=self._camera_group,
+            )
             self.get_logger().info(
                 f"camera {name}: {subscription.topic_name} "
                 f"({'compressed' if compressed else 'raw'}, {self._camera_qos})"
@@ -387,7 +386,7 @@ def main(args: list[str] | None = None) -> int:
     return run_node(
         "pointer",
         PointerNode,
-        (EngineError, ValueError, InvalidParameterValueException),
+        (EngineError, *CONFIGURATION_ERRORS),
         args,
         threads=lambda node: node.executor_threads,
     )

@@ -6,11 +6,13 @@ import time
 from collections.abc import Callable
 
 import rclpy
+from rclpy.exceptions import NameValidationException, ParameterException
 from rclpy.executors import (
     ConditionReachedException,
     ExternalShutdownException,
     MultiThreadedExecutor,
     ShutdownException,
+    SingleThreadedExecutor,
     TimeoutException,
 )
 from rclpy.node import Node
@@ -24,7 +26,8 @@ class SubmitOnceExecutor(MultiThreadedExecutor):
     started it, and submits it again each time (ros2/rclpy#1452, fixed upstream in rclpy 10.0.4).
     With 30 Hz full-HD frames the pool then fills with thousands of empty submissions: measured
     here, the node used 90 % of a core and dropped most frames. Here a task still waiting for a
-    pool thread is skipped, and the GIL is given up so that thread can start it.
+    pool thread is skipped, and the GIL is given up so that thread can start it; it leaves the
+    queued set only after it ran, when rclpy no longer offers it.
     """
 
     def __init__(self, num_threads: int) -> None:
@@ -53,9 +56,15 @@ class SubmitOnceExecutor(MultiThreadedExecutor):
                 task.result()  # a callback's exception stops spin(), as in rclpy
 
     def _run(self, handler: Task) -> None:
-        with self._queued_lock:
-            self._queued.discard(handler)
-        handler()
+        try:
+            handler()
+        finally:
+            with self._queued_lock:
+                self._queued.discard(handler)
+
+
+# Bad parameters or names: reported as "cannot start" with rclpy's message, not as a traceback.
+CONFIGURATION_ERRORS = (ValueError, ParameterException, NameValidationException)
 
 
 def run_node(
@@ -73,13 +82,15 @@ def run_node(
         print(f"{program}: cannot start: {error}", file=sys.stderr)
         rclpy.try_shutdown()
         return 1
+    count = threads(node)
+    executor = SubmitOnceExecutor(num_threads=count) if count > 1 else SingleThreadedExecutor()
     try:
-        executor = SubmitOnceExecutor(num_threads=threads(node))
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

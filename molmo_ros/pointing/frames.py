@@ -42,11 +42,7 @@ class LatestFrames:
         with self._lock:
             return self._frames.get(camera)
 
-    def get_with_sequence(self, camera: str) -> tuple[Frame | None, int]:
-        """The newest frame and how many frames this camera has delivered so far (0 = none yet)."""
+    def sequence(self, camera: str) -> int:
+        """How many frames this camera has delivered so far (0 = none yet)."""
         with self._lock:
-            return self._frames.get(camera), self._sequence.get(camera, 0)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._frames)
+            return self._sequence.get(camera, 0)

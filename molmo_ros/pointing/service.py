@@ -5,6 +5,7 @@ request gets (validation, frame choice, the bounded queue, the standing query, e
 and is tested without DDS.
 """
 
+import logging
 import threading
 import time
 from collections import deque
@@ -22,6 +23,8 @@ from molmo_ros.image_conversion import ImageConversionError
 from molmo_ros.parsing import parse_answer
 from molmo_ros.pointing.frames import Frame, LatestFrames
 from molmo_ros.prompts import make_point_prompt
+
+log = logging.getLogger(__name__)
 
 
 class ErrorCode(IntEnum):
@@ -212,18 +215,20 @@ class PointingService:
                 self._jobs.append(job)
                 self._wake.notify_all()
         except PointingError as error:
-            self._on_error(error)
             future.set_exception(error)
+            self._notify(self._on_error, error)
         return future
 
     def set_standing_query(self, query: str) -> None:
         """Points at every new frame while set; an empty query clears it. Invalid queries raise."""
         cleaned = validate_query(query, self._settings.max_query_length) if query.strip() else None
         with self._wake:
+            if cleaned == self._standing_query:
+                return  # a planner re-publishing its query must not get the same frame answered again
             self._standing_query = cleaned
             # The frame already there counts as new, so a standing query answers without waiting.
             self._standing_seen = {
-                camera: max(self._frames.get_with_sequence(camera)[1] - 1, 0)
+                camera: max(self._frames.sequence(camera) - 1, 0)
                 for camera in self._settings.cameras
             }
             self._wake.notify_all()
@@ -270,7 +275,7 @@ class PointingService:
         cameras = self._settings.cameras
         for offset in range(len(cameras)):
             camera = cameras[(self._standing_next_camera + offset) % len(cameras)]
-            sequence = self._frames.get_with_sequence(camera)[1]
+            sequence = self._frames.sequence(camera)
             if sequence > self._standing_seen.get(camera, 0):
                 self._standing_seen[camera] = sequence
                 self._standing_next_camera = (cameras.index(camera) + 1) % len(cameras)
@@ -284,26 +289,34 @@ class PointingService:
                 try:
                     outcome = self._answer_safely(job.request)
                 except PointingError as error:
-                    self._on_error(error)
                     job.future.set_exception(error)
+                    self._notify(self._on_error, error)
                 else:
                     job.future.set_result(outcome)
-                    self._on_outcome(outcome)
+                    self._notify(self._on_outcome, outcome)
             elif standing_camera is not None:
                 query = self._standing_query
                 if query is None:
                     continue
                 try:
-                    self._on_outcome(
-                        self._answer_safely(PointingRequest(query=query, camera=standing_camera))
-                    )
+                    outcome = self._answer_safely(PointingRequest(query=query, camera=standing_camera))
                 except PointingError as error:
-                    self._on_error(error)
+                    self._notify(self._on_error, error)
+                else:
+                    self._notify(self._on_outcome, outcome)
             else:
                 return
 
+    @staticmethod
+    def _notify(callback: Callable[[object], None], value: object) -> None:
+        """A failing publish or log (e.g. during shutdown) must not end the worker: requests would hang."""
+        try:
+            callback(value)
+        except Exception:
+            log.exception("pointing service callback failed")
+
     def _answer_safely(self, request: PointingRequest) -> PointingOutcome:
-        """Every failure becomes a PointingError, so the worker never dies and every request is answered."""
+        """Every failure of answering becomes a PointingError, so each request gets its answer."""
         try:
             return self._answer(request)
         except PointingError:
@@ -315,8 +328,7 @@ class PointingService:
 
     def _answer(self, request: PointingRequest) -> PointingOutcome:
         frame = request.image or self._frames.get(request.camera)
-        if frame is None:
-            raise PointingError(ErrorCode.NO_FRAME, f"no frame received yet from camera {request.camera!r}")
+        assert frame is not None, "requests are checked for a frame and frames are never removed"
         age_s = self._frame_age_s(frame)
         limit = self._settings.max_frame_age_s
         if request.image is None and limit > 0 and age_s > limit:

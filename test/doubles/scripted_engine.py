@@ -4,7 +4,6 @@ It can hold each call until released, so tests can fill queues and flood frames 
 """
 
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -28,7 +27,6 @@ class ScriptedEngine:
 
     answer: Callable[[str, np.ndarray], str] = lambda prompt, image: "There are none."
     hold: bool = False
-    delay_s: float = 0.0
     calls: list[ScriptedCall] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -42,8 +40,6 @@ class ScriptedEngine:
         self._started.release()
         if self.hold and not self._release.acquire(timeout=30):
             raise TimeoutError("ScriptedEngine was never released")
-        if self.delay_s:
-            time.sleep(self.delay_s)
         return ScriptedAnswer(texts=[self.answer(prompt, image) for prompt in prompts])
 
     def wait_started(self, timeout: float = 10.0) -> bool:
