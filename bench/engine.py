@@ -28,7 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from molmo_ros.engine import EngineSettings, MolmoEngine  # noqa: E402
-from molmo_ros.engine.checkpoint import build_meta_model  # noqa: E402
+from molmo_ros.engine.config import MolmoConfig  # noqa: E402
+from molmo_ros.engine.modeling import build_meta_model  # noqa: E402
 from molmo_ros.engine.preprocessing import MolmoPreprocessor  # noqa: E402
 
 FRAMES = ((640, 480), (1920, 1080))
@@ -74,7 +75,7 @@ def random_full_engine(
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
-        _, model = build_meta_model(config_path)
+        model = build_meta_model(MolmoConfig.from_json_file(config_path))
     finally:
         torch.set_default_dtype(previous)
     model = model.to_empty(device=device)

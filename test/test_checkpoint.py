@@ -195,6 +195,7 @@ def test_bfloat16_cache_is_built_once_then_loaded_directly(
     second = checkpoint.load_checkpoint(str(tiny_model_dir), None, CPU, torch.bfloat16, cache_dir=cache_root)
     assert second.files_dir == entry
     _assert_same_parameters(second.model, dict(first.model.named_parameters()))
+    assert not any(module.training for module in (*first.model.modules(), *second.model.modules()))
 
 
 def test_cached_bfloat16_model_computes_like_the_fp32_model(tmp_path, tiny_model_dir, reference_dir):

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from molmo_ros.engine.config import MolmoConfig
 from molmo_ros.engine.errors import EngineOutOfMemoryError, IncompatibleCheckpointError, WeightsNotFoundError
 from molmo_ros.engine.key_mapping import convert_reference_state_dict, load_reference_model
-from molmo_ros.engine.modeling import MolmoEForPointing
+from molmo_ros.engine.modeling import MolmoEForPointing, build_meta_model
 
 log = logging.getLogger(__name__)
 
@@ -357,28 +357,19 @@ def _memory_report(device: torch.device) -> str:
     return f" ({free / 2**30:.2f} GiB free of {total / 2**30:.2f} GiB)"
 
 
-def build_meta_model(config_path: Path) -> tuple[MolmoConfig, MolmoEForPointing]:
-    """The model skeleton without memory for weights; loading fills it by assignment."""
-    config = MolmoConfig.from_json_file(config_path)
-    with torch.device("meta"):
-        model = MolmoEForPointing(config)
-    return config, model
-
-
 def load_model(source: CheckpointSource, device: torch.device, dtype: torch.dtype) -> MolmoEForPointing:
-    """Convert a reference checkpoint tensor by tensor into our model, in eval mode on `device`."""
+    """Convert a reference checkpoint tensor by tensor into our model (built in eval mode) on `device`."""
     config = MolmoConfig.from_json_file(source.directory / "config.json")
     with (
         out_of_memory_guard(device, f"loading {source.describe()}"),
         CheckpointReader(source.weights) as reader,
     ):
-        model = load_reference_model(config, reader.get_tensor, reader.names, dtype, device)
-    return model.eval()
+        return load_reference_model(config, reader.get_tensor, reader.names, dtype, device)
 
 
 def load_cached_model(entry: Path, device: torch.device) -> MolmoEForPointing:
     """Load weights already in our key names and dtype, shard by shard, straight onto `device`."""
-    _, model = build_meta_model(entry / "config.json")
+    model = build_meta_model(MolmoConfig.from_json_file(entry / "config.json"))
     expected = {name for name, _ in model.named_parameters()}
     loaded: set[str] = set()
     with out_of_memory_guard(device, f"loading the converted weights in {entry}"):
@@ -400,7 +391,7 @@ def load_cached_model(entry: Path, device: torch.device) -> MolmoEForPointing:
             f"the weights cache {entry} lacks {len(missing)} tensors (e.g. {sorted(missing)[:5]}); "
             "delete that directory to rebuild it"
         )
-    return model.eval()
+    return model
 
 
 # --- the converted-weights cache -------------------------------------------------------------------------
@@ -475,9 +466,8 @@ def build_cache_entry(root: Path, source: CheckpointSource, dtype: torch.dtype) 
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=root))
     try:
-        config, model = build_meta_model(source.directory / "config.json")
-        total = sum(1 for _ in model.parameters())
-        del model
+        config = MolmoConfig.from_json_file(source.directory / "config.json")
+        total = sum(1 for _ in build_meta_model(config).parameters())
         for name in METADATA_FILES:
             if (source.directory / name).is_file():
                 shutil.copyfile(source.directory / name, staging / name)

@@ -17,7 +17,7 @@ from torch import nn
 
 from molmo_ros.engine.config import MolmoConfig
 from molmo_ros.engine.errors import IncompatibleCheckpointError
-from molmo_ros.engine.modeling import MolmoEForPointing
+from molmo_ros.engine.modeling import MolmoEForPointing, build_meta_model
 
 GetTensor = Callable[[str], torch.Tensor]
 _LLM = "model.transformer"
@@ -126,15 +126,14 @@ def check_reference_shapes(shapes: Mapping[str, Sequence[int]], config: MolmoCon
 
 @dataclass(frozen=True)
 class _Rule:
-    """Our tensors `targets`, built from the reference tensors `sources` by `build`."""
+    """Our tensors `targets`, built by `build` from the reference tensors it reads."""
 
-    sources: tuple[str, ...]
     targets: tuple[str, ...]
     build: Callable[[Callable[[str], torch.Tensor]], tuple[torch.Tensor, ...]]
 
 
 def _renamed(source: str, target: str) -> _Rule:
-    return _Rule((source,), (target,), lambda read: (read(source),))
+    return _Rule((target,), lambda read: (read(source),))
 
 
 def _vit_rules(config: MolmoConfig) -> list[_Rule]:
@@ -147,7 +146,6 @@ def _vit_rules(config: MolmoConfig) -> list[_Rule]:
 
     rules = [
         _Rule(
-            (f"{_VIT}.patch_embedding.weight",),
             ("vision.embeddings.patch_embedding.weight",),
             patch_embedding,
         ),
@@ -214,7 +212,6 @@ def _llm_rules(config: MolmoConfig) -> list[_Rule]:
     embedding_sources = (f"{_LLM}.wte.embedding", f"{_LLM}.wte.new_embedding")
     rules = [
         _Rule(
-            embedding_sources,
             ("llm.embed_tokens.weight",),
             lambda read: (torch.cat([read(n) for n in embedding_sources]),),
         ),
@@ -226,7 +223,6 @@ def _llm_rules(config: MolmoConfig) -> list[_Rule]:
         att_proj = f"{reference}.attn.att_proj.weight"
         rules.append(
             _Rule(
-                (att_proj,),
                 tuple(f"{ours}.self_attn.{p}_proj.weight" for p in "qkv"),
                 lambda read, name=att_proj: tuple(part.clone() for part in read(name).split(d, dim=0)),
             )
@@ -244,14 +240,12 @@ def _llm_rules(config: MolmoConfig) -> list[_Rule]:
         down = [(f"{e}.down_proj.weight",) for e in experts]
         rules.append(
             _Rule(
-                tuple(name for group in gate_up for name in group),
                 (f"{ours}.mlp.experts.gate_up_proj",),
                 lambda read, groups=gate_up: (_stacked(groups, read),),
             )
         )
         rules.append(
             _Rule(
-                tuple(name for (name,) in down),
                 (f"{ours}.mlp.experts.down_proj",),
                 lambda read, groups=down: (_stacked(groups, read),),
             )
@@ -343,7 +337,6 @@ def load_reference_model(
     """Build the model on the meta device and fill it from a reference checkpoint: no random init, and
     the weights exist once, in dtype on device. model_options go to MolmoEForPointing (e.g.
     experts_implementation)."""
-    with torch.device("meta"):
-        model = MolmoEForPointing(config, **model_options)
+    model = build_meta_model(config, **model_options)
     load_reference_weights(model, get_tensor, names, dtype, device)
     return model

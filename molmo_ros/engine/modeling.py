@@ -113,6 +113,13 @@ class MolmoEOutput:
     last_hidden_state: torch.Tensor  # after the final RMSNorm: logits = last_hidden_state @ lm_head.T
 
 
+def build_meta_model(config: MolmoConfig, **model_options: str | None) -> MolmoEForPointing:
+    """The model skeleton without memory for weights (no random init); loading fills it by assignment.
+    model_options go to MolmoEForPointing (e.g. experts_implementation)."""
+    with torch.device("meta"):
+        return MolmoEForPointing(config, **model_options)
+
+
 class MolmoEForPointing(nn.Module):
     """MolmoE-1B: CLIP ViT -> connector -> image features added to OLMoE token embeddings -> untied head."""
 
@@ -134,7 +141,7 @@ class MolmoEForPointing(nn.Module):
         self.connector = MolmoVisionConnector(config)
         self.llm = OlmoeModel(config.text_config(attn_implementation, experts_implementation))
         self.lm_head = nn.Linear(config.d_model, config.embedding_size, bias=False)
-        self.eval()
+        self.eval()  # inference only: every way of loading the model relies on this being its mode
 
     @property
     def dtype(self) -> torch.dtype:
