@@ -163,7 +163,8 @@ class MolmoEForPointing(nn.Module):
         with torch.device(device):
             embeddings = self.vision.embeddings
             embeddings.position_ids = torch.arange(embeddings.num_positions).expand((1, -1))
-            self.llm.rotary_emb = OlmoeRotaryEmbedding(self.llm.config)
+            # In the model's mode: a fresh module would start in training mode.
+            self.llm.rotary_emb = OlmoeRotaryEmbedding(self.llm.config).train(self.training)
 
     def encode_images(self, images: torch.Tensor, image_masks: torch.Tensor) -> torch.Tensor:
         """images [B, N, G*G, p*p*3], image_masks [B, N, G*G] -> image features [B, N, tokens_per_crop, d].
