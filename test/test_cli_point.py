@@ -1,6 +1,8 @@
 """`molmo-point` on a small generated PNG with the tiny model, its exit codes, and the point drawing."""
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,3 +154,29 @@ def test_known_answer_becomes_pixel_points_and_dropped_points(monkeypatch, png, 
     original = np.asarray(PIL.Image.open(png).convert("RGB"))
     drawn = np.asarray(PIL.Image.open(output))
     assert not np.array_equal(drawn[24, 16], original[24, 16])
+
+
+def test_help_and_usage_errors_do_not_import_torch():
+    """--help and bad arguments must answer at once, not after loading torch and transformers."""
+    code = (
+        "import sys; from molmo_ros.cli import point; "
+        "assert point.main(['--help']) == 0; assert point.main(['--bogus']) == 2; "
+        "heavy = {'torch', 'transformers'} & set(sys.modules); assert not heavy, heavy"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(cli.__file__).parents[2], capture_output=True, text=True
+    )
+    assert completed.returncode == 0, completed.stderr
+
+
+def test_all_points_outside_the_image_are_reported_once_as_dropped(monkeypatch, png, capsys):
+    import molmo_ros.engine
+
+    class FakeOutsideEngine(FakeAnsweringEngine):
+        answer = '<point x="150.0" y="10.0" alt="far">far</point>'
+
+    monkeypatch.setattr(molmo_ros.engine.engine, "MolmoEngine", FakeOutsideEngine)
+    assert cli.main(["--query", "far", "--image", str(png)]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "no points in the answer" not in out
+    assert "1 point(s) in the answer lie outside the image and were dropped" in out

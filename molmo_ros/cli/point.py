@@ -19,6 +19,7 @@ import numpy as np
 import PIL.Image
 from PIL import ImageDraw, ImageFont
 
+from molmo_ros.engine.defaults import DEFAULT_REVISION, MODEL_ENV_VAR, default_model
 from molmo_ros.engine.errors import EngineError, InvalidImageError, WeightsNotFoundError
 from molmo_ros.geometry import PixelPoint, to_pixels
 from molmo_ros.parsing import parse_answer
@@ -39,8 +40,6 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from molmo_ros.engine.checkpoint import DEFAULT_REVISION, MODEL_ENV_VAR, default_model
-
     parser = argparse.ArgumentParser(
         prog="molmo-point",
         description="Point at things in an image, or ask about it, with MolmoE-1B.",
@@ -227,10 +226,10 @@ def _run(task: str, prompt: str, pixels: np.ndarray, args: argparse.Namespace) -
         print(f"{len(located.inside)} point(s) in pixels (x, y) of the {width}x{height} image:")
         for number, point in enumerate(located.inside, start=1):
             print(f"  {number}. {point.x:.1f} {point.y:.1f}" + (f"  {point.label}" if point.label else ""))
-    elif task == "point":
+    elif task == "point" and not located.outside:
         print("no points in the answer")
     if located.outside:
-        print(f"{len(located.outside)} point(s) outside the image were dropped")
+        print(f"{len(located.outside)} point(s) in the answer lie outside the image and were dropped")
     if parsed.malformed:
         print("the answer was not well formed: " + "; ".join(parsed.problems))
     print(

@@ -19,8 +19,8 @@ from molmo_ros.engine.errors import (
 )
 
 _LAZY_EXPORTS = {
-    "DEFAULT_MODEL_ID": "molmo_ros.engine.checkpoint",
-    "DEFAULT_REVISION": "molmo_ros.engine.checkpoint",
+    "DEFAULT_MODEL_ID": "molmo_ros.engine.defaults",
+    "DEFAULT_REVISION": "molmo_ros.engine.defaults",
     "EngineResult": "molmo_ros.engine.engine",
     "EngineSettings": "molmo_ros.engine.engine",
     "MolmoEngine": "molmo_ros.engine.engine",

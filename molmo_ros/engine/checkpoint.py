@@ -42,21 +42,14 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from molmo_ros.engine.config import MolmoConfig
+from molmo_ros.engine.defaults import DEFAULT_MODEL_ID, DEFAULT_REVISION, MODEL_ENV_VAR
+from molmo_ros.engine.defaults import default_model as default_model  # re-exported for callers
 from molmo_ros.engine.errors import EngineOutOfMemoryError, IncompatibleCheckpointError, WeightsNotFoundError
 from molmo_ros.engine.key_mapping import convert_reference_state_dict, load_reference_model
 from molmo_ros.engine.modeling import MolmoEForPointing, build_meta_model
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_ID = "allenai/MolmoE-1B-0924"
-# Pinned to the commit whose remote code (config_molmoe.py, modeling_molmoe.py, preprocessing
-# files) our goldens in molmo_reference were checked against: the hub tree at 03d86d0 is the
-# "Update preprocessing_molmo.py (#13)" commit, after which only the model card changed. It ships
-# the weights as pytorch_model.bin (the repo is tagged PyTorch, not Safetensors), which
-# `find_weight_files` accepts. The other public commit, 9867b99, could not be matched to any
-# file listing or code we could check, so it is not the default.
-DEFAULT_REVISION = "03d86d0fc2cc9a8840f92c0df54d178d08b86be5"
-MODEL_ENV_VAR = "MOLMO_MODEL"
 CACHE_DIR_ENV_VAR = "MOLMO_CACHE_DIR"
 
 # Everything a checkpoint directory needs besides the weights; the repo's *.py files are never fetched.
@@ -110,11 +103,6 @@ class LoadedCheckpoint:
     model: MolmoEForPointing
     files_dir: Path  # config.json and tokenizer files for the preprocessor
     description: str  # for logs: what was loaded and from where
-
-
-def default_model() -> str:
-    """The model to use when none is given: $MOLMO_MODEL, else the public MolmoE-1B."""
-    return os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL_ID
 
 
 def _fix_hint(model: str, revision: str | None) -> str:
