@@ -229,6 +229,17 @@ def test_cache_is_rebuilt_when_the_local_weights_change(tmp_path, tiny_model_dir
     assert len(entries) == 2
 
 
+@pytest.mark.parametrize("edited", ["config.json", "tokenizer.json", "tokenizer_config.json"])
+def test_cache_is_rebuilt_when_the_local_config_or_tokenizer_changes(tmp_path, tiny_model_dir, edited):
+    directory = shutil.copytree(tiny_model_dir, tmp_path / "tiny_copy")
+    cache_root = tmp_path / "cache"
+    first = checkpoint.load_checkpoint(str(directory), None, CPU, torch.bfloat16, cache_dir=cache_root)
+    changed = directory / edited
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    second = checkpoint.load_checkpoint(str(directory), None, CPU, torch.bfloat16, cache_dir=cache_root)
+    assert second.files_dir != first.files_dir
+
+
 def test_float32_skips_the_cache(tmp_path, tiny_model_dir):
     loaded = checkpoint.load_checkpoint(
         str(tiny_model_dir), None, CPU, torch.float32, cache_dir=tmp_path / "c"

@@ -403,11 +403,13 @@ def _pinned_hub_origin(model: str, revision: str | None) -> dict[str, object] | 
 
 
 def _source_origin(source: CheckpointSource) -> dict[str, object]:
-    """Where converted weights came from: a pinned commit, or else the files' names, sizes and times."""
+    """Where converted weights came from: a pinned commit, or else the names, sizes and times of the
+    weights and of the config/tokenizer files (the entry keeps copies of those, so edits must show)."""
     pinned = _pinned_hub_origin(source.model, source.revision) if source.revision else None
     if pinned is not None:
         return pinned
-    files = sorted(source.weights.paths) + ([source.weights.index] if source.weights.index else [])
+    metadata = [source.directory / name for name in METADATA_FILES if (source.directory / name).is_file()]
+    files = sorted(source.weights.paths) + ([source.weights.index] if source.weights.index else []) + metadata
     stats = [[path.name, path.stat().st_size, path.stat().st_mtime_ns] for path in files]
     return {
         "model": source.model,
