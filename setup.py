@@ -77,8 +77,10 @@ class BuildInterfaces(build_ext):
 
     def run(self) -> None:
         if self.inplace or getattr(self, "editable_mode", False):
-            raise SystemExit("editable and in-place builds cannot install the interface libraries into "
-                             "<venv>/lib; use: pip install --no-build-isolation .")
+            raise SystemExit(
+                "editable and in-place builds cannot install the interface libraries into "
+                "<venv>/lib; use: pip install --no-build-isolation ."
+            )
         prefixes = ros_prefixes()
         # One CMake build directory per venv, kept for fast rebuilds. Its cache pins where the ROS
         # packages were found, so it starts over when they come from elsewhere (isolated builds).
@@ -91,15 +93,26 @@ class BuildInterfaces(build_ext):
         found_in.write_text(os.pathsep.join(prefixes))
         stage = build_dir / "stage"
         env = dict(os.environ, AMENT_PREFIX_PATH=os.pathsep.join(prefixes))
-        subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir),
-                        f"-DCMAKE_PREFIX_PATH={';'.join(prefixes)}",
-                        f"-DCMAKE_INSTALL_PREFIX={sys.prefix}",
-                        f"-DPython3_EXECUTABLE={sys.executable}",
-                        "-DCMAKE_BUILD_TYPE=Release",
-                        "-DBUILD_TESTING=OFF",
-                        "-DMOLMO_ROS_INSTALL_PYTHON=OFF"], check=True, env=env)
-        subprocess.run(["cmake", "--build", str(build_dir), "--parallel", str(os.cpu_count() or 1)],
-                       check=True, env=env)
+        subprocess.run(
+            [
+                "cmake",
+                "-S",
+                str(ROOT),
+                "-B",
+                str(build_dir),
+                f"-DCMAKE_PREFIX_PATH={';'.join(prefixes)}",
+                f"-DCMAKE_INSTALL_PREFIX={sys.prefix}",
+                f"-DPython3_EXECUTABLE={sys.executable}",
+                "-DCMAKE_BUILD_TYPE=Release",
+                "-DBUILD_TESTING=OFF",
+                "-DMOLMO_ROS_INSTALL_PYTHON=OFF",
+            ],
+            check=True,
+            env=env,
+        )
+        subprocess.run(
+            ["cmake", "--build", str(build_dir), "--parallel", str(os.cpu_count() or 1)], check=True, env=env
+        )
         shutil.rmtree(stage, ignore_errors=True)
         subprocess.run(["cmake", "--install", str(build_dir), "--prefix", str(stage)], check=True, env=env)
 
@@ -115,9 +128,11 @@ class BuildInterfaces(build_ext):
             else:
                 shutil.copy2(entry, target / entry.name)
         # include/ and share/<pkg>/cmake keep the venv a complete ament prefix for C++ users too.
-        self.distribution.data_files = (data_files_under(stage, "lib", recursive=False)
-                                        + data_files_under(stage, "include", recursive=True)
-                                        + data_files_under(stage, "share", recursive=True))
+        self.distribution.data_files = (
+            data_files_under(stage, "lib", recursive=False)
+            + data_files_under(stage, "include", recursive=True)
+            + data_files_under(stage, "share", recursive=True)
+        )
 
 
 setup(

@@ -21,14 +21,21 @@ NOT_INSTALLED = "molmo_ros is not installed in this venv: run tools/ensure_venv.
 def run_python(code: str, cwd: Path) -> dict:
     """Runs code in a new interpreter without the source tree on sys.path; returns what it prints as JSON."""
     env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, f"{NOT_INSTALLED}?\n{result.stderr}"
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_installed_interfaces_import_from_the_venv(tmp_path: Path) -> None:
-    found = run_python("""
+    found = run_python(
+        """
         import json, importlib.metadata
         import molmo_ros.msg, molmo_ros.srv
         from molmo_ros.msg import PointingResult
@@ -37,7 +44,9 @@ def test_installed_interfaces_import_from_the_venv(tmp_path: Path) -> None:
                           "version": importlib.metadata.version("molmo_ros"),
                           "constants": [Point.Response.OK, Point.Response.BUSY],
                           "fields": sorted(PointingResult.get_fields_and_field_types())}))
-    """, cwd=tmp_path)
+    """,
+        cwd=tmp_path,
+    )
     site_packages = Path(sys.prefix).resolve()
     assert Path(found["msg"]).resolve().is_relative_to(site_packages)
     assert Path(found["srv"]).resolve().is_relative_to(site_packages)
@@ -50,18 +59,22 @@ def test_installed_interfaces_import_from_the_venv(tmp_path: Path) -> None:
 
 def test_source_tree_first_still_finds_the_generated_modules() -> None:
     # Development case: the checkout shadows the installed package; extend_path joins the two.
-    found = run_python("""
+    found = run_python(
+        """
         import json
         import molmo_ros
         from molmo_ros.srv import Point
         print(json.dumps({"path": list(molmo_ros.__path__), "query": Point.Request(query="red mug").query}))
-    """, cwd=REPO_ROOT)
+    """,
+        cwd=REPO_ROOT,
+    )
     assert Path(found["path"][0]).resolve() == REPO_ROOT / "molmo_ros"
     assert found["query"] == "red mug"
 
 
 def test_service_and_topic_round_trip_with_the_generated_types(tmp_path: Path) -> None:
-    found = run_python("""
+    found = run_python(
+        """
         import json
         import rclpy
         from geometry_msgs.msg import Point as PixelPoint
@@ -100,7 +113,9 @@ def test_service_and_topic_round_trip_with_the_generated_types(tmp_path: Path) -
                           "x": response.result.points[0].x,
                           "published_labels": [list(m.labels) for m in published[:1]]}))
         rclpy.shutdown()
-    """, cwd=tmp_path)
+    """,
+        cwd=tmp_path,
+    )
     assert found == {"success": True, "labels": ["RED MUG"], "x": 12.5, "published_labels": [["RED MUG"]]}
 
 
@@ -108,7 +123,8 @@ def test_share_files_are_installed_in_the_venv_prefix() -> None:
     index = Path(sys.prefix) / "share" / "ament_index" / "resource_index"
     assert (index / "packages" / "molmo_ros").is_file(), NOT_INSTALLED
     assert (index / "rosidl_interfaces" / "molmo_ros").read_text().split() == sorted(
-        ["msg/PointingResult.idl", "msg/PointingResult.msg", "srv/Point.idl", "srv/Point.srv"])
+        ["msg/PointingResult.idl", "msg/PointingResult.msg", "srv/Point.idl", "srv/Point.srv"]
+    )
     for folder in ("launch", "config", "samples"):
         source_files = sorted(path.name for path in (REPO_ROOT / folder).iterdir() if path.is_file())
         installed = sorted(path.name for path in (SHARE / folder).glob("*") if path.is_file())
@@ -117,7 +133,8 @@ def test_share_files_are_installed_in_the_venv_prefix() -> None:
     assert (SHARE / "config" / "fastdds_large_images.xml").is_file()
 
 
-@pytest.mark.parametrize("library",
-                         ["rosidl_typesupport_c", "rosidl_typesupport_fastrtps_c", "rosidl_generator_py"])
+@pytest.mark.parametrize(
+    "library", ["rosidl_typesupport_c", "rosidl_typesupport_fastrtps_c", "rosidl_generator_py"]
+)
 def test_interface_libraries_are_in_the_venv_lib(library: str) -> None:
     assert (Path(sys.prefix) / "lib" / f"libmolmo_ros__{library}.so").is_file(), NOT_INSTALLED

@@ -228,8 +228,7 @@ class PointingService:
             self._standing_query = cleaned
             # The frame already there counts as new, so a standing query answers without waiting.
             self._standing_seen = {
-                camera: max(self._frames.sequence(camera) - 1, 0)
-                for camera in self._settings.cameras
+                camera: max(self._frames.sequence(camera) - 1, 0) for camera in self._settings.cameras
             }
             self._wake.notify_all()
 
