@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 from doubles.scripted_engine import ScriptedEngine, fixed_points_answer
+from ros_helpers import wait_until
 
 from molmo_ros.image_conversion import ImageConversionError, raw_to_rgb
 from molmo_ros.pointing.frames import Frame, LatestFrames
@@ -89,15 +90,6 @@ def make_harness():
     yield make
     for harness in harnesses:
         harness.service.stop()
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def failure(harness: Harness, query: str, **kwargs: object) -> PointingError:

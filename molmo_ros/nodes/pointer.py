@@ -33,7 +33,7 @@ from molmo_ros.pointing.service import (
     PointingService,
     PointingSettings,
 )
-from molmo_ros.prompts import POINT_ALL_TEMPLATE, POINT_TEMPLATE, QUERY_PLACEHOLDER, make_point_prompt
+from molmo_ros.prompts import POINT_ALL_TEMPLATE, POINT_TEMPLATE, QUERY_PLACEHOLDER
 from molmo_ros.srv import Point
 
 QOS_CHOICES = ("sensor_data", "reliable")
@@ -118,7 +118,6 @@ class PointerNode(Node):
                 ),
             ),
         )
-        make_point_prompt(settings.prompt_template, "check")  # refuses a template without the placeholder now
         camera_topics = self._declare_camera_topics(camera_names)
         engine_settings = self._declare_engine_parameters()
         self.frames = LatestFrames()
@@ -202,11 +201,7 @@ class PointerNode(Node):
             "",
             _described("Camera used when a request names none; empty means the first of camera_names."),
         )
-        if default and default not in camera_names:
-            raise ValueError(
-                f"parameter default_camera {default!r} is not one of camera_names {list(camera_names)}"
-            )
-        return default or camera_names[0]
+        return default or camera_names[0]  # PointingSettings refuses a name not in camera_names
 
     def _declare_engine_parameters(self) -> dict[str, object]:
         return {

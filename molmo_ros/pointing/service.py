@@ -69,6 +69,14 @@ class PointingSettings:
     max_frame_age_s: float = 2.0  # 0 disables the check
     queue_size: int = 4
 
+    def __post_init__(self) -> None:
+        """Checked on construction and on every `replace`, so no caller can hold inconsistent settings."""
+        if self.default_camera not in self.cameras:
+            raise ValueError(f"default camera {self.default_camera!r} is not one of {list(self.cameras)}")
+        if self.queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        make_point_prompt(self.prompt_template, "check")  # a template without {query} is refused
+
 
 RUNTIME_SETTINGS = frozenset({"prompt_template", "max_query_length", "max_frame_age_s"})
 
@@ -143,12 +151,6 @@ class PointingService:
         on_outcome: Callable[[PointingOutcome], None],
         on_error: Callable[[PointingError], None],
     ) -> None:
-        if settings.default_camera not in settings.cameras:
-            raise ValueError(
-                f"default camera {settings.default_camera!r} is not one of {list(settings.cameras)}"
-            )
-        if settings.queue_size < 1:
-            raise ValueError("queue_size must be at least 1")
         self._engine = engine
         self._frames = frames
         self._settings = settings
@@ -172,8 +174,6 @@ class PointingService:
         fixed = set(changes) - RUNTIME_SETTINGS
         if fixed:
             raise ValueError(f"{', '.join(sorted(fixed))} cannot change while the service runs")
-        if "prompt_template" in changes:
-            make_point_prompt(str(changes["prompt_template"]), "check")
         with self._wake:
             self._settings = replace(self._settings, **changes)
 
