@@ -9,7 +9,7 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${MOLMO_ROS_VENV:-$repo_root/.venv}"
 python="${MOLMO_ROS_PYTHON:-python3.11}"
-package_paths=(molmo_ros msg srv launch config samples cmake setup.py pyproject.toml CMakeLists.txt package.xml)
+package_paths=(molmo_ros msg srv action launch config samples cmake setup.py pyproject.toml CMakeLists.txt package.xml)
 cd "$repo_root"
 
 # sha256 over the names and contents of the given files (names relative to the repo root).

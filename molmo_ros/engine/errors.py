@@ -22,3 +22,19 @@ class InvalidImageError(EngineError, ValueError):
 
 class EngineOutOfMemoryError(EngineError):
     """The device ran out of memory; the message says which device and what to lower."""
+
+
+class GenerationCancelledError(EngineError):
+    """The caller cancelled the request (GenerationControl.cancel) before the answer was complete."""
+
+
+class UnsupportedRequestError(EngineError, ValueError):
+    """The backend cannot do what was asked (several images for a one-image model, ...); says which can."""
+
+
+class ServerUnavailableError(EngineError):
+    """A model server could not be reached, or did not answer in time; the message names its URL."""
+
+
+class ServerResponseError(EngineError):
+    """A model server answered with an HTTP error or a reply that is not a usable answer; names its URL."""

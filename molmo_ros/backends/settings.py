@@ -1,0 +1,65 @@
+"""What model to run and how: the `engine.*` settings of every backend, each default written once here.
+
+Torch-free, so the node can declare its parameters and the CLI parse its arguments without importing a
+model stack. Settings a backend does not use are ignored by it (a server backend has no dtype).
+"""
+
+from dataclasses import dataclass
+
+from molmo_ros.settings_fields import check_setting_bounds, setting
+
+BACKENDS = ("molmoe", "molmo2", "openai")
+DEVICES_HELP = "auto (CUDA if present, else CPU), cpu, cuda or cuda:N"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    backend: str = setting(
+        "molmoe",
+        "Which model runs: molmoe (our MolmoE-1B engine), molmo2 (transformers' Molmo2) or openai "
+        "(an OpenAI-compatible chat-completions server such as vLLM).",
+        choices=BACKENDS,
+    )
+    model: str = setting(
+        "",
+        "Hugging Face model id or local checkpoint directory (molmoe, molmo2), or the served model name "
+        "(openai). Empty: $MOLMO_MODEL, else the backend's default model.",
+    )
+    revision: str = setting(
+        "", "Commit of a Hugging Face model id; empty means the backend's pinned default."
+    )
+    device: str = setting("auto", f"Where a local model runs: {DEVICES_HELP}.")
+    dtype: str = setting(
+        "auto", "Weights dtype of a local model: auto (bfloat16 on CUDA, float32 on CPU).", choices=DTYPES
+    )
+    max_new_tokens: int = setting(200, "Longest answer, in tokens.", minimum=1, maximum=4096)
+    cache_dir: str = setting(
+        "", "Where molmoe keeps its one-time bfloat16 conversion of the checkpoint; empty means the default."
+    )
+    url: str = setting("http://localhost:8000/v1", "openai: base URL of the server's OpenAI-compatible API.")
+    api_key_env: str = setting(
+        "MOLMO_API_KEY",
+        "openai: NAME of the environment variable that holds the API key (the key itself is never a "
+        "parameter and never logged); an unset variable sends no key.",
+    )
+    request_timeout: float = setting(
+        60.0, "openai: seconds to wait for one answer from the server.", minimum=0.1, maximum=3600.0
+    )
+    max_retries: int = setting(
+        2, "openai: retries after a connection error or an HTTP 5xx answer.", minimum=0, maximum=10
+    )
+    max_in_flight: int = setting(
+        4, "openai: requests sent to the server at once (a server batches them).", minimum=1, maximum=64
+    )
+    max_image_side: int = setting(
+        0,
+        "openai: downscale frames whose longer side exceeds this many pixels before sending (0 = never); "
+        "points are still given in the original frame's pixels.",
+        minimum=0,
+        maximum=16384,
+    )
+    image_format: str = setting("jpeg", "openai: how frames are sent: jpeg or png.", choices=("jpeg", "png"))
+
+    def __post_init__(self) -> None:
+        check_setting_bounds(self)
