@@ -1,0 +1,177 @@
+"""The `openai` backend: any OpenAI-compatible chat-completions server, such as vLLM serving Molmo2.
+
+One GPU server shared by a fleet batches the requests of many robots, which a local model cannot; so this
+backend lets several calls run at once (`engine.max_in_flight`). Frames travel as base64 data URLs in one
+user message (images first, then the prompt, as Molmo2's chat template orders them). The model answers in
+fractions of the image it saw, so a frame downscaled before sending still gives points in the original
+frame's pixels. httpx does the HTTP; this module only builds the request and reads the reply.
+
+The API key is read from the environment variable whose NAME is `engine.api_key_env`; it goes only into
+the Authorization header, and every message this module writes has it removed.
+"""
+
+import base64
+import io
+import os
+import time
+from collections.abc import Sequence
+
+import httpx
+import numpy as np
+import PIL.Image
+
+from molmo_ros.backends.images import check_images
+from molmo_ros.backends.interface import BackendAnswer, GenerationControl, Stage
+from molmo_ros.backends.settings import BackendSettings
+from molmo_ros.engine.errors import ServerResponseError, ServerUnavailableError
+
+MODEL_ENV_VAR = "MOLMO_MODEL"
+# What `vllm serve allenai/Molmo2-8B` serves under when no --served-model-name is given.
+DEFAULT_SERVED_MODEL = "allenai/Molmo2-8B"
+# Molmo2 was trained on multi-image prompts; 8 covers a robot's cameras. The server must allow as many
+# (vLLM: --limit-mm-per-prompt '{"image": 8}').
+MAX_IMAGES_PER_PROMPT = 8
+JPEG_QUALITY = 90  # visually lossless for pointing, about a tenth of the PNG size of a camera frame
+FIRST_RETRY_DELAY_S = 0.25  # doubled after each failed attempt
+ERROR_BODY_CHARS = 200  # how much of a server's error reply goes into our message
+CHAT_COMPLETIONS_PATH = "/chat/completions"
+_MIME_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
+_RETRIED_STATUS = 500  # 5xx: the server's fault, worth another try; 4xx: ours, never retried
+
+
+class OpenAIChatBackend:
+    """Sends each prompt with its images to `engine.url` and returns the text of the first choice."""
+
+    name = "openai"
+    max_images = MAX_IMAGES_PER_PROMPT
+
+    def __init__(self, settings: BackendSettings, transport: httpx.BaseTransport | None = None) -> None:
+        self.url = settings.url.rstrip("/")
+        self.model_name = settings.model or os.environ.get(MODEL_ENV_VAR) or DEFAULT_SERVED_MODEL
+        self.max_concurrent_calls = settings.max_in_flight
+        self._settings = settings
+        self._api_key = os.environ.get(settings.api_key_env, "")
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        self._client = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            timeout=settings.request_timeout,
+            limits=httpx.Limits(max_connections=settings.max_in_flight),
+            transport=transport,
+        )
+
+    @classmethod
+    def load(cls, settings: BackendSettings) -> "OpenAIChatBackend":
+        """Builds the client; the server is first contacted by `generate`, so a node can start before it."""
+        return cls(settings)
+
+    def generate(
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        control: GenerationControl | None = None,
+    ) -> BackendAnswer:
+        control = control or GenerationControl()
+        check_images(images, self.max_images, self.name)
+        # The image work shared by every prompt: each frame is encoded once.
+        image_parts = [{"type": "image_url", "image_url": {"url": self._data_url(image)}} for image in images]
+        texts = []
+        for prompt in prompts:
+            control.raise_if_cancelled()
+            control.report(Stage.VISION)
+            reply = self._post(
+                {
+                    "model": self.model_name,
+                    "messages": [
+                        {"role": "user", "content": [*image_parts, {"type": "text", "text": prompt}]}
+                    ],
+                    "max_tokens": self._settings.max_new_tokens,
+                    "temperature": 0.0,  # greedy, as the local backends decode
+                }
+            )
+            text, tokens = self._answer_text(reply)
+            control.report(Stage.DECODING, tokens)
+            control.raise_if_cancelled()
+            texts.append(text)
+        return BackendAnswer(texts=texts)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _data_url(self, image: np.ndarray) -> str:
+        picture = PIL.Image.fromarray(image)
+        longest = max(picture.size)
+        limit = self._settings.max_image_side
+        if limit and longest > limit:
+            scale = limit / longest
+            size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+            picture = picture.resize(size, PIL.Image.Resampling.BILINEAR, reducing_gap=2.0)
+        buffer = io.BytesIO()
+        image_format = self._settings.image_format
+        if image_format == "jpeg":
+            picture.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        else:
+            picture.save(buffer, format="PNG")
+        encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+        return f"data:{_MIME_TYPES[image_format]};base64,{encoded}"
+
+    def _post(self, body: dict) -> httpx.Response:
+        """The server's 2xx reply; retries connection errors and 5xx up to `engine.max_retries` times."""
+        endpoint = self.url + CHAT_COMPLETIONS_PATH
+        delay = FIRST_RETRY_DELAY_S
+        attempts = self._settings.max_retries + 1
+        for attempt in range(1, attempts + 1):
+            last_try = attempt == attempts
+            try:
+                response = self._client.post(CHAT_COMPLETIONS_PATH, json=body)
+            except httpx.TimeoutException as error:
+                raise ServerUnavailableError(
+                    f"{endpoint} did not answer within {self._settings.request_timeout:g} s "
+                    f"({type(error).__name__}); raise engine.request_timeout or check the server's load"
+                ) from None
+            except httpx.TransportError as error:
+                if last_try:
+                    raise ServerUnavailableError(
+                        f"cannot reach {endpoint} after {attempts} attempt(s): "
+                        f"{self._redact(str(error)) or type(error).__name__}; check engine.url and that "
+                        "the server is running"
+                    ) from None
+            else:
+                if response.status_code < _RETRIED_STATUS or last_try:
+                    break
+            time.sleep(delay)
+            delay *= 2
+        if response.is_success:
+            return response
+        retried = f" after {attempts} attempt(s)" if response.status_code >= _RETRIED_STATUS else ""
+        raise ServerResponseError(
+            f"{endpoint} answered HTTP {response.status_code}{retried}: "
+            f"{self._redact(response.text[:ERROR_BODY_CHARS])!r}"
+            + (" (check engine.api_key_env)" if response.status_code in (401, 403) else "")
+            + (" (check engine.model, the served model name)" if response.status_code == 404 else "")
+        )
+
+    def _answer_text(self, response: httpx.Response) -> tuple[str, int]:
+        """The first choice's text and the completion token count the server reports (0 if none)."""
+        endpoint = self.url + CHAT_COMPLETIONS_PATH
+        try:
+            reply = response.json()
+        except ValueError:
+            raise ServerResponseError(
+                f"{endpoint} answered with malformed JSON: {self._redact(response.text[:ERROR_BODY_CHARS])!r}"
+            ) from None
+        if not isinstance(reply, dict):
+            raise ServerResponseError(f"{endpoint} answered JSON that is not an object")
+        choices = reply.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ServerResponseError(f"{endpoint} answered with an empty choice list")
+        message = choices[0].get("message") if isinstance(choices[0], dict) else None
+        text = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(text, str) or not text:
+            raise ServerResponseError(f"{endpoint} answered a choice with no text")
+        usage = reply.get("usage")
+        tokens = usage.get("completion_tokens", 0) if isinstance(usage, dict) else 0
+        return text, tokens if isinstance(tokens, int) else 0
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "[API key]") if self._api_key else text
