@@ -1,0 +1,283 @@
+"""The `molmo2` backend: AI2's Molmo2 through transformers' own classes, never remote code.
+
+transformers 5.23 ships `Molmo2ForConditionalGeneration` and `Molmo2Processor`, so a hub checkpoint
+(`allenai/Molmo2-4B`, `-8B`, `-O-7B`) or a local directory loads with `AutoModelForImageTextToText` and
+`AutoProcessor`; only metadata and safetensors are fetched, never the repository's *.py files. The prompt
+goes through the processor's chat template, images first, so one call can show the model several camera
+frames (Molmo2 then names each point's image, see `molmo_ros.parsing`).
+
+Several prompts about the same images share the vision work: the vision tower and adapter run once per
+call (`get_image_features`) and every prompt's `generate` reuses the result through `mm_encoder_outputs`,
+which transformers' generation accepts for this purpose. The processor still prepares the pixels for each
+prompt (it expands the image placeholders of that prompt's text), which is CPU work only.
+"""
+
+import gc
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from transformers import AutoModelForImageTextToText, AutoProcessor, StoppingCriteria, StoppingCriteriaList
+
+from molmo_ros.backends.images import check_images
+from molmo_ros.backends.interface import BackendAnswer, GenerationControl, Stage
+from molmo_ros.backends.settings import BackendSettings
+from molmo_ros.engine.checkpoint import hub_cache_dir, hub_offline, out_of_memory_guard
+from molmo_ros.engine.engine import resolve_device, resolve_dtype
+from molmo_ros.engine.errors import IncompatibleCheckpointError, WeightsNotFoundError
+
+log = logging.getLogger(__name__)
+
+MODEL_ENV_VAR = "MOLMO_MODEL"
+# The smallest Molmo2 (Qwen3-4B): about 10 GB of bfloat16 weights, the one that fits the most GPUs.
+DEFAULT_MODEL_ID = "allenai/Molmo2-4B"
+# No commit of the Molmo2 repositories could be verified from where this was written (no network to the
+# hub, and no public source named one), so the default follows the repository's main branch. Pin
+# engine.revision to a commit for reproducible answers.
+DEFAULT_REVISION = "main"
+MOLMO2_MODEL_TYPE = "molmo2"
+# Molmo2 was trained on multi-image inputs; 8 frames is a robot's full camera set and, at up to 9 crops
+# per image in the processor, keeps one prompt under the model's context.
+MAX_IMAGES_PER_PROMPT = 8
+# What a hub snapshot needs besides the weights; the repository's *.py (remote code) is never fetched.
+DOWNLOAD_PATTERNS = ("*.json", "*.jinja", "*.txt", "*.model", "*.safetensors")
+WEIGHT_SUFFIX = ".safetensors"
+
+
+@dataclass
+class Molmo2Timings:
+    """Where the time of the last `generate` call went, for logs and bench/engine.py."""
+
+    preprocess_s: float = 0.0  # processor: chat template, pixels, placeholder expansion (all prompts)
+    vision_s: float = 0.0  # vision tower + adapter, once per call
+    prefill_s: list[float] = field(default_factory=list)  # per prompt: prompt pass and first token
+    decode_s: list[float] = field(default_factory=list)  # per prompt: the tokens after the first
+    new_tokens: list[int] = field(default_factory=list)
+
+
+class _CancelAndReport(StoppingCriteria):
+    """Called by `generate` after every step: reports decoded tokens and stops when cancelled."""
+
+    def __init__(self, control: GenerationControl, prompt_tokens: int) -> None:
+        self._control = control
+        self._prompt_tokens = prompt_tokens
+        self.first_step_at: float | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        if self.first_step_at is None:
+            self.first_step_at = time.perf_counter()
+        self._control.report(Stage.DECODING, input_ids.shape[1] - self._prompt_tokens)
+        return torch.full((input_ids.shape[0],), self._control.cancelled, dtype=torch.bool)
+
+
+class Molmo2Backend:
+    """Load with `Molmo2Backend.load(settings)`; calls are serialized, a local GPU runs one at a time."""
+
+    name = "molmo2"
+    max_images = MAX_IMAGES_PER_PROMPT
+    max_concurrent_calls = 1
+
+    def __init__(self, model, processor, *, model_name: str, max_new_tokens: int) -> None:
+        self.model = model
+        self.processor = processor
+        self.model_name = model_name
+        self.max_new_tokens = max_new_tokens
+        self.last_timings = Molmo2Timings()
+        self._lock = threading.Lock()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @classmethod
+    def load(cls, settings: BackendSettings) -> "Molmo2Backend":
+        model_id = settings.model or os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL_ID
+        revision = settings.revision or DEFAULT_REVISION
+        directory = resolve_checkpoint(model_id, revision)
+        check_model_type(directory, model_id)
+        device = resolve_device(settings.device)
+        dtype = resolve_dtype(settings.dtype, device)
+        with out_of_memory_guard(device, f"loading {model_id}"):
+            try:
+                processor = AutoProcessor.from_pretrained(directory)
+                model = AutoModelForImageTextToText.from_pretrained(directory, dtype=dtype)
+            except (OSError, ValueError, KeyError) as error:
+                raise IncompatibleCheckpointError(
+                    f"{model_id} ({directory}) could not be loaded as Molmo2: {type(error).__name__}: {error}"
+                ) from error
+            model = model.to(device).eval()
+        name = (
+            model_id if revision == DEFAULT_REVISION or Path(model_id).is_dir() else f"{model_id}@{revision}"
+        )
+        log.info("molmo2: loaded %s on %s in %s", name, device, dtype)
+        return cls(model, processor, model_name=name, max_new_tokens=settings.max_new_tokens)
+
+    def generate(
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        control: GenerationControl | None = None,
+    ) -> BackendAnswer:
+        control = control or GenerationControl()
+        check_images(images, self.max_images, self.name)
+        pictures = [PIL.Image.fromarray(image) for image in images]
+        with self._lock, torch.inference_mode(), out_of_memory_guard(self.device, "running Molmo2"):
+            control.raise_if_cancelled()
+            timings = Molmo2Timings()
+            started = time.perf_counter()
+            inputs = [self._prompt_inputs(pictures, prompt) for prompt in prompts]
+            timings.preprocess_s = time.perf_counter() - started
+            control.report(Stage.VISION)
+            started = time.perf_counter()
+            features = self.model.base_model.get_image_features(
+                inputs[0]["pixel_values"].to(self.dtype),
+                inputs[0]["image_token_pooling"],
+                inputs[0]["image_grids"],
+                return_dict=True,
+            )
+            timings.vision_s = time.perf_counter() - started
+            texts = [self._decode(prompt_inputs, features, control, timings) for prompt_inputs in inputs]
+            self.last_timings = timings
+        return BackendAnswer(texts=texts)
+
+    def close(self) -> None:
+        with self._lock:
+            device = self.model.device
+            del self.model
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _prompt_inputs(self, pictures: list[PIL.Image.Image], prompt: str) -> dict[str, torch.Tensor]:
+        content = [{"type": "image", "image": picture} for picture in pictures]
+        messages = [{"role": "user", "content": [*content, {"type": "text", "text": prompt}]}]
+        batch = self.processor.apply_chat_template(
+            messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )
+        return {key: value.to(self.device) for key, value in batch.items()}
+
+    def _decode(self, inputs, features, control: GenerationControl, timings: Molmo2Timings) -> str:
+        control.raise_if_cancelled()
+        prompt_tokens = inputs["input_ids"].shape[1]
+        watcher = _CancelAndReport(control, prompt_tokens)
+        started = time.perf_counter()
+        output = self.model.generate(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            mm_token_type_ids=inputs["mm_token_type_ids"],
+            mm_encoder_outputs={"image": features},
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            stopping_criteria=StoppingCriteriaList([watcher]),
+        )
+        finished = time.perf_counter()
+        control.raise_if_cancelled()
+        new_tokens = output[:, prompt_tokens:]
+        first_step = watcher.first_step_at or finished
+        timings.prefill_s.append(first_step - started)
+        timings.decode_s.append(finished - first_step)
+        timings.new_tokens.append(new_tokens.shape[1])
+        return self.processor.post_process_image_text_to_text(new_tokens, skip_special_tokens=True)[0]
+
+
+def resolve_checkpoint(model_id: str, revision: str) -> Path:
+    """A local checkpoint directory as is, or the hub snapshot of `model_id` at `revision` (cache first)."""
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file() or not any(path.glob(f"*{WEIGHT_SUFFIX}")):
+            raise WeightsNotFoundError(
+                f"No Molmo2 weights found: the directory {path} lacks config.json or *{WEIGHT_SUFFIX} "
+                f"weights. {_fix_hint(model_id, None)}"
+            )
+        return path.resolve()
+    if path.exists() or model_id.count("/") != 1 or model_id.startswith((".", "/", "~")):
+        raise WeightsNotFoundError(
+            f"No Molmo2 weights found: {model_id!r} is neither a checkpoint directory nor a Hugging Face "
+            f"model id (owner/name). {_fix_hint(model_id, None)}"
+        )
+    cache_dir = hub_cache_dir()
+    try:
+        return Path(
+            snapshot_download(
+                model_id,
+                revision=revision,
+                cache_dir=cache_dir,
+                allow_patterns=list(DOWNLOAD_PATTERNS),
+                local_files_only=True,
+            )
+        )
+    except (LocalEntryNotFoundError, OSError):
+        pass
+    if hub_offline():
+        raise WeightsNotFoundError(
+            f"No Molmo2 weights found: {model_id} at revision {revision} is not in the Hugging Face cache "
+            f"{cache_dir}, and HF_HUB_OFFLINE is set so nothing can be downloaded. "
+            + _fix_hint(model_id, revision)
+        )
+    try:
+        snapshot = snapshot_download(
+            model_id, revision=revision, cache_dir=cache_dir, allow_patterns=list(DOWNLOAD_PATTERNS)
+        )
+    except (RepositoryNotFoundError, GatedRepoError) as error:
+        reason = f"the Hugging Face repository {model_id} does not exist or needs access rights ({error})"
+    except RevisionNotFoundError as error:
+        reason = f"{model_id} has no revision {revision} ({error})"
+    # Anything else is the network or the disk failing; its types vary with huggingface_hub versions.
+    except Exception as error:
+        reason = f"{model_id} at revision {revision} could not be downloaded: {type(error).__name__}: {error}"
+    else:
+        return Path(snapshot)
+    raise WeightsNotFoundError(f"No Molmo2 weights found: {reason}. {_fix_hint(model_id, revision)}")
+
+
+def check_model_type(directory: Path, model_id: str) -> None:
+    """Refuses a checkpoint that is not Molmo2, naming the backend that runs it."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise IncompatibleCheckpointError(f"{model_id}: cannot read config.json ({error})") from error
+    model_type = config.get("model_type", "")
+    if model_type == MOLMO2_MODEL_TYPE:
+        return
+    architectures = ", ".join(config.get("architectures") or []) or "none listed"
+    found = (
+        f"{model_id} is not a Molmo2 checkpoint (model_type {model_type!r}, architectures {architectures})"
+    )
+    if model_type == "molmo" and (config.get("moe_num_experts") or config.get("block_type") == "moe"):
+        raise IncompatibleCheckpointError(f"{found}: it is MolmoE; run it with engine.backend molmoe.")
+    if model_type == "molmo":
+        raise IncompatibleCheckpointError(
+            f"{found}: it is Molmo (0924); serve it with vLLM and use engine.backend openai."
+        )
+    raise IncompatibleCheckpointError(
+        f"{found}; engine.backend molmo2 needs allenai/Molmo2-4B, -8B or -O-7B."
+    )
+
+
+def _fix_hint(model_id: str, revision: str | None) -> str:
+    hub = f"{model_id} at {revision}" if revision else f"{DEFAULT_MODEL_ID} at {DEFAULT_REVISION}"
+    return (
+        "To fix: set engine.model (CLI --model, or environment variable "
+        f"{MODEL_ENV_VAR}) to a local Molmo2 checkpoint directory, or let {hub} be found in the Hugging "
+        "Face cache: set HF_HOME to a cache that already holds it, or go online (unset HF_HUB_OFFLINE) so it "
+        "can be downloaded once."
+    )

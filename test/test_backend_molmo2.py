@@ -1,0 +1,187 @@
+"""Molmo2Backend on a tiny random Molmo2 built here: the real loader, one and two images, shared vision work,
+cancel and progress, and the errors for a wrong checkpoint or missing weights. Its text is random."""
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from molmo2_tiny import build_tiny_molmo2
+
+from molmo_ros.backends.interface import GenerationControl, Stage
+from molmo_ros.backends.molmo2 import DEFAULT_REVISION, Molmo2Backend
+from molmo_ros.backends.settings import BackendSettings
+from molmo_ros.engine.errors import (
+    GenerationCancelledError,
+    IncompatibleCheckpointError,
+    UnsupportedRequestError,
+    WeightsNotFoundError,
+)
+
+MAX_NEW_TOKENS = 5
+
+
+@pytest.fixture(scope="module")
+def tiny_molmo2_dir(tmp_path_factory):
+    return build_tiny_molmo2(tmp_path_factory.mktemp("tiny_molmo2"))
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_molmo2_dir):
+    settings = BackendSettings(
+        backend="molmo2", model=str(tiny_molmo2_dir), device="cpu", max_new_tokens=MAX_NEW_TOKENS
+    )
+    return Molmo2Backend.load(settings)
+
+
+def frame(height: int, width: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def plain_answer(backend: Molmo2Backend, images, prompt: str) -> str:
+    """The library's own path: processor inputs with pixels straight into generate, no shared features."""
+    inputs = backend._prompt_inputs([PIL.Image.fromarray(image) for image in images], prompt)
+    output = backend.model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    return backend.processor.post_process_image_text_to_text(new_tokens, skip_special_tokens=True)[0]
+
+
+def test_loads_through_the_real_loader_in_float32_on_cpu(backend, tiny_molmo2_dir):
+    assert backend.name == "molmo2" and backend.max_concurrent_calls == 1 and backend.max_images > 1
+    assert backend.device.type == "cpu" and backend.dtype == torch.float32
+    assert backend.model_name == str(tiny_molmo2_dir)
+    assert type(backend.model).__name__ == "Molmo2ForConditionalGeneration"
+
+
+@pytest.mark.parametrize(
+    "images",
+    [[frame(48, 64, 0)], [frame(48, 64, 0), frame(60, 40, 1)]],
+    ids=["one-image", "two-images"],
+)
+def test_answers_every_prompt_as_the_library_would_without_sharing(backend, images):
+    prompts = ["Point to the mug", "How many cups?"]
+    answer = backend.generate(images, prompts)
+    assert answer.texts == [plain_answer(backend, images, prompt) for prompt in prompts]
+    assert all(1 <= tokens <= MAX_NEW_TOKENS for tokens in backend.last_timings.new_tokens)
+
+
+def test_two_images_give_a_longer_prompt_than_one(backend):
+    one = backend._prompt_inputs([PIL.Image.fromarray(frame(48, 64, 0))], "p")
+    two = backend._prompt_inputs([PIL.Image.fromarray(frame(48, 64, 0))] * 2, "p")
+    image_token = backend.model.config.image_token_id
+    assert (two["input_ids"] == image_token).sum() == 2 * (one["input_ids"] == image_token).sum()
+
+
+def test_vision_runs_once_for_all_prompts_of_a_call(backend, monkeypatch):
+    calls = []
+    original = backend.model.base_model.get_image_features
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(backend.model.base_model, "get_image_features", counting)
+    backend.generate([frame(48, 64, 2)], ["a", "b", "c"])
+    assert len(calls) == 1
+    assert len(backend.last_timings.prefill_s) == 3
+
+
+def test_shared_image_features_give_the_same_logits_as_pixels(backend):
+    inputs = backend._prompt_inputs([PIL.Image.fromarray(frame(48, 64, 3))], "Point to the mug")
+    with torch.inference_mode():
+        from_pixels = backend.model(**inputs).logits
+        features = backend.model.base_model.get_image_features(
+            inputs["pixel_values"], inputs["image_token_pooling"], inputs["image_grids"], return_dict=True
+        )
+        shared = backend.model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            mm_token_type_ids=inputs["mm_token_type_ids"],
+            mm_encoder_outputs={"image": features},
+        ).logits
+    assert torch.equal(from_pixels, shared)  # the same operations on the same values
+
+
+def test_progress_reports_vision_then_each_decoded_token(backend):
+    reports = []
+    backend.generate([frame(48, 64, 0)], ["p"], GenerationControl(lambda *report: reports.append(report)))
+    assert reports[0] == (Stage.VISION, 0)
+    decoded = [tokens for stage, tokens in reports[1:] if stage == Stage.DECODING]
+    assert decoded == list(range(1, len(decoded) + 1)) and len(decoded) == backend.last_timings.new_tokens[0]
+
+
+def test_cancel_during_decoding_stops_and_raises(backend):
+    reports = []
+
+    def cancel_at_first_token(stage, tokens):
+        reports.append((stage, tokens))
+        if stage == Stage.DECODING:
+            control.cancel()
+
+    control = GenerationControl(cancel_at_first_token)
+    with pytest.raises(GenerationCancelledError):
+        backend.generate([frame(48, 64, 0)], ["first", "second"], control)
+    assert [tokens for stage, tokens in reports if stage == Stage.DECODING] == [1]
+
+
+def test_cancel_before_start_does_no_image_work(backend):
+    reports = []
+    control = GenerationControl(lambda *report: reports.append(report))
+    control.cancel()
+    with pytest.raises(GenerationCancelledError):
+        backend.generate([frame(48, 64, 0)], ["p"], control)
+    assert reports == []
+
+
+def test_more_images_than_the_model_takes_are_refused(backend):
+    with pytest.raises(UnsupportedRequestError, match="at most 8"):
+        backend.generate([frame(8, 8, 0)] * 9, ["p"])
+
+
+def test_model_comes_from_the_environment_when_the_setting_is_empty(tiny_molmo2_dir, monkeypatch):
+    monkeypatch.setenv("MOLMO_MODEL", str(tiny_molmo2_dir))
+    loaded = Molmo2Backend.load(BackendSettings(backend="molmo2", device="cpu"))
+    assert loaded.model_name == str(tiny_molmo2_dir)
+    loaded.close()
+    assert not hasattr(loaded, "model")
+
+
+def test_molmoe_checkpoint_names_the_molmoe_backend(tiny_model_dir):
+    with pytest.raises(IncompatibleCheckpointError, match="engine.backend molmoe"):
+        Molmo2Backend.load(BackendSettings(backend="molmo2", model=str(tiny_model_dir), device="cpu"))
+
+
+def test_molmo_7b_checkpoint_names_the_openai_backend(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "molmo", "architectures": ["MolmoForCausalLM"]})
+    )
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(IncompatibleCheckpointError, match="MolmoForCausalLM.*engine.backend openai"):
+        Molmo2Backend.load(BackendSettings(backend="molmo2", model=str(tmp_path), device="cpu"))
+
+
+def test_missing_directory_names_what_to_set(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(WeightsNotFoundError) as failure:
+        Molmo2Backend.load(BackendSettings(backend="molmo2", model=str(missing)))
+    message = str(failure.value)
+    assert str(missing) in message
+    assert all(name in message for name in ("engine.model", "MOLMO_MODEL", "HF_HOME"))
+
+
+def test_directory_without_weights_is_weights_not_found(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "molmo2"}))
+    with pytest.raises(WeightsNotFoundError, match="safetensors"):
+        Molmo2Backend.load(BackendSettings(backend="molmo2", model=str(tmp_path)))
+
+
+def test_uncached_hub_model_offline_names_model_revision_and_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    with pytest.raises(WeightsNotFoundError) as failure:
+        Molmo2Backend.load(BackendSettings(backend="molmo2", model="allenai/Molmo2-8B"))
+    message = str(failure.value)
+    assert "allenai/Molmo2-8B" in message and f"revision {DEFAULT_REVISION}" in message
+    assert all(name in message for name in ("engine.model", "MOLMO_MODEL", "HF_HOME", "HF_HUB_OFFLINE"))
