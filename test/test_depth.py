@@ -22,6 +22,7 @@ from molmo_ros.depth import (
     CameraModel,
     DepthError,
     DepthSettings,
+    LiftedPoint,
     camera_info_topic_beside,
     depth_to_metres,
     lift_points,
@@ -94,23 +95,31 @@ def test_values_outside_the_depth_range_are_dropped():
     assert point.depth == pytest.approx(0.05, rel=REL)
 
 
-def test_window_median_ignores_a_minority_of_outliers_and_reports_their_spread():
+def lift_window(window: np.ndarray) -> LiftedPoint:
+    """Lifts the point at the centre of a 5x5 window of depths placed in an empty depth image."""
     depth = plane(np.nan)
+    depth[48:53, 48:53] = window
+    (point,) = lift_points([(50.5, 50.5)], (WIDTH, HEIGHT), depth, pinhole(), DEFAULTS)
+    return point
+
+
+def test_window_median_ignores_a_minority_of_outliers_and_reports_their_spread():
     window = np.full((5, 5), 1.0, dtype=np.float32)
-    window[0, :] = [2.0, 2.0, 2.0, 3.0, 3.0]  # an edge behind the object: 5 of 25 values
-    depth[48:53, 48:53] = window
-    (point,) = lift_points([(50.5, 50.5)], (WIDTH, HEIGHT), depth, pinhole(), DEFAULTS)
-    assert point.depth == 1.0
-    assert point.spread == 0.0  # 20 of 25 deviations are 0, so their median is 0
-    window[1, :] = 2.0  # now 10 of 25 are off by at least 1 m
-    window[2, :2] = 2.0  # and 12 of 25: the median stays 1.0, the deviations' median becomes 0
-    depth[48:53, 48:53] = window
-    (point,) = lift_points([(50.5, 50.5)], (WIDTH, HEIGHT), depth, pinhole(), DEFAULTS)
-    assert point.depth == 1.0 and point.spread == 0.0
-    window[2, 2] = 2.0  # 13 of 25 at or beyond 2 m: the median moves to 2 m, half the values deviate
-    depth[48:53, 48:53] = window
-    (point,) = lift_points([(50.5, 50.5)], (WIDTH, HEIGHT), depth, pinhole(), DEFAULTS)
+    window.flat[:12] = [2.0] * 10 + [3.0] * 2  # 12 of 25 on a surface behind: the median stays on the 13 ones
+    point = lift_window(window)
+    assert point.depth == 1.0 and point.spread == 0.0  # 13 of 25 deviations are 0
+    window.flat[12] = 2.0  # 13 of 25 behind: the median moves to 2 m
+    point = lift_window(window)
+    # deviations from 2 m: 11 zeros (the twos) and 14 of 1 m (12 ones, 2 threes), so their median is 1 m
     assert point.depth == 2.0 and point.spread == 1.0
+
+
+def test_spread_is_the_median_absolute_deviation_in_metres():
+    window = np.full((5, 5), np.nan, dtype=np.float32)
+    window.flat[:5] = [1.00, 1.01, 1.02, 1.04, 1.10]  # median 1.02; deviations 0.02 0.01 0 0.02 0.08
+    point = lift_window(window)
+    # each float32 depth near 1 m is rounded by up to 6e-8 m, 3e-6 of a 0.02 m deviation: rel 1e-5
+    assert point.depth == pytest.approx(1.02, rel=REL) and point.spread == pytest.approx(0.02, rel=1e-5)
 
 
 def test_window_is_centred_on_the_pixel_under_the_point():
