@@ -268,6 +268,26 @@ def depth_to_metres(
     return metres
 
 
+def check_depth_geometry(
+    image_size: tuple[int, int], depth_shape: tuple[int, ...], camera: CameraModel
+) -> None:
+    """Raises DepthError unless the CameraInfo and the depth image's shape fit a width x height image.
+
+    lift_points checks this itself; it is public so that input files can be checked before a model runs.
+    """
+    width, height = image_size
+    camera.check_image_size(width, height)
+    if len(depth_shape) != 2 or 0 in depth_shape:
+        raise DepthError(f"depth image must be a non-empty HxW array, got shape {tuple(depth_shape)}")
+    depth_height, depth_width = depth_shape
+    if abs(height * depth_width / width - depth_height) > ASPECT_TOLERANCE_PX:
+        raise DepthError(
+            f"depth image is {depth_width}x{depth_height} but the colour image is {width}x{height}: another "
+            "aspect ratio, so they do not cover the same field of view; use a depth image registered "
+            "(aligned) to the colour image"
+        )
+
+
 def lift_points(
     points_px: Sequence[tuple[float, float]] | np.ndarray,
     image_size: tuple[int, int],
@@ -280,18 +300,9 @@ def lift_points(
     Raises DepthError when the whole depth frame or CameraInfo cannot be used (wrong CameraInfo size,
     another aspect ratio); a point without valid depth near it is returned invalid, with its reason.
     """
+    check_depth_geometry(image_size, depth_m.shape, camera)
     width, height = image_size
-    camera.check_image_size(width, height)
-    if depth_m.ndim != 2 or depth_m.size == 0:
-        raise DepthError(f"depth image must be a non-empty HxW array, got shape {depth_m.shape}")
-    depth_height, depth_width = depth_m.shape
-    scale_x, scale_y = depth_width / width, depth_height / height
-    if abs(height * scale_x - depth_height) > ASPECT_TOLERANCE_PX:
-        raise DepthError(
-            f"depth image is {depth_width}x{depth_height} but the colour image is {width}x{height}: another "
-            "aspect ratio, so they do not cover the same field of view; use a depth image registered "
-            "(aligned) to the colour image"
-        )
+    scale_x, scale_y = depth_m.shape[1] / width, depth_m.shape[0] / height
     points = np.asarray(points_px, dtype=np.float64).reshape(-1, 2)
     if points.size == 0:
         return []
