@@ -12,7 +12,6 @@ import pytest
 
 from molmo_ros.cli import point as cli
 from molmo_ros.engine import StageTimings
-from molmo_ros.geometry import PixelPoint
 
 WIDTH, HEIGHT = 64, 48
 
@@ -102,17 +101,6 @@ def test_unreadable_or_missing_image_exits_2(tiny_model_dir, tmp_path, capsys):
         assert str(image) in capsys.readouterr().err
 
 
-def test_draw_points_marks_each_point_and_leaves_the_rest(tmp_path):
-    image = PIL.Image.new("RGB", (200, 160), (0, 0, 0))
-    points = [PixelPoint(x=40.0, y=50.0, label="mug"), PixelPoint(x=150.5, y=120.25, label="")]
-    annotated = np.asarray(cli.draw_points(image, points))
-    assert np.asarray(image).max() == 0  # the input is not drawn on
-    for point in points:
-        marker = annotated[round(point.y), round(point.x)]
-        assert marker[0] > 200 and marker[1] < 100  # red dot centre
-    assert annotated[5, 5].max() == 0 and annotated[150, 10].max() == 0  # far from every point
-
-
 @dataclass(frozen=True)
 class _Answer:
     texts: list[str]
@@ -154,6 +142,34 @@ def test_known_answer_becomes_pixel_points_and_dropped_points(monkeypatch, png, 
     original = np.asarray(PIL.Image.open(png).convert("RGB"))
     drawn = np.asarray(PIL.Image.open(output))
     assert not np.array_equal(drawn[24, 16], original[24, 16])
+
+
+def test_depth_and_intrinsics_add_3d_points_to_the_json(monkeypatch, png, tmp_path, capsys):
+    import cv2
+
+    import molmo_ros.engine
+
+    monkeypatch.setattr(molmo_ros.engine.engine, "MolmoEngine", FakeAnsweringEngine)
+    depth = tmp_path / "depth.png"
+    cv2.imwrite(str(depth), np.full((HEIGHT, WIDTH), 1500, dtype=np.uint16))  # a wall 1.5 m away
+    arguments = [
+        "--query",
+        "red mug",
+        "--image",
+        str(png),
+        "--depth",
+        str(depth),
+        "--intrinsics",
+        "50,50,31.5,23.5",
+    ]
+    assert cli.main([*arguments, "--format", "json"]) == cli.EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    # the point (16.0, 24.0) is OpenCV pixel (15.5, 23.5): X = (15.5 - 31.5) * 1.5 / 50, Y = 0
+    (lifted,) = report["points_3d"]
+    assert lifted["valid"] and lifted["spread"] == 0.0 and lifted["reason"] == ""
+    assert lifted["xyz"] == pytest.approx([-0.48, 0.0, 1.5], rel=1e-6)
+    assert cli.main(arguments) == cli.EXIT_OK
+    assert "1. x=-0.480 y=0.000 z=1.500 m (spread 0.000 m)" in capsys.readouterr().out
 
 
 def test_help_and_usage_errors_do_not_import_torch():

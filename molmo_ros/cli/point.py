@@ -17,8 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
-from PIL import ImageDraw, ImageFont
 
+from molmo_ros.cli.depth_inputs import (
+    DepthInput,
+    DepthInputError,
+    add_depth_arguments,
+    describe_lifted,
+    lifted_to_json,
+    load_depth_input,
+)
+from molmo_ros.drawing import draw_points
 from molmo_ros.engine.defaults import DEFAULT_REVISION, MODEL_ENV_VAR, default_model
 from molmo_ros.engine.errors import EngineError, InvalidImageError, WeightsNotFoundError
 from molmo_ros.geometry import PixelPoint, to_pixels
@@ -85,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     parser.add_argument("--output", type=Path, help="write the image with the points drawn on it (PNG)")
+    add_depth_arguments(parser)
     return parser
 
 
@@ -123,27 +132,6 @@ def read_image(path: Path) -> np.ndarray:
         raise UsageError(f"cannot read {path} as an image: {error}") from error
 
 
-def draw_points(image: PIL.Image.Image, points: Sequence[PixelPoint]) -> PIL.Image.Image:
-    """A copy of `image` with a ringed dot and a label at each point, sized to stay visible on big frames."""
-    annotated = image.convert("RGB")
-    draw = ImageDraw.Draw(annotated)
-    radius = max(3, round(min(annotated.size) / 80))
-    font = ImageFont.load_default(size=max(10, radius * 3))
-    for number, point in enumerate(points, start=1):
-        box = (point.x - radius, point.y - radius, point.x + radius, point.y + radius)
-        draw.ellipse(box, fill=(255, 40, 40), outline=(255, 255, 255), width=max(1, radius // 3))
-        label = point.label or str(number)
-        draw.text(
-            (point.x + radius + 2, point.y - radius),
-            label,
-            fill=(255, 255, 255),
-            font=font,
-            stroke_width=2,
-            stroke_fill=(0, 0, 0),
-        )
-    return annotated
-
-
 def _point_dict(point: PixelPoint) -> dict[str, object]:
     return {"x": point.x, "y": point.y, "label": point.label}
 
@@ -157,13 +145,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         task = choose_task(args)
         prompt = build_prompt(task, args)
         pixels = read_image(args.image)
-        return _run(task, prompt, pixels, args)
-    except UsageError as error:
+        depth = load_depth_input(args, pixels.shape[1], pixels.shape[0])
+        return _run(task, prompt, pixels, args, depth)
+    except (UsageError, DepthInputError) as error:
         print(f"molmo-point: {error}", file=sys.stderr)
         return EXIT_USAGE
 
 
-def _run(task: str, prompt: str, pixels: np.ndarray, args: argparse.Namespace) -> int:
+def _run(
+    task: str, prompt: str, pixels: np.ndarray, args: argparse.Namespace, depth: DepthInput | None
+) -> int:
     from molmo_ros.engine import EngineSettings, MolmoEngine
 
     try:
@@ -194,9 +185,11 @@ def _run(task: str, prompt: str, pixels: np.ndarray, args: argparse.Namespace) -
     height, width = pixels.shape[:2]
     parsed = parse_answer(answer)
     located = to_pixels(parsed.points, width, height)
+    lifted = None if depth is None else depth.lift(located.inside)
     if args.output is not None:
         try:
-            draw_points(PIL.Image.fromarray(pixels), located.inside).save(args.output, format="PNG")
+            title = args.query or prompt
+            PIL.Image.fromarray(draw_points(pixels, located.inside, title)).save(args.output, format="PNG")
         except OSError as error:
             raise UsageError(f"cannot write {args.output}: {error}") from error
 
@@ -208,6 +201,7 @@ def _run(task: str, prompt: str, pixels: np.ndarray, args: argparse.Namespace) -
             "answer": answer,
             "texts": result.texts,
             "points": [_point_dict(point) for point in located.inside],
+            "points_3d": None if lifted is None else lifted_to_json(lifted),
             "dropped_points": [_point_dict(point) for point in located.outside],
             "malformed": parsed.malformed,
             "problems": list(parsed.problems),
@@ -226,6 +220,9 @@ def _run(task: str, prompt: str, pixels: np.ndarray, args: argparse.Namespace) -
         print(f"{len(located.inside)} point(s) in pixels (x, y) of the {width}x{height} image:")
         for number, point in enumerate(located.inside, start=1):
             print(f"  {number}. {point.x:.1f} {point.y:.1f}" + (f"  {point.label}" if point.label else ""))
+        if lifted is not None:
+            print("in metres, in the camera's optical frame (x right, y down, z forward):")
+            print("\n".join(describe_lifted(lifted)))
     elif task == "point" and not located.outside:
         print("no points in the answer")
     if located.outside:

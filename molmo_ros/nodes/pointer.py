@@ -1,390 +1,475 @@
 """The `pointer` node: camera frames and queries in over ROS, points out on /molmo/points.
 
-Thin by design: it turns messages into `PointingService` calls and outcomes back into messages.
+A managed (lifecycle) node, thin by design: it turns messages into `PointingService` calls and
+outcomes back into messages. configure reads the parameters and creates the interfaces, activate loads
+the model, deactivate frees it, cleanup removes the interfaces. Service and action callbacks are
+coroutines that await the worker's answer, so no executor thread is ever parked while the model runs
+and one stock single-threaded executor serves everything.
 """
 
 import sys
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import replace
+from typing import Any
 
-from builtin_interfaces.msg import Time
-from geometry_msgs.msg import Point as PointMsg
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.node import Node
+from action_msgs.msg import GoalStatus
+from geometry_msgs.msg import PointStamped
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.action.server import ServerGoalHandle
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+)
+from rclpy.task import Future as RclpyFuture
 from rclpy.validate_topic_name import validate_topic_name
+from sensor_msgs.msg import CameraInfo as CameraInfoMsg
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
+from visualization_msgs.msg import MarkerArray
 
+from molmo_ros.action import Point as PointAction
+from molmo_ros.backends.interface import PointingBackend, Stage
+from molmo_ros.backends.settings import BackendSettings
+from molmo_ros.depth import DepthSettings
+from molmo_ros.drawing import draw_points
 from molmo_ros.engine.errors import EngineError
+from molmo_ros.image_conversion import rgb_to_raw
 from molmo_ros.msg import PointingResult
+from molmo_ros.nodes import messages
 from molmo_ros.nodes.image_messages import frame_from_compressed, frame_from_image
-from molmo_ros.nodes.runner import CONFIGURATION_ERRORS, run_node
-from molmo_ros.pointing.frames import Frame, LatestFrames
-from molmo_ros.pointing.service import (
-    ErrorCode,
-    PointingEngine,
-    PointingError,
-    PointingOutcome,
-    PointingRequest,
-    PointingService,
-    PointingSettings,
+from molmo_ros.nodes.parameters import (
+    NodeSettings,
+    declare_settings,
+    float_parameter_names,
+    runtime_specs,
+    setting_value,
+    to_float_parameters,
 )
-from molmo_ros.prompts import POINT_ALL_TEMPLATE, POINT_TEMPLATE, QUERY_PLACEHOLDER
-from molmo_ros.srv import Point
+from molmo_ros.nodes.runner import CONFIGURATION_ERRORS, run_node
+from molmo_ros.nodes.throttled_log import ThrottledErrorLog
+from molmo_ros.pointing.errors import ErrorCode, PointingError
+from molmo_ros.pointing.frames import LatestFrames
+from molmo_ros.pointing.outcomes import AskOutcome, PointingOutcome
+from molmo_ros.pointing.service import PointingRequest, PointingService, Ticket
+from molmo_ros.pointing.settings import CameraSettings, PointingSettings
+from molmo_ros.srv import Ask, Point
 
-QOS_CHOICES = ("sensor_data", "reliable")
-# Parameters that may change while the node runs -> the PointingSettings field they set.
-RUNTIME_PARAMETERS = {
-    "prompt_template": "prompt_template",
-    "max_query_length": "max_query_length",
-    "max_frame_age": "max_frame_age_s",
-}
-ERROR_LOG_INTERVAL_S = 5.0
-
-
-def _described(description: str, **constraints: object) -> ParameterDescriptor:
-    return ParameterDescriptor(description=description, **constraints)
-
-
-class _ThrottledErrorLog:
-    """Logs each kind of error at most once per interval, with how many were held back meanwhile."""
-
-    def __init__(self, node: Node, interval_s: float = ERROR_LOG_INTERVAL_S) -> None:
-        self._node = node
-        self._interval_s = interval_s
-        self._lock = threading.Lock()
-        self._last: dict[ErrorCode, float] = {}
-        self._held_back: dict[ErrorCode, int] = {}
-
-    def __call__(self, error: PointingError) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last.get(error.code, -self._interval_s) < self._interval_s:
-                self._held_back[error.code] = self._held_back.get(error.code, 0) + 1
-                return
-            self._last[error.code] = now
-            held_back = self._held_back.pop(error.code, 0)
-        suffix = f" ({held_back} more like this in the last {self._interval_s:g} s)" if held_back else ""
-        self._node.get_logger().warning(f"{error.code.name}: {error}{suffix}")
+# Requests a burst may bring before the node has answered any: a service reader with a shorter queue
+# silently drops the rest (KEEP_LAST overwrites). KEEP_ALL never drops; every request is taken at
+# once by the executor and answered (BUSY beyond queue_size), so the queue stays short in practice.
+REQUEST_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE
+)
+RESULTS_DEPTH = 10
+MARKER_NAMESPACE = "molmo"
+FEEDBACK_STAGES = {Stage.QUEUED: PointAction.Feedback.QUEUED, Stage.VISION: PointAction.Feedback.VISION}
 
 
-class PointerNode(Node):
-    """Runs MolmoE pointing on the newest camera frames; see README for topics and parameters."""
+class PointerNode(LifecycleNode):
+    """Runs Molmo pointing on the newest camera frames; see README for topics and parameters.
 
-    def __init__(self, engine: PointingEngine | None = None, **node_options: object) -> None:
+    `backend_factory` builds the model at activate (tests pass a test double); by default the backend
+    named by the engine.* parameters.
+    """
+
+    def __init__(
+        self, backend_factory: Callable[[BackendSettings], PointingBackend] | None = None, **node_options: Any
+    ) -> None:
         node_options.setdefault("namespace", "molmo")
         super().__init__("pointer", **node_options)
-        # rclpy destroys a node whose constructor failed (weights missing, bad parameter) at shutdown,
-        # so destroy_node must cope with a node that never got its service.
-        self._pointing: PointingService | None = None
-        camera_names = self._declare_cameras()
-        settings = PointingSettings(
-            cameras=tuple(camera_names),
-            default_camera=self._default_camera(camera_names),
-            prompt_template=self._declare(
-                "prompt_template",
-                POINT_TEMPLATE,
-                _described(
-                    f"Prompt sent to the model; {QUERY_PLACEHOLDER} is replaced by the query. "
-                    f"'{POINT_TEMPLATE}' points at one thing; '{POINT_ALL_TEMPLATE}' points at every one."
-                ),
-            ),
-            max_query_length=self._declare(
-                "max_query_length",
-                200,
-                _described(
-                    "Longest accepted query, in characters.",
-                    integer_range=[IntegerRange(from_value=1, to_value=2000, step=1)],
-                ),
-            ),
-            max_frame_age_s=self._declare(
-                "max_frame_age",
-                2.0,
-                _described(
-                    "Refuse frames older than this many seconds when the model starts (0 disables).",
-                    floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0, step=0.0)],
-                ),
-            ),
-            queue_size=self._declare(
-                "queue_size",
-                4,
-                _described(
-                    "Requests that may wait while the model is busy; more are answered 'busy'.",
-                    integer_range=[IntegerRange(from_value=1, to_value=64, step=1)],
-                ),
-            ),
-        )
-        camera_topics = self._declare_camera_topics(camera_names)
-        engine_settings = self._declare_engine_parameters()
+        self._backend_factory = backend_factory or _load_backend
+        self.pointing: PointingService | None = None
+        self._ros_entities: list[Any] = []
+        self._goal_tickets: dict[bytes, Ticket] = {}
         self.frames = LatestFrames()
-        self._log_error = _ThrottledErrorLog(self)
-        self._points_publisher = self.create_publisher(PointingResult, "points", 10)
-        if engine is None:
-            engine = self._load_engine(engine_settings)
-        self._pointing = PointingService(
-            engine, self.frames, settings, self._now_ns, self._publish_outcome, self._log_error
+        self.node_settings = declare_settings(self, NodeSettings)
+        self.settings = declare_settings(self, PointingSettings)
+        self.cameras = {
+            name: declare_settings(self, CameraSettings, f"cameras.{name}.", name=name)
+            for name in self.settings.cameras
+        }
+        self.depth_settings = declare_settings(self, DepthSettings)
+        self.engine_settings = declare_settings(self, BackendSettings, "engine.")
+        for camera in self.cameras.values():
+            for topic in (camera.image_topic(), camera.info_topic(), camera.depth_topic):
+                if topic:
+                    validate_topic_name(topic)
+        self._runtime = runtime_specs(PointingSettings)
+        float_names = float_parameter_names((PointingSettings, ""), (DepthSettings, ""), (BackendSettings, "engine."))
+        self.add_pre_set_parameters_callback(lambda parameters: to_float_parameters(parameters, float_names))
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self._log_error = ThrottledErrorLog(self.get_logger())
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+
+    def start(self) -> bool:
+        """With autostart, configure and activate now (what `ros2 launch` users expect); else wait for a
+        lifecycle manager. False when a transition failed (its reason was logged)."""
+        if not self.node_settings.autostart:
+            self.get_logger().info("unconfigured: waiting for a lifecycle manager (parameter autostart is false)")
+            return True
+        return (
+            self.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            and self.trigger_activate() == TransitionCallbackReturn.SUCCESS
         )
-        self._camera_group = MutuallyExclusiveCallbackGroup()
-        self._request_group = ReentrantCallbackGroup()
-        self._subscribe_cameras(camera_topics)
-        self.create_subscription(
-            String, "query", self._on_standing_query, 10, callback_group=self._camera_group
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Creates the subscriptions, publishers, services and the action; the model is loaded on activate."""
+        qos = QoSProfile(
+            depth=1,
+            reliability=ReliabilityPolicy.RELIABLE
+            if self.node_settings.qos == "reliable"
+            else ReliabilityPolicy.BEST_EFFORT,
+            durability=DurabilityPolicy.VOLATILE,
         )
-        self.service.start()
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.create_service(Point, "point", self._on_point, callback_group=self._request_group)
+        self.pointing = PointingService(
+            self.frames,
+            self.settings,
+            self._now_ns,
+            self._publish_outcome,
+            self._log_error,
+            cameras=self.cameras,
+            depth_settings=self.depth_settings,
+        )
+        self._points = self.create_lifecycle_publisher(PointingResult, "points", RESULTS_DEPTH)
+        self._target = self.create_lifecycle_publisher(PointStamped, "target", RESULTS_DEPTH)
+        self._markers = self.create_lifecycle_publisher(MarkerArray, "markers", RESULTS_DEPTH)
+        self._debug_image = self.create_lifecycle_publisher(Image, "debug_image", 1)
+        entities = [
+            self.create_subscription(String, "query", self._on_standing_query, 10),
+            self.create_service(Point, "point", self._on_point, qos_profile=REQUEST_QOS),
+            self.create_service(Ask, "ask", self._on_ask, qos_profile=REQUEST_QOS),
+        ]
+        for camera in self.cameras.values():
+            entities += self._subscribe_camera(camera, qos)
+        self._action = ActionServer(
+            self,
+            PointAction,
+            "point_action",
+            execute_callback=self._execute_point_goal,
+            goal_callback=self._accept_goal,
+            cancel_callback=self._cancel_goal,
+            goal_service_qos_profile=REQUEST_QOS,
+            result_service_qos_profile=REQUEST_QOS,
+            cancel_service_qos_profile=REQUEST_QOS,
+        )
+        self._ros_entities = entities
         self.get_logger().info(
-            f"ready: cameras {', '.join(camera_names)} (default {settings.default_camera}), "
-            f"service {self.resolve_service_name('point')}, results on {self._points_publisher.topic_name}"
+            f"configured: cameras {', '.join(self.settings.cameras)} (default "
+            f"{self.settings.camera_for_default}), service {self.resolve_service_name('point')}, results on "
+            f"{self._points.topic_name}"
         )
+        return super().on_configure(state)
 
-    @property
-    def executor_threads(self) -> int:
-        """Enough threads that waiting requests never starve frame callbacks or 'busy' answers."""
-        return self.service.settings.queue_size + 4
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Loads the model (weights and GPU memory); cameras are taken and requests answered from now on."""
+        settings = self.engine_settings
+        self.get_logger().info(f"loading the {settings.backend} backend ({settings.model or 'default model'})")
+        try:
+            backend = self._backend_factory(settings)
+        except (EngineError, ValueError) as error:
+            self.get_logger().error(f"cannot activate: {error}")
+            return TransitionCallbackReturn.FAILURE
+        self.pointing.activate(backend)
+        self.get_logger().info(f"active: {backend.name} backend ready")
+        return super().on_activate(state)
 
-    @property
-    def service(self) -> PointingService:
-        assert self._pointing is not None, "the node was not fully constructed"
-        return self._pointing
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Answers every waiting and running request NOT_ACTIVE, then frees the model."""
+        self._release_backend(self.pointing.deactivate())
+        self.get_logger().info("inactive: the model was freed")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._destroy_interfaces()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.shut_down()
+        return super().on_shutdown(state)
+
+    def shut_down(self) -> None:
+        """Answers every waiting and running request NOT_ACTIVE ("shutting down") and frees the model;
+        requests arriving afterwards get the same answer while the node still spins."""
+        if self.pointing is not None:
+            self._release_backend(self.pointing.stop())
 
     def destroy_node(self) -> None:
-        if self._pointing is not None:
-            self._pointing.stop()
+        self.shut_down()
         super().destroy_node()
 
-    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
-        """prompt_template, max_query_length and max_frame_age apply from the next request on."""
-        changes = {RUNTIME_PARAMETERS[p.name]: p.value for p in parameters if p.name in RUNTIME_PARAMETERS}
+    def _release_backend(self, backend: PointingBackend | None) -> None:
+        if backend is None:
+            return
         try:
-            if changes:
-                self.service.update_settings(**changes)
+            backend.close()
+        except Exception as error:  # freeing must not stop a transition
+            self.get_logger().warning(f"freeing the model failed: {type(error).__name__}: {error}")
+
+    def _destroy_interfaces(self) -> None:
+        if self.pointing is not None:
+            self.shut_down()
+            self.pointing = None
+        for entity in self._ros_entities:
+            entity.destroy()
+        self._ros_entities = []
+        self._action.destroy()
+        for publisher in (self._points, self._target, self._markers, self._debug_image):
+            self.destroy_lifecycle_publisher(publisher)
+
+    # --- parameters ---------------------------------------------------------------------------------------
+
+    def _runtime_changes(self, parameters: list[Parameter]) -> dict[str, object]:
+        return {
+            self._runtime[p.name].field_name: setting_value(self._runtime[p.name], p.value)
+            for p in parameters
+            if p.name in self._runtime
+        }
+
+    def _check_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        """Validates a change without applying it (read-only parameters are refused by rclpy itself)."""
+        try:
+            replace(self.settings, **self._runtime_changes(parameters))
         except ValueError as error:
             return SetParametersResult(successful=False, reason=str(error))
         return SetParametersResult(successful=True)
 
-    def _declare(self, name: str, default: object, descriptor: ParameterDescriptor) -> object:
-        descriptor.read_only = name not in RUNTIME_PARAMETERS
-        return self.declare_parameter(name, default, descriptor).value
+    def _apply_parameters(self, parameters: list[Parameter]) -> None:
+        changes = self._runtime_changes(parameters)
+        if changes:
+            self.settings = replace(self.settings, **changes)
+            if self.pointing is not None:
+                self.pointing.apply_settings(self.settings)
 
-    def _declare_cameras(self) -> list[str]:
-        names = self._declare(
-            "camera_names",
-            ["camera"],
-            _described(
-                "Names of the cameras to listen to; each has cameras.<name>.topic and "
-                "cameras.<name>.compressed.",
-            ),
+    # --- cameras ------------------------------------------------------------------------------------------
+
+    def _subscribe_camera(self, camera: CameraSettings, qos: QoSProfile) -> list[Any]:
+        message_type, to_frame = (
+            (CompressedImage, frame_from_compressed) if camera.compressed else (Image, frame_from_image)
         )
-        if not names or len(set(names)) != len(names) or not all(names):
-            raise ValueError(f"parameter camera_names must list distinct, non-empty names: {names!r}")
-        self._camera_qos = self._declare(
-            "qos",
-            "sensor_data",
-            _described(
-                f"QoS of the camera subscriptions: one of {', '.join(QOS_CHOICES)}. Depth is always 1: "
-                "only the newest frame matters.",
-                additional_constraints=f"one of {', '.join(QOS_CHOICES)}",
-            ),
-        )
-        if self._camera_qos not in QOS_CHOICES:
-            raise ValueError(f"parameter qos must be one of {QOS_CHOICES}, not {self._camera_qos!r}")
-        return list(names)
 
-    def _default_camera(self, camera_names: Sequence[str]) -> str:
-        default = self._declare(
-            "default_camera",
-            "",
-            _described("Camera used when a request names none; empty means the first of camera_names."),
-        )
-        return default or camera_names[0]  # PointingSettings refuses a name not in camera_names
-
-    def _declare_engine_parameters(self) -> dict[str, object]:
-        return {
-            "model": self._declare(
-                "engine.model",
-                "",
-                _described(
-                    "Hugging Face model id or local checkpoint directory; empty means $MOLMO_MODEL, "
-                    "else allenai/MolmoE-1B-0924.",
-                ),
-            ),
-            "revision": self._declare(
-                "engine.revision",
-                "",
-                _described("Commit of the model id to use; empty means the pinned default."),
-            ),
-            "device": self._declare(
-                "engine.device",
-                "auto",
-                _described("auto (CUDA if present, else CPU), cpu, cuda or cuda:N."),
-            ),
-            "dtype": self._declare(
-                "engine.dtype",
-                "auto",
-                _described("auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16."),
-            ),
-            "max_new_tokens": self._declare(
-                "engine.max_new_tokens",
-                200,
-                _described(
-                    "Longest answer, in tokens.",
-                    integer_range=[IntegerRange(from_value=1, to_value=4096, step=1)],
-                ),
-            ),
-            "cache_dir": self._declare(
-                "engine.cache_dir",
-                "",
-                _described(
-                    "Where the one-time bfloat16 conversion of the checkpoint is kept; "
-                    "empty means the default.",
-                ),
-            ),
-        }
-
-    def _load_engine(self, parameters: dict[str, object]) -> PointingEngine:
-        from molmo_ros.engine import EngineSettings, MolmoEngine
-        from molmo_ros.engine.checkpoint import default_model
-
-        model = parameters["model"] or default_model()
-        settings_kwargs = {key: value for key, value in parameters.items() if value != "" and key != "model"}
-        settings = EngineSettings(model=model, **settings_kwargs)
-        self.get_logger().info(f"loading {model} (device {settings.device}, dtype {settings.dtype})")
-        engine = MolmoEngine.load(settings)
-        self.get_logger().info(f"model loaded on {engine.device} as {engine.dtype}")
-        return engine
-
-    def _declare_camera_topics(self, camera_names: Sequence[str]) -> list[tuple[str, str, bool]]:
-        """(name, topic, compressed) per camera, checked before the model loads: a typo fails fast."""
-        cameras = []
-        for name in camera_names:
-            compressed = self._declare(
-                f"cameras.{name}.compressed",
-                False,
-                _described(
-                    f"Whether camera {name} publishes sensor_msgs/CompressedImage (decoded with OpenCV)."
-                ),
-            )
-            topic = self._declare(
-                f"cameras.{name}.topic",
-                "",
-                _described(
-                    f"Image topic of camera {name}; empty means /{name}/image_raw "
-                    "(/compressed appended for compressed images)."
-                ),
-            )
-            topic = topic or f"/{name}/image_raw" + ("/compressed" if compressed else "")
-            validate_topic_name(topic)
-            cameras.append((name, topic, compressed))
-        return cameras
-
-    def _subscribe_cameras(self, cameras: Sequence[tuple[str, str, bool]]) -> None:
-        # Depth 1: only the newest frame matters, and older ones would each be taken and converted.
-        reliability = (
-            ReliabilityPolicy.RELIABLE if self._camera_qos == "reliable" else ReliabilityPolicy.BEST_EFFORT
-        )
-        qos = QoSProfile(depth=1, reliability=reliability, durability=DurabilityPolicy.VOLATILE)
-        for name, topic, compressed in cameras:
-            message_type, to_frame = (
-                (CompressedImage, frame_from_compressed) if compressed else (Image, frame_from_image)
-            )
-            subscription = self.create_subscription(
-                message_type,
-                topic,
-                self._frame_callback(name, to_frame),
-                qos,
-                callback_group=self._camera_group,
-            )
-            self.get_logger().info(
-                f"camera {name}: {subscription.topic_name} "
-                f"({'compressed' if compressed else 'raw'}, {self._camera_qos})"
-            )
-
-    def _frame_callback(
-        self, camera: str, to_frame: Callable[[Image | CompressedImage, str, int], Frame]
-    ) -> Callable[[Image | CompressedImage], None]:
         def on_frame(message: Image | CompressedImage) -> None:
-            self.frames.put(to_frame(message, camera, self._now_ns()))
-            self.service.frame_arrived()
+            if self.pointing is not None and self.pointing.active:
+                self.frames.put(to_frame(message, camera.name, self._now_ns()))
+                self.pointing.frame_arrived()
 
-        return on_frame
+        def on_camera_info(message: CameraInfoMsg) -> None:
+            if self.pointing is not None and self.pointing.active:
+                self.frames.put_camera_info(camera.name, messages.camera_info(message))
+
+        scale = camera.depth_scale or None
+
+        def on_depth(message: Image) -> None:
+            if self.pointing is not None and self.pointing.active:
+                self.frames.put_depth(messages.depth_frame(message, camera.name, scale))
+
+        subscriptions = [
+            self.create_subscription(message_type, camera.image_topic(), on_frame, qos),
+            self.create_subscription(CameraInfoMsg, camera.info_topic(), on_camera_info, qos),
+        ]
+        if camera.depth_topic:
+            subscriptions.append(self.create_subscription(Image, camera.depth_topic, on_depth, qos))
+        topics = ", ".join(s.topic_name for s in subscriptions)
+        self.get_logger().info(f"camera {camera.name}: {topics} ({self.node_settings.qos})")
+        return subscriptions
 
     def _on_standing_query(self, message: String) -> None:
+        if self.pointing is None:
+            return
         try:
-            self.service.set_standing_query(message.data)
+            self.pointing.set_standing_query(message.data)
         except PointingError as error:
             self._log_error(error)
             return
-        query = self.service.standing_query
+        query = self.pointing.standing_query
         self.get_logger().info(f"standing query set: {query!r}" if query else "standing query cleared")
 
-    def _on_point(self, request: Point.Request, response: Point.Response) -> Point.Response:
-        image = None
-        if len(request.image.data) > 0:
-            image = frame_from_image(request.image, "", self._now_ns())
-        future = self.service.submit(PointingRequest(query=request.query, camera=request.camera, image=image))
+    # --- requests -----------------------------------------------------------------------------------------
+
+    async def _on_point(self, request: Point.Request, response: Point.Response) -> Point.Response:
+        return await self._point(request, response, None)
+
+    async def _point(
+        self,
+        request: Point.Request | PointAction.Goal,
+        response: Point.Response | PointAction.Result,
+        goal: ServerGoalHandle | None,
+    ) -> Point.Response | PointAction.Result:
+        response.result.query = request.query
+        response.result.camera = request.camera
         try:
-            outcome = future.result()
+            pointing_request = self._pointing_request(request)
         except PointingError as error:
-            response.success = False
-            response.error_code = getattr(Point.Response, error.code.name)
-            response.message = str(error)
-            response.result.query = request.query
-            response.result.camera = request.camera
-            return response
+            return _failed(response, error)
+        on_progress = None if goal is None else (lambda stage, count: _publish_feedback(goal, stage, count))
+        ticket = self.pointing.submit(pointing_request, on_progress)
+        if goal is not None:
+            self._goal_tickets[bytes(goal.goal_id.uuid)] = ticket
+        try:
+            outcome = await self._answer_of(ticket.future)
+        except PointingError as error:
+            return _failed(response, error)
+        finally:
+            if goal is not None:
+                self._goal_tickets.pop(bytes(goal.goal_id.uuid), None)
         response.success = True
         response.error_code = Point.Response.OK
-        response.message = _summary(outcome)
-        response.result = _result_message(outcome)
+        response.message = messages.summary(outcome)
+        response.result = messages.result_message(outcome)
         return response
 
+    async def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
+        response.camera = request.camera
+        if self.pointing is None:
+            return _failed(response, _not_configured())
+        image = frame_from_image(request.image, "", self._now_ns()) if len(request.image.data) else None
+        pointing_request = PointingRequest(query=request.prompt, camera=request.camera, image=image, ask=True)
+        ticket = self.pointing.submit(pointing_request)
+        try:
+            outcome: AskOutcome = await self._answer_of(ticket.future)
+        except PointingError as error:
+            return _failed(response, error)
+        response.success = True
+        response.error_code = Ask.Response.OK
+        response.header = messages.view_header(outcome.view)
+        response.camera = outcome.view.camera
+        response.text = outcome.text
+        response.model_seconds = outcome.model_seconds
+        return response
+
+    def _pointing_request(self, request: Point.Request | PointAction.Goal) -> PointingRequest:
+        if self.pointing is None:
+            raise _not_configured()
+        now_ns = self._now_ns()
+        image = frame_from_image(request.image, "", now_ns) if len(request.image.data) else None
+        depth = None
+        info = None
+        if image is not None and len(request.depth.data) and request.camera_info.width:
+            depth = messages.depth_frame(request.depth, "", None)
+            info = messages.camera_info(request.camera_info)
+        return PointingRequest(
+            query=request.query,
+            camera=request.camera,
+            cameras=tuple(request.cameras),
+            image=image,
+            depth=depth,
+            camera_info=info,
+            require_depth=request.require_depth,
+        )
+
+    async def _answer_of(self, future: Future) -> PointingOutcome | AskOutcome:
+        """Awaits the worker's answer without holding an executor thread: the worker resolves `future`
+        on its own thread, which resolves an rclpy future and wakes the executor to resume this task."""
+        executor = self.executor
+        resumed: RclpyFuture = RclpyFuture(executor=executor)
+
+        def on_done(_: Future) -> None:
+            resumed.set_result(None)
+            if executor is not None:
+                executor.wake()
+
+        future.add_done_callback(on_done)
+        await resumed
+        return future.result()
+
+    def _accept_goal(self, goal: PointAction.Goal) -> GoalResponse:
+        """A goal beyond the queue, or for an inactive node, is rejected at once."""
+        if self.pointing is None or not self.pointing.active:
+            return GoalResponse.REJECT
+        if self.pointing.pending() >= self.pointing.settings.queue_size:
+            self.get_logger().warning("point goal rejected: the queue is full (parameter queue_size)")
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    def _cancel_goal(self, goal: ServerGoalHandle) -> CancelResponse:
+        """A waiting goal is removed at once; a running one stops at the model's next decode step."""
+        ticket = self._goal_tickets.get(bytes(goal.goal_id.uuid))
+        if ticket is not None:
+            ticket.cancel()
+        return CancelResponse.ACCEPT
+
+    async def _execute_point_goal(self, goal: ServerGoalHandle) -> PointAction.Result:
+        result = PointAction.Result()
+        if goal.is_cancel_requested:
+            goal.canceled()
+            return _failed(result, PointingError(ErrorCode.CANCELED, "the goal was cancelled before it started"))
+        result = await self._point(goal.request, result, goal)
+        if result.error_code == PointAction.Result.CANCELED and goal.is_cancel_requested:
+            goal.canceled()
+        elif result.success:
+            goal.succeed()
+        else:
+            goal.abort()
+        return result
+
+    # --- outcomes -----------------------------------------------------------------------------------------
+
     def _publish_outcome(self, outcome: PointingOutcome) -> None:
-        self._points_publisher.publish(_result_message(outcome))
+        """Called on a worker thread for every answer (requests and the standing query)."""
+        self._points.publish(messages.result_message(outcome))
+        target = messages.first_target(outcome)
+        if target is not None:
+            self._target.publish(target)
+        if self._markers.get_subscription_count() > 0:
+            self._markers.publish(messages.markers(outcome, MARKER_NAMESPACE))
+        if self._debug_image.get_subscription_count() > 0:
+            self._debug_image.publish(self._debug_image_message(outcome))
+
+    def _debug_image_message(self, outcome: PointingOutcome) -> Image:
+        """The first frame the model saw, with its points, their labels and the query drawn (rgb8)."""
+        view = outcome.view
+        points = [(p.x, p.y, p.label) for p in outcome.points if p.view == 0]
+        drawn = draw_points(outcome.images[0], points, outcome.query)
+        data, step = rgb_to_raw(drawn, "rgb8")
+        return Image(
+            header=Header(stamp=messages.stamp(view.stamp_ns), frame_id=view.frame_id),
+            height=drawn.shape[0],
+            width=drawn.shape[1],
+            encoding="rgb8",
+            step=step,
+            data=data,
+        )
 
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 
 
-def _summary(outcome: PointingOutcome) -> str:
-    parts = [f"{len(outcome.points)} point(s)"]
-    if outcome.points_outside_image:
-        parts.append(f"{outcome.points_outside_image} outside the image dropped")
-    if outcome.answer_malformed:
-        parts.append("answer malformed: " + "; ".join(outcome.parse_problems))
-    return ", ".join(parts)
+def _publish_feedback(goal: ServerGoalHandle, stage: Stage, count: int) -> None:
+    feedback = PointAction.Feedback(stage=int(stage))
+    if stage is Stage.QUEUED:
+        feedback.queue_position = count
+    elif stage is Stage.DECODING:
+        feedback.tokens = count
+    if goal.status in (GoalStatus.STATUS_ACCEPTED, GoalStatus.STATUS_EXECUTING, GoalStatus.STATUS_CANCELING):
+        goal.publish_feedback(feedback)
 
 
-def _result_message(outcome: PointingOutcome) -> PointingResult:
-    seconds, nanoseconds = divmod(outcome.stamp_ns, 1_000_000_000)
-    return PointingResult(
-        header=Header(stamp=Time(sec=seconds, nanosec=nanoseconds), frame_id=outcome.frame_id),
-        camera=outcome.camera,
-        query=outcome.query,
-        prompt=outcome.prompt,
-        points=[PointMsg(x=float(point.x), y=float(point.y), z=0.0) for point in outcome.points],
-        labels=[point.label for point in outcome.points],
-        image_width=outcome.image_width,
-        image_height=outcome.image_height,
-        raw_text=outcome.raw_text,
-        answer_malformed=outcome.answer_malformed,
-        points_outside_image=outcome.points_outside_image,
-        model_seconds=outcome.model_seconds,
-        frame_age_seconds=outcome.frame_age_seconds,
-    )
+def _failed(response: Any, error: PointingError) -> Any:
+    response.success = False
+    response.error_code = int(error.code)
+    response.message = str(error)
+    return response
+
+
+def _not_configured() -> PointingError:
+    return PointingError(ErrorCode.NOT_ACTIVE, "the node is not configured (lifecycle: configure and activate it)")
+
+
+def _load_backend(settings: BackendSettings) -> PointingBackend:
+    from molmo_ros.backends.factory import load_backend
+
+    return load_backend(settings)
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node(
-        "pointer",
-        PointerNode,
-        (EngineError, *CONFIGURATION_ERRORS),
-        args,
-        threads=lambda node: node.executor_threads,
-    )
+    return run_node("pointer", PointerNode, (EngineError, *CONFIGURATION_ERRORS), args)
 
 
 if __name__ == "__main__":

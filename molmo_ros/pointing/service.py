@@ -1,223 +1,249 @@
-"""The pointing service without ROS: requests in, one worker thread that owns the engine, outcomes out.
+"""The pointing service without ROS: requests in, worker threads that own the model, outcomes out.
 
 The ROS node only converts messages to these calls and back, so everything that decides what a
-request gets (validation, frame choice, the bounded queue, the standing query, errors) lives here
-and is tested without DDS.
+request gets (validation, frame choice, the bounded queue, the standing query, depth, cancellation,
+the lifecycle, errors) lives here and is tested without DDS.
+
+Every request that `submit` accepts is answered exactly once, through its ticket's future: with an
+outcome, or with a `PointingError` whose code says why (busy, not active, shutting down, cancelled, ...).
+Nothing is dropped, whatever happens to the model or the node.
 """
 
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
-from enum import IntEnum
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from enum import Enum
 
 import numpy as np
 
-from molmo_ros.engine.errors import EngineOutOfMemoryError, InvalidImageError
-from molmo_ros.geometry import PixelPoint, to_pixels
+from molmo_ros.backends.interface import GenerationControl, PointingBackend, ProgressCallback, Stage
+from molmo_ros.depth import DepthSettings
+from molmo_ros.engine.errors import (
+    EngineOutOfMemoryError,
+    GenerationCancelledError,
+    InvalidImageError,
+    ServerResponseError,
+    ServerUnavailableError,
+    UnsupportedRequestError,
+)
+from molmo_ros.geometry import to_pixels
 from molmo_ros.image_conversion import ImageConversionError
 from molmo_ros.parsing import parse_answer
-from molmo_ros.pointing.frames import Frame, LatestFrames
+from molmo_ros.pointing.depth_lifting import ViewDepth, lift_view
+from molmo_ros.pointing.errors import ErrorCode, PointingError
+from molmo_ros.pointing.frames import CameraInfo, DepthFrame, Frame, LatestFrames
+from molmo_ros.pointing.outcomes import AskOutcome, OutcomePoint, PointingOutcome, View
+from molmo_ros.pointing.settings import ALL_CAMERAS, CameraSettings, PointingSettings
 from molmo_ros.prompts import make_point_prompt
 
 log = logging.getLogger(__name__)
 
-
-class ErrorCode(IntEnum):
-    """Why a request failed; the names match the constants of the Point service response."""
-
-    OK = 0
-    INVALID_QUERY = 1
-    UNKNOWN_CAMERA = 2
-    NO_FRAME = 3
-    STALE_FRAME = 4
-    BAD_IMAGE = 5
-    ENGINE_ERROR = 6
-    BUSY = 7
-
-
-class PointingError(Exception):
-    """A request that cannot be answered with points; the message is meant for the user."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class EngineAnswer(Protocol):
-    texts: Sequence[str]
-
-
-class PointingEngine(Protocol):
-    """The one seam between the node and a model: image and prompts in, one text per prompt out."""
-
-    def generate(self, image: np.ndarray, prompts: Sequence[str]) -> EngineAnswer: ...
-
-
-@dataclass(frozen=True)
-class PointingSettings:
-    """How requests are checked and answered; `RUNTIME_SETTINGS` may change while the service runs."""
-
-    cameras: tuple[str, ...]
-    default_camera: str
-    prompt_template: str
-    max_query_length: int = 200
-    max_frame_age_s: float = 2.0  # 0 disables the check
-    queue_size: int = 4
-
-    def __post_init__(self) -> None:
-        """Checked on construction and on every `replace`, so no caller can hold inconsistent settings."""
-        if self.default_camera not in self.cameras:
-            raise ValueError(f"default camera {self.default_camera!r} is not one of {list(self.cameras)}")
-        if self.queue_size < 1:
-            raise ValueError("queue_size must be at least 1")
-        make_point_prompt(self.prompt_template, "check")  # a template without {query} is refused
-
-
-RUNTIME_SETTINGS = frozenset({"prompt_template", "max_query_length", "max_frame_age_s"})
+RUNTIME_SETTINGS = frozenset({"prompt_template", "max_query_length", "max_frame_age_s", "require_depth"})
+SHUTTING_DOWN = "the node is shutting down"
 
 
 @dataclass(frozen=True)
 class PointingRequest:
+    """A question about the newest frame(s) of the named camera(s), or about the request's own image.
+
+    `query` is what to point at (`ask` False) or the whole prompt (`ask` True), as the user gave it.
+    """
+
     query: str
-    camera: str = ""
-    image: Frame | None = None  # an image sent with the request replaces the camera frame
+    camera: str = ""  # "" = the default camera, ALL_CAMERAS = every camera
+    cameras: tuple[str, ...] = ()  # several cameras in one prompt; overrides camera when given
+    image: Frame | None = None  # an image sent with the request replaces the camera frames
+    depth: DepthFrame | None = None  # depth registered to `image`
+    camera_info: CameraInfo | None = None  # of `image`
+    require_depth: bool = False  # or the require_depth setting
+    ask: bool = False
 
 
-@dataclass(frozen=True)
-class PointingOutcome:
-    camera: str
-    query: str
-    prompt: str
-    stamp_ns: int
-    frame_id: str
-    image_width: int
-    image_height: int
-    points: tuple[PixelPoint, ...]
-    points_outside_image: int
-    raw_text: str
-    answer_malformed: bool
-    parse_problems: tuple[str, ...]
-    model_seconds: float
-    frame_age_seconds: float
+class _State(Enum):
+    INACTIVE = "inactive"
+    ACTIVE = "active"
+    STOPPED = "stopped"
 
 
-@dataclass
-class _Job:
+@dataclass(eq=False)
+class Ticket:
+    """One accepted request: its future resolves to an outcome or fails with a PointingError."""
+
     request: PointingRequest
-    future: Future
+    future: Future = field(default_factory=Future)
+    control: GenerationControl = field(default_factory=GenerationControl)
+    # Why a running request was stopped (cancelled by its client, node deactivated, shutting down).
+    stop_reason: PointingError | None = None
+    _service: "PointingService | None" = None
 
-
-def validate_query(query: str, max_length: int) -> str:
-    """The query with surrounding blanks removed; raises INVALID_QUERY with the reason."""
-    stripped = query.strip()
-    if not stripped:
-        raise PointingError(
-            ErrorCode.INVALID_QUERY, "the query is empty; say what to point at, e.g. 'red mug'"
-        )
-    if len(stripped) > max_length:
-        raise PointingError(
-            ErrorCode.INVALID_QUERY,
-            f"the query is {len(stripped)} characters long; "
-            f"the limit is {max_length} (parameter max_query_length)",
-        )
-    bad = [ch for ch in stripped if not ch.isprintable() or "\ud800" <= ch <= "\udfff"]
-    if bad:
-        raise PointingError(
-            ErrorCode.INVALID_QUERY,
-            "the query is not plain text: it contains control or invalid characters "
-            f"{sorted(set(map(repr, bad)))}",
-        )
-    return stripped
+    def cancel(self) -> None:
+        """Removes a waiting request at once; stops a running one at the model's next step."""
+        if self._service is not None:
+            self._service.cancel(self)
 
 
 class PointingService:
-    """Answers pointing requests on one worker thread, newest frame first, with a bounded wait queue.
+    """Answers requests on worker threads, newest frame first, with a bounded wait queue.
 
     Requests beyond `queue_size` waiting ones are refused at once as BUSY instead of piling up.
     A standing query runs on every new frame whenever no request is waiting; requests go first.
+    The service starts inactive: `activate(backend)` hands it a model, `deactivate()` takes it back
+    (answering every waiting and running request NOT_ACTIVE), `stop()` ends it for good.
     """
 
     def __init__(
         self,
-        engine: PointingEngine,
         frames: LatestFrames,
         settings: PointingSettings,
         now_ns: Callable[[], int],
         on_outcome: Callable[[PointingOutcome], None],
         on_error: Callable[[PointingError], None],
+        cameras: Mapping[str, CameraSettings] | None = None,
+        depth_settings: DepthSettings | None = None,
     ) -> None:
-        self._engine = engine
         self._frames = frames
         self._settings = settings
+        self._cameras = dict(cameras or {})
+        self._depth_settings = depth_settings or DepthSettings()
         self._now_ns = now_ns
         self._on_outcome = on_outcome
         self._on_error = on_error
         self._wake = threading.Condition()
-        self._jobs: deque[_Job] = deque()
+        self._jobs: deque[Ticket] = deque()
+        self._running: set[Ticket] = set()
         self._standing_query: str | None = None
         self._standing_seen: dict[str, int] = {}
         self._standing_next_camera = 0
-        self._running = False
-        self._worker: threading.Thread | None = None
+        self._standing_busy = False
+        self._state = _State.INACTIVE
+        self._inactive_reason = "the node is not active yet (lifecycle: configure and activate it)"
+        self._backend: PointingBackend | None = None
+        self._workers: list[threading.Thread] = []
+
+    # --- settings ---------------------------------------------------------------------------------------
 
     @property
     def settings(self) -> PointingSettings:
         return self._settings
 
-    def update_settings(self, **changes: object) -> None:
-        """Applies to requests not yet started; only RUNTIME_SETTINGS can change."""
+    @property
+    def depth_settings(self) -> DepthSettings:
+        return self._depth_settings
+
+    def checked_settings(self, **changes: object) -> PointingSettings:
+        """The settings with `changes` applied, or ValueError with the reason; changes nothing."""
         fixed = set(changes) - RUNTIME_SETTINGS
         if fixed:
             raise ValueError(f"{', '.join(sorted(fixed))} cannot change while the service runs")
-        with self._wake:
-            self._settings = replace(self._settings, **changes)
+        return replace(self._settings, **changes)
 
-    def start(self) -> None:
-        self._running = True
-        self._worker = threading.Thread(target=self._work, name="molmo-pointing-worker", daemon=True)
-        self._worker.start()
-
-    def stop(self) -> None:
-        """Stops the worker after the job in progress; waiting requests are failed, not dropped."""
+    def apply_settings(self, settings: PointingSettings) -> None:
+        """Applies to requests not yet started (use `checked_settings` first)."""
         with self._wake:
-            self._running = False
-            pending = list(self._jobs)
+            self._settings = settings
+
+    # --- lifecycle --------------------------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        return self._state is _State.ACTIVE
+
+    @property
+    def backend(self) -> PointingBackend | None:
+        return self._backend
+
+    def activate(self, backend: PointingBackend) -> None:
+        """Starts answering with `backend`: one worker thread per call the backend may take at once."""
+        with self._wake:
+            if self._state is _State.STOPPED:
+                raise RuntimeError("the pointing service was stopped")
+            self._backend = backend
+            self._state = _State.ACTIVE
+            self._workers = [
+                threading.Thread(target=self._work, name=f"molmo-pointing-worker-{index}", daemon=True)
+                for index in range(max(1, backend.max_concurrent_calls))
+            ]
+        for worker in self._workers:
+            worker.start()
+
+    def deactivate(self, reason: str = "the node was deactivated") -> PointingBackend | None:
+        """Answers every waiting request NOT_ACTIVE, stops the running ones at their next step, waits for
+        the workers and returns the backend (the caller frees it). New requests get NOT_ACTIVE."""
+        error = PointingError(ErrorCode.NOT_ACTIVE, reason)
+        with self._wake:
+            if self._state is _State.ACTIVE:
+                self._state = _State.INACTIVE
+            self._inactive_reason = reason
+            waiting = list(self._jobs)
             self._jobs.clear()
+            for ticket in self._running:
+                ticket.stop_reason = ticket.stop_reason or error
+                ticket.control.cancel()
+            backend, self._backend = self._backend, None
+            workers, self._workers = self._workers, []
             self._wake.notify_all()
-        for job in pending:
-            job.future.set_exception(PointingError(ErrorCode.BUSY, "the node is shutting down"))
-        if self._worker is not None:
-            self._worker.join()
+        for ticket in waiting:
+            self._fail(ticket, error)
+        for worker in workers:
+            worker.join()
+        self._frames.clear()
+        return backend
+
+    def stop(self) -> PointingBackend | None:
+        """Ends the service: like deactivate, and every later request is answered NOT_ACTIVE too."""
+        backend = self.deactivate(SHUTTING_DOWN)
+        with self._wake:
+            self._state = _State.STOPPED
+        return backend
+
+    # --- requests ---------------------------------------------------------------------------------------
 
     def pending(self) -> int:
         with self._wake:
             return len(self._jobs)
 
-    def submit(self, request: PointingRequest) -> Future:
-        """A future that resolves to a PointingOutcome or fails with a PointingError; never blocks."""
-        future: Future = Future()
+    def submit(self, request: PointingRequest, on_progress: ProgressCallback | None = None) -> Ticket:
+        """A ticket whose future resolves to an outcome or fails with a PointingError; never blocks."""
+        ticket = Ticket(request, control=GenerationControl(on_progress), _service=self)
         try:
-            job = _Job(self._checked(request), future)
             with self._wake:
-                if not self._running:
-                    raise PointingError(ErrorCode.BUSY, "the node is shutting down")
+                if self._state is not _State.ACTIVE:
+                    raise PointingError(ErrorCode.NOT_ACTIVE, self._inactive_reason)
+                ticket.request = self._checked(request)
                 if len(self._jobs) >= self._settings.queue_size:
                     raise PointingError(
                         ErrorCode.BUSY,
                         f"busy: {len(self._jobs)} requests are already waiting (parameter queue_size); "
                         "try again shortly",
                     )
-                self._jobs.append(job)
+                self._jobs.append(ticket)
+                position = len(self._jobs) - 1
                 self._wake.notify_all()
         except PointingError as error:
-            future.set_exception(error)
-            self._notify(self._on_error, error)
-        return future
+            self._fail(ticket, error)
+            return ticket
+        self._notify(ticket.control.report, Stage.QUEUED, position)
+        return ticket
+
+    def cancel(self, ticket: Ticket) -> None:
+        error = PointingError(ErrorCode.CANCELED, "the request was cancelled by its client")
+        with self._wake:
+            if ticket in self._jobs:
+                self._jobs.remove(ticket)
+                waiting = None
+            elif ticket in self._running:
+                ticket.stop_reason = ticket.stop_reason or error
+                ticket.control.cancel()
+                return
+            else:
+                return  # already answered
+            waiting = list(self._jobs)
+        self._fail(ticket, error)
+        self._report_positions(waiting)
 
     def set_standing_query(self, query: str) -> None:
         """Points at every new frame while set; an empty query clears it. Invalid queries raise."""
@@ -237,36 +263,72 @@ class PointingService:
         return self._standing_query
 
     def frame_arrived(self) -> None:
-        """Wakes the worker when a standing query waits for a new frame."""
+        """Wakes a worker when a standing query waits for a new frame."""
         if self._standing_query is not None:
             with self._wake:
                 self._wake.notify_all()
 
+    # --- checks at submit time --------------------------------------------------------------------------
+
     def _checked(self, request: PointingRequest) -> PointingRequest:
-        query = validate_query(request.query, self._settings.max_query_length)
+        """Everything that can be refused at once; called with the lock held."""
+        validate_query(request.query, self._settings.max_query_length, "prompt" if request.ask else "query")
         if request.image is not None:
-            return PointingRequest(query=query, camera=request.camera, image=request.image)
-        camera = request.camera or self._settings.default_camera
-        if camera not in self._settings.cameras:
+            return request
+        cameras = self._requested_cameras(request)
+        assert self._backend is not None
+        if len(cameras) > self._backend.max_images:
+            raise PointingError(
+                ErrorCode.UNSUPPORTED,
+                f"this request needs {len(cameras)} images in one prompt, but engine.backend "
+                f"{self._backend.name} takes {self._backend.max_images}; several cameras at once need "
+                "engine.backend molmo2, or openai with a server that serves Molmo2",
+            )
+        for camera in cameras:
+            if self._frames.get(camera) is None:
+                raise PointingError(ErrorCode.NO_FRAME, f"no frame received yet from camera {camera!r}")
+        return replace(request, camera="", cameras=cameras)
+
+    def _requested_cameras(self, request: PointingRequest) -> tuple[str, ...]:
+        configured = self._settings.cameras
+        if request.cameras:
+            names = tuple(request.cameras)
+        elif request.camera == ALL_CAMERAS:
+            names = configured
+        else:
+            names = (request.camera or self._settings.camera_for_default,)
+        unknown = [name for name in names if name not in configured]
+        if unknown:
             raise PointingError(
                 ErrorCode.UNKNOWN_CAMERA,
-                f"unknown camera {camera!r}; configured cameras: {', '.join(self._settings.cameras)}",
+                f"unknown camera {unknown[0]!r}; configured cameras: {', '.join(configured)}",
             )
-        if self._frames.get(camera) is None:
-            raise PointingError(ErrorCode.NO_FRAME, f"no frame received yet from camera {camera!r}")
-        return PointingRequest(query=query, camera=camera)
+        if len(set(names)) != len(names):
+            raise PointingError(ErrorCode.UNKNOWN_CAMERA, f"a camera is named twice: {list(names)}")
+        return names
 
-    def _next_task(self) -> tuple[_Job | None, str | None]:
-        """Waits for a request or, failing that, a new frame for the standing query."""
+    # --- the workers ------------------------------------------------------------------------------------
+
+    def _next_task(self) -> tuple[Ticket | None, str | None, bool]:
+        """Waits for a request or, failing that, a new frame for the standing query.
+        Returns (ticket, standing camera, keep working)."""
         with self._wake:
-            while self._running:
+            while self._state is _State.ACTIVE:
                 if self._jobs:
-                    return self._jobs.popleft(), None
-                camera = self._camera_with_new_frame()
-                if camera is not None:
-                    return None, camera
+                    ticket = self._jobs.popleft()
+                    self._running.add(ticket)
+                    waiting = list(self._jobs)
+                    break
+                if not self._standing_busy:
+                    camera = self._camera_with_new_frame()
+                    if camera is not None:
+                        self._standing_busy = True
+                        return None, camera, True
                 self._wake.wait()
-        return None, None
+            else:
+                return None, None, False
+        self._report_positions(waiting)
+        return ticket, None, True
 
     def _camera_with_new_frame(self) -> str | None:
         if self._standing_query is None:
@@ -283,41 +345,68 @@ class PointingService:
 
     def _work(self) -> None:
         while True:
-            job, standing_camera = self._next_task()
-            if job is not None:
-                try:
-                    outcome = self._answer_safely(job.request)
-                except PointingError as error:
-                    job.future.set_exception(error)
-                    self._notify(self._on_error, error)
-                else:
-                    job.future.set_result(outcome)
-                    self._notify(self._on_outcome, outcome)
-            elif standing_camera is not None:
-                query = self._standing_query
-                if query is None:
-                    continue
-                try:
-                    outcome = self._answer_safely(PointingRequest(query=query, camera=standing_camera))
-                except PointingError as error:
-                    self._notify(self._on_error, error)
-                else:
-                    self._notify(self._on_outcome, outcome)
-            else:
+            ticket, standing_camera, keep_working = self._next_task()
+            if not keep_working:
                 return
+            if ticket is not None:
+                try:
+                    outcome = self._answer_safely(ticket.request, ticket.control)
+                except PointingError as error:
+                    with self._wake:
+                        self._running.discard(ticket)
+                    self._fail(ticket, ticket.stop_reason or error)
+                else:
+                    with self._wake:
+                        self._running.discard(ticket)
+                    ticket.future.set_result(outcome)
+                    if isinstance(outcome, PointingOutcome):
+                        self._notify(self._on_outcome, outcome)
+            else:
+                self._answer_standing_query(standing_camera)
+
+    def _answer_standing_query(self, camera: str) -> None:
+        try:
+            query = self._standing_query
+            if query is None or self._frames.get(camera) is None:
+                return
+            request = PointingRequest(query=query, cameras=(camera,))
+            try:
+                outcome = self._answer_safely(request, GenerationControl())
+            except PointingError as error:
+                self._notify(self._on_error, error)
+            else:
+                self._notify(self._on_outcome, outcome)
+        finally:
+            with self._wake:
+                self._standing_busy = False
+                self._wake.notify_all()
+
+    def _fail(self, ticket: Ticket, error: PointingError) -> None:
+        if not ticket.future.done():
+            ticket.future.set_exception(error)
+        self._notify(self._on_error, error)
+
+    def _report_positions(self, waiting: Sequence[Ticket]) -> None:
+        for position, ticket in enumerate(waiting):
+            self._notify(ticket.control.report, Stage.QUEUED, position)
 
     @staticmethod
-    def _notify(callback: Callable[[object], None], value: object) -> None:
-        """A failing publish or log (e.g. during shutdown) must not end the worker: requests would hang."""
+    def _notify(callback: Callable[..., object], *values: object) -> None:
+        """A failing publish, log or feedback (e.g. during shutdown) must not end a worker: requests
+        would hang. It is logged in one line; the request it belongs to is still answered."""
         try:
-            callback(value)
-        except Exception:
-            log.exception("pointing service callback failed")
+            callback(*values)
+        except Exception as error:
+            log.warning("pointing service callback failed: %s: %s", type(error).__name__, error)
 
-    def _answer_safely(self, request: PointingRequest) -> PointingOutcome:
+    # --- answering --------------------------------------------------------------------------------------
+
+    def _answer_safely(
+        self, request: PointingRequest, control: GenerationControl
+    ) -> PointingOutcome | AskOutcome:
         """Every failure of answering becomes a PointingError, so each request gets its answer."""
         try:
-            return self._answer(request)
+            return self._answer(request, control)
         except PointingError:
             raise
         except Exception as error:
@@ -325,62 +414,183 @@ class PointingService:
                 ErrorCode.ENGINE_ERROR, f"internal error: {type(error).__name__}: {error}"
             ) from error
 
-    def _answer(self, request: PointingRequest) -> PointingOutcome:
-        frame = request.image or self._frames.get(request.camera)
-        assert frame is not None, "requests are checked for a frame and frames are never removed"
-        age_s = self._frame_age_s(frame)
-        limit = self._settings.max_frame_age_s
-        if request.image is None and limit > 0 and age_s > limit:
-            raise PointingError(
-                ErrorCode.STALE_FRAME,
-                f"the newest frame from camera {frame.camera!r} is {age_s:.2f} s old; "
-                f"the limit is {limit:g} s "
-                "(parameter max_frame_age); is the camera still publishing?",
-            )
-        try:
-            image = frame.decode()
-        except ImageConversionError as error:
-            source = (
-                "the request's image"
-                if request.image is not None
-                else f"the frame from camera {frame.camera!r}"
-            )
-            raise PointingError(ErrorCode.BAD_IMAGE, f"cannot use {source}: {error}") from error
-        prompt = make_point_prompt(self._settings.prompt_template, request.query)
+    def _answer(self, request: PointingRequest, control: GenerationControl) -> PointingOutcome | AskOutcome:
+        settings = self._settings
+        frames = [request.image] if request.image is not None else [self._frames.get(c) for c in request.cameras]
+        assert all(frame is not None for frame in frames), "checked at submit; frames are only cleared inactive"
+        ages = [self._checked_age_s(frame, own_image=request.image is not None) for frame in frames]
+        images = [self._decoded(frame, own_image=request.image is not None) for frame in frames]
+        query = request.query.strip()
+        prompt = query if request.ask else make_point_prompt(settings.prompt_template, query)
+        backend = self._backend
+        if backend is None:
+            raise PointingError(ErrorCode.NOT_ACTIVE, self._inactive_reason)
         started = time.perf_counter()
+        text = self._generate(backend, images, prompt, control)
+        model_seconds = time.perf_counter() - started
+        views = [_view(frame, image) for frame, image in zip(frames, images, strict=True)]
+        if request.ask:
+            return AskOutcome(
+                prompt=prompt, view=views[0], text=text, model_seconds=model_seconds, frame_age_seconds=ages[0]
+            )
+        outcome = self._pointing_outcome(request, prompt, frames, views, text, model_seconds, max(ages))
+        return replace(outcome, images=tuple(images))
+
+    def _generate(
+        self, backend: PointingBackend, images: list[np.ndarray], prompt: str, control: GenerationControl
+    ) -> str:
         try:
-            answer = self._engine.generate(image, [prompt])
+            control.raise_if_cancelled()
+            return backend.generate(images, [prompt], control).texts[0]
+        except GenerationCancelledError as error:
+            raise PointingError(ErrorCode.CANCELED, "the request was cancelled") from error
         except InvalidImageError as error:
             raise PointingError(ErrorCode.BAD_IMAGE, f"the model cannot use this image: {error}") from error
+        except UnsupportedRequestError as error:
+            raise PointingError(ErrorCode.UNSUPPORTED, str(error)) from error
         except EngineOutOfMemoryError as error:
             raise PointingError(ErrorCode.ENGINE_ERROR, f"the model ran out of memory: {error}") from error
+        except ServerUnavailableError as error:
+            raise PointingError(ErrorCode.SERVER_UNAVAILABLE, f"the model server is unavailable: {error}") from error
+        except ServerResponseError as error:
+            raise PointingError(ErrorCode.ENGINE_ERROR, f"the model server failed: {error}") from error
         except Exception as error:
             raise PointingError(
                 ErrorCode.ENGINE_ERROR, f"the model failed: {type(error).__name__}: {error}"
             ) from error
-        model_seconds = time.perf_counter() - started
-        raw_text = answer.texts[0]
-        height, width = image.shape[:2]
-        parsed = parse_answer(raw_text)
-        pixels = to_pixels(parsed.points, width, height)
+
+    def _pointing_outcome(
+        self,
+        request: PointingRequest,
+        prompt: str,
+        frames: list[Frame],
+        views: list[View],
+        text: str,
+        model_seconds: float,
+        frame_age_s: float,
+    ) -> PointingOutcome:
+        parsed = parse_answer(text)
+        by_view: list[list] = [[] for _ in views]
+        outside = 0
+        for point in parsed.points:
+            image_index = point.image_index
+            index = 0 if image_index is None or len(views) == 1 else image_index
+            if 0 <= index < len(views):
+                by_view[index].append(point)
+            else:
+                outside += 1  # a frame number for an image the model was not given
+        points: list[OutcomePoint] = []
+        require_depth = request.require_depth or self._settings.require_depth
+        for index, (frame, view) in enumerate(zip(frames, views, strict=True)):
+            pixels = to_pixels(by_view[index], view.width, view.height)
+            outside += len(pixels.outside)
+            depth = self._lift(request, frame, view, [(p.x, p.y) for p in pixels.inside])
+            if require_depth and depth.status:
+                raise PointingError(ErrorCode.NO_DEPTH, f"no usable depth for camera {view.camera!r}: {depth.status}")
+            views[index] = replace(view, depth_stamp_ns=depth.stamp_ns, depth_status=depth.status)
+            for pixel, lifted in zip(pixels.inside, depth.points, strict=True):
+                points.append(
+                    OutcomePoint(
+                        x=pixel.x,
+                        y=pixel.y,
+                        label=pixel.label,
+                        view=index,
+                        position_m=lifted.xyz if lifted is not None else None,
+                        depth_spread_m=lifted.spread if lifted is not None else float("nan"),
+                    )
+                )
         return PointingOutcome(
-            camera=frame.camera,
             query=request.query,
             prompt=prompt,
-            stamp_ns=frame.stamp_ns,
-            frame_id=frame.frame_id,
-            image_width=width,
-            image_height=height,
-            points=pixels.inside,
-            points_outside_image=len(pixels.outside),
-            raw_text=raw_text,
+            views=tuple(views),
+            points=tuple(points),
+            points_outside_image=outside,
+            raw_text=text,
             answer_malformed=parsed.malformed,
             parse_problems=parsed.problems,
             model_seconds=model_seconds,
-            frame_age_seconds=age_s,
+            frame_age_seconds=frame_age_s,
         )
 
-    def _frame_age_s(self, frame: Frame) -> float:
+    def _lift(
+        self, request: PointingRequest, frame: Frame, view: View, pixels: list[tuple[float, float]]
+    ) -> ViewDepth:
+        if request.image is not None:
+            if request.depth is None or request.camera_info is None:
+                return ViewDepth.unavailable(len(pixels), "the request carries no depth image and CameraInfo")
+            return lift_view(
+                pixels,
+                view,
+                request.depth,
+                request.camera_info,
+                registered=True,
+                settings=self._depth_settings,
+                paired_by_request=True,
+            )
+        camera = self._cameras.get(frame.camera) or CameraSettings(name=frame.camera)
+        if not camera.depth_topic:
+            return ViewDepth.unavailable(
+                len(pixels), f"no depth topic configured (parameter cameras.{frame.camera}.depth_topic)"
+            )
+        info = self._frames.camera_info(frame.camera)
+        if info is None:
+            return ViewDepth.unavailable(len(pixels), f"no CameraInfo received on {camera.info_topic()}")
+        depth = self._frames.nearest_depth(frame.camera, frame.stamp_ns)
+        return lift_view(
+            pixels, view, depth, info, registered=camera.depth_registered, settings=self._depth_settings
+        )
+
+    def _checked_age_s(self, frame: Frame, own_image: bool) -> float:
         """Age by the frame's own stamp; a frame without a stamp is aged from when it arrived."""
         reference_ns = frame.stamp_ns if frame.stamp_ns > 0 else frame.received_ns
-        return (self._now_ns() - reference_ns) / 1e9
+        age_s = (self._now_ns() - reference_ns) / 1e9
+        limit = self._settings.max_frame_age_s
+        if own_image or limit <= 0:
+            return age_s
+        if age_s > limit:
+            raise PointingError(
+                ErrorCode.STALE_FRAME,
+                f"the newest frame from camera {frame.camera!r} is {age_s:.2f} s old; the limit is {limit:g} s "
+                "(parameter max_frame_age); is the camera still publishing?",
+            )
+        if -age_s > limit:
+            raise PointingError(
+                ErrorCode.FRAME_FROM_FUTURE,
+                f"the newest frame from camera {frame.camera!r} is stamped {-age_s:.2f} s ahead of this "
+                f"node's clock (more than max_frame_age, {limit:g} s): the camera's clock and the node's "
+                "disagree; synchronise them (NTP/PTP), or check use_sim_time on both",
+            )
+        return age_s
+
+    @staticmethod
+    def _decoded(frame: Frame, own_image: bool) -> np.ndarray:
+        try:
+            return frame.decode()
+        except ImageConversionError as error:
+            source = "the request's image" if own_image else f"the frame from camera {frame.camera!r}"
+            raise PointingError(ErrorCode.BAD_IMAGE, f"cannot use {source}: {error}") from error
+
+
+def _view(frame: Frame, image: np.ndarray) -> View:
+    height, width = image.shape[:2]
+    return View(camera=frame.camera, stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, width=width, height=height)
+
+
+def validate_query(query: str, max_length: int, what: str = "query") -> str:
+    """The query with surrounding blanks removed; raises INVALID_QUERY with the reason."""
+    stripped = query.strip()
+    if not stripped:
+        example = "e.g. 'red mug'" if what == "query" else "e.g. 'Describe this image.'"
+        raise PointingError(ErrorCode.INVALID_QUERY, f"the {what} is empty; say what you want, {example}")
+    if len(stripped) > max_length:
+        raise PointingError(
+            ErrorCode.INVALID_QUERY,
+            f"the {what} is {len(stripped)} characters long; the limit is {max_length} (parameter max_query_length)",
+        )
+    bad = [ch for ch in stripped if not ch.isprintable() or "\ud800" <= ch <= "\udfff"]
+    if bad:
+        raise PointingError(
+            ErrorCode.INVALID_QUERY,
+            f"the {what} is not plain text: it contains control or invalid characters {sorted(set(map(repr, bad)))}",
+        )
+    return stripped

@@ -1,6 +1,8 @@
-"""A test double for the pointing engine: answers from a script, records what it was asked.
+"""A test double for a model backend: answers from a script, records what it was asked.
 
-It can hold each call until released, so tests can fill queues and flood frames while "the model runs".
+It can hold each call until released, so tests can fill queues, flood frames, cancel or deactivate
+while "the model runs". While held it watches the call's GenerationControl, as a real backend checks it
+between decode steps, and it reports progress (vision, then one decoding step per answer character).
 """
 
 import threading
@@ -9,16 +11,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from molmo_ros.backends.interface import BackendAnswer, GenerationControl, Stage
 
-@dataclass(frozen=True)
-class ScriptedAnswer:
-    texts: list[str]
+HOLD_POLL_S = 0.01
 
 
 @dataclass
 class ScriptedCall:
-    image: np.ndarray
+    images: list[np.ndarray]
     prompts: list[str]
+
+    @property
+    def image(self) -> np.ndarray:
+        return self.images[0]
 
 
 @dataclass
@@ -27,20 +32,40 @@ class ScriptedEngine:
 
     answer: Callable[[str, np.ndarray], str] = lambda prompt, image: "There are none."
     hold: bool = False
+    name: str = "scripted"
+    max_images: int = 1
+    max_concurrent_calls: int = 1
     calls: list[ScriptedCall] = field(default_factory=list)
+    closed: bool = False
 
     def __post_init__(self) -> None:
         self._release = threading.Semaphore(0)
         self._started = threading.Semaphore(0)
         self._lock = threading.Lock()
 
-    def generate(self, image: np.ndarray, prompts: Sequence[str]) -> ScriptedAnswer:
+    def generate(
+        self, images: Sequence[np.ndarray], prompts: Sequence[str], control: GenerationControl | None = None
+    ) -> BackendAnswer:
+        control = control or GenerationControl()
         with self._lock:
-            self.calls.append(ScriptedCall(image=image.copy(), prompts=list(prompts)))
+            self.calls.append(ScriptedCall(images=[image.copy() for image in images], prompts=list(prompts)))
+        control.report(Stage.VISION)
         self._started.release()
-        if self.hold and not self._release.acquire(timeout=30):
-            raise TimeoutError("ScriptedEngine was never released")
-        return ScriptedAnswer(texts=[self.answer(prompt, image) for prompt in prompts])
+        if self.hold:
+            waited = 0.0
+            while not self._release.acquire(timeout=HOLD_POLL_S):
+                control.raise_if_cancelled()
+                waited += HOLD_POLL_S
+                if waited > 30:
+                    raise TimeoutError("ScriptedEngine was never released")
+        texts = [self.answer(prompt, images[0]) for prompt in prompts]
+        for step in range(1, max(len(text) for text in texts) + 1):
+            control.raise_if_cancelled()
+            control.report(Stage.DECODING, step)
+        return BackendAnswer(texts=texts)
+
+    def close(self) -> None:
+        self.closed = True
 
     def wait_started(self, timeout: float = 10.0) -> bool:
         """Blocks until a call has entered generate()."""

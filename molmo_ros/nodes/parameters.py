@@ -1,0 +1,113 @@
+"""ROS parameters derived from the settings dataclasses: one declaration per `setting()` field.
+
+The dataclasses hold every default, description and range once (`molmo_ros.settings_fields`); this
+module only turns them into parameter declarations with descriptors, and parameter values back into
+settings. Float parameters also take integers ("ros2 param set ... max_frame_age 5" is what a person
+types): they are declared with dynamic typing and converted to floats before anything checks them.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from molmo_ros.settings_fields import SettingSpec, setting, setting_specs
+
+SettingsT = TypeVar("SettingsT")
+QOS_CHOICES = ("sensor_data", "reliable")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """What only the ROS node needs."""
+
+    qos: str = setting(
+        "sensor_data",
+        "QoS of the camera, depth and CameraInfo subscriptions: sensor_data (best effort) or reliable. "
+        "Depth is always 1: only the newest frame matters.",
+        choices=QOS_CHOICES,
+    )
+    autostart: bool = setting(
+        True,
+        "Configure and activate the node by itself at start (no lifecycle manager needed); false leaves "
+        "it unconfigured for a lifecycle manager.",
+    )
+
+
+def _descriptor(spec: SettingSpec, read_only: bool) -> ParameterDescriptor:
+    info = spec.info
+    descriptor = ParameterDescriptor(description=info.description, read_only=read_only)
+    if info.choices:
+        descriptor.additional_constraints = f"one of {', '.join(info.choices)}"
+    if isinstance(spec.default, bool):
+        return descriptor
+    if isinstance(spec.default, float):
+        descriptor.dynamic_typing = True  # an integer is accepted and converted (see to_float_parameters)
+        if info.minimum is not None and info.maximum is not None:
+            descriptor.floating_point_range = [
+                FloatingPointRange(from_value=float(info.minimum), to_value=float(info.maximum), step=0.0)
+            ]
+    elif isinstance(spec.default, int) and info.minimum is not None and info.maximum is not None:
+        descriptor.integer_range = [
+            IntegerRange(from_value=int(info.minimum), to_value=int(info.maximum), step=1)
+        ]
+    return descriptor
+
+
+def declare_settings(node: Node, settings_class: type[SettingsT], prefix: str = "", **fixed: Any) -> SettingsT:
+    """Declares one parameter per setting of `settings_class` and builds the settings from their values.
+
+    Settings marked `runtime` stay writable; all others are read-only. `fixed` fills dataclass fields that
+    are not parameters. Raises ValueError (with the parameter named) for a value of the wrong type.
+    """
+    values = dict(fixed)
+    for spec in setting_specs(settings_class, prefix):
+        default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+        parameter = node.declare_parameter(spec.parameter, default, _descriptor(spec, not spec.info.runtime))
+        values[spec.field_name] = setting_value(spec, parameter.value)
+    return settings_class(**values)
+
+
+def setting_value(spec: SettingSpec, value: Any) -> Any:
+    """A parameter value as the settings field expects it, or ValueError naming the parameter."""
+    expected = type(spec.default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is tuple:
+        if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+            raise ValueError(f"parameter {spec.parameter} must be a list of strings, not {value!r}")
+        return tuple(value)
+    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+        raise ValueError(f"parameter {spec.parameter} must be a {expected.__name__}, not {value!r}")
+    return value
+
+
+def runtime_specs(settings_class: type, prefix: str = "") -> dict[str, SettingSpec]:
+    """Parameter name -> spec of the settings that may change while the node runs."""
+    return {spec.parameter: spec for spec in setting_specs(settings_class, prefix) if spec.info.runtime}
+
+
+def to_float_parameters(parameters: Sequence[Parameter], float_names: set[str]) -> list[Parameter]:
+    """Pre-set hook: an integer given for a float parameter becomes that float."""
+    converted = []
+    for parameter in parameters:
+        if parameter.name in float_names and parameter.type_ == Parameter.Type.INTEGER:
+            parameter = Parameter(parameter.name, Parameter.Type.DOUBLE, float(parameter.value))
+        converted.append(parameter)
+    return converted
+
+
+def float_parameter_names(*specs_sources: tuple[type, str]) -> set[str]:
+    return {
+        spec.parameter
+        for settings_class, prefix in specs_sources
+        for spec in setting_specs(settings_class, prefix)
+        if isinstance(spec.default, float)
+    }
+
+
+def field_names(settings_class: type) -> set[str]:
+    return {item.name for item in fields(settings_class)}

@@ -1,0 +1,33 @@
+"""Why a request failed: one code per kind of failure, each with its own message for the user.
+
+The codes are the constants of the Point and Ask service responses and the Point action result
+(a test checks the interfaces agree with this enum), so a client can branch on them and a person can
+read the message.
+"""
+
+from enum import IntEnum
+
+
+class ErrorCode(IntEnum):
+    OK = 0
+    INVALID_QUERY = 1
+    UNKNOWN_CAMERA = 2
+    NO_FRAME = 3
+    STALE_FRAME = 4
+    BAD_IMAGE = 5
+    ENGINE_ERROR = 6
+    BUSY = 7
+    NOT_ACTIVE = 8
+    FRAME_FROM_FUTURE = 9
+    NO_DEPTH = 10
+    UNSUPPORTED = 11
+    SERVER_UNAVAILABLE = 12
+    CANCELED = 13
+
+
+class PointingError(Exception):
+    """A request that cannot be answered; the message is meant for the user and says what to do."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,99 @@
+"""How requests are checked and answered, and what each camera delivers: the node's parameters, each
+default written once (see `molmo_ros.settings_fields`)."""
+
+from dataclasses import dataclass, field
+
+from molmo_ros.depth import camera_info_topic_beside
+from molmo_ros.prompts import POINT_ALL_TEMPLATE, POINT_TEMPLATE, QUERY_PLACEHOLDER, make_point_prompt
+from molmo_ros.settings_fields import check_setting_bounds, setting
+
+ALL_CAMERAS = "*"  # a request naming this camera asks about the newest frame of every camera at once
+
+
+@dataclass(frozen=True)
+class PointingSettings:
+    """Checked on construction and on every `replace`, so no caller can hold inconsistent settings."""
+
+    cameras: tuple[str, ...] = setting(
+        ["camera"],
+        "Names of the cameras to listen to; each has its cameras.<name>.* parameters.",
+        parameter="camera_names",
+    )
+    default_camera: str = setting(
+        "", "Camera used when a request names none; empty means the first of camera_names."
+    )
+    prompt_template: str = setting(
+        POINT_TEMPLATE,
+        f"Prompt sent to the model; {QUERY_PLACEHOLDER} is replaced by the query. '{POINT_TEMPLATE}' points "
+        f"at one thing; '{POINT_ALL_TEMPLATE}' points at every one.",
+        runtime=True,
+    )
+    max_query_length: int = setting(
+        200, "Longest accepted query or prompt, in characters.", minimum=1, maximum=2000, runtime=True
+    )
+    max_frame_age_s: float = setting(
+        2.0,
+        "Refuse frames older than this many seconds when the model starts, and frames stamped further "
+        "ahead of the node's clock (0 disables both checks).",
+        minimum=0.0,
+        maximum=3600.0,
+        runtime=True,
+        parameter="max_frame_age",
+    )
+    queue_size: int = setting(
+        4, "Requests that may wait while the model is busy; more are answered 'busy'.", minimum=1, maximum=64
+    )
+    require_depth: bool = setting(
+        False, "Answer NO_DEPTH instead of 2D-only points when no usable depth is found.", runtime=True
+    )
+
+    def __post_init__(self) -> None:
+        check_setting_bounds(self)
+        if not self.cameras or len(set(self.cameras)) != len(self.cameras) or not all(self.cameras):
+            raise ValueError(f"camera_names must list distinct, non-empty names: {list(self.cameras)!r}")
+        if ALL_CAMERAS in self.cameras:
+            raise ValueError(f"{ALL_CAMERAS!r} cannot be a camera name: it means every camera")
+        if self.default_camera and self.default_camera not in self.cameras:
+            raise ValueError(f"default_camera {self.default_camera!r} is not one of {list(self.cameras)}")
+        make_point_prompt(self.prompt_template, "check")  # a template without {query} is refused
+
+    @property
+    def camera_for_default(self) -> str:
+        return self.default_camera or self.cameras[0]
+
+
+@dataclass(frozen=True)
+class CameraSettings:
+    """What one camera publishes (parameters cameras.<name>.*)."""
+
+    topic: str = setting("", "Image topic; empty means /<name>/image_raw (with /compressed when compressed).")
+    compressed: bool = setting(False, "The image topic carries sensor_msgs/CompressedImage (decoded with OpenCV).")
+    depth_topic: str = setting(
+        "",
+        "Depth image registered to this camera's colour image (16UC1/mono16 in mm, 32FC1 in m), e.g. a "
+        "RealSense aligned_depth_to_color/image_raw; empty means no depth: points stay 2D.",
+    )
+    camera_info_topic: str = setting(
+        "", "sensor_msgs/CameraInfo of the colour image; empty means camera_info beside the image topic."
+    )
+    depth_scale: float = setting(
+        0.0,
+        "Metres per unit of integer depth (16UC1/mono16); 0 means millimetres (0.001), the ROS convention.",
+        minimum=0.0,
+        maximum=1000.0,
+    )
+    depth_registered: bool = setting(
+        False,
+        "Lift points from depth frames whose frame_id differs from the colour frame's (declare them "
+        "registered to the colour image anyway).",
+    )
+    name: str = field(default="", compare=True)
+
+    def __post_init__(self) -> None:
+        check_setting_bounds(self)
+
+    def image_topic(self) -> str:
+        return self.topic or f"/{self.name}/image_raw" + ("/compressed" if self.compressed else "")
+
+    def info_topic(self) -> str:
+        return self.camera_info_topic or camera_info_topic_beside(self.image_topic())
