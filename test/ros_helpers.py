@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.publisher import Publisher
 from sensor_msgs.msg import CompressedImage, Image
@@ -13,7 +14,6 @@ from std_msgs.msg import Header
 
 from molmo_ros.image_conversion import rgb_to_raw
 from molmo_ros.msg import PointingResult
-from molmo_ros.nodes.runner import SubmitOnceExecutor
 from molmo_ros.srv import Point
 
 
@@ -57,8 +57,8 @@ def jpeg_message(rgb: np.ndarray, stamp_ns: int, frame_id: str) -> CompressedIma
 class Spinner:
     """Spins nodes on a background executor until closed."""
 
-    def __init__(self, *nodes: Node, threads: int = 4) -> None:
-        self.executor = SubmitOnceExecutor(num_threads=threads)
+    def __init__(self, *nodes: Node) -> None:
+        self.executor = SingleThreadedExecutor()
         for node in nodes:
             self.executor.add_node(node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)

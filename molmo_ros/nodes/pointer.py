@@ -64,7 +64,9 @@ from molmo_ros.srv import Ask, Point
 # silently drops the rest (KEEP_LAST overwrites). KEEP_ALL never drops; every request is taken at
 # once by the executor and answered (BUSY beyond queue_size), so the queue stays short in practice.
 REQUEST_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE
+    history=HistoryPolicy.KEEP_ALL,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
 )
 RESULTS_DEPTH = 10
 MARKER_NAMESPACE = "molmo"
@@ -101,7 +103,9 @@ class PointerNode(LifecycleNode):
                 if topic:
                     validate_topic_name(topic)
         self._runtime = runtime_specs(PointingSettings)
-        float_names = float_parameter_names((PointingSettings, ""), (DepthSettings, ""), (BackendSettings, "engine."))
+        float_names = float_parameter_names(
+            (PointingSettings, ""), (DepthSettings, ""), (BackendSettings, "engine.")
+        )
         self.add_pre_set_parameters_callback(lambda parameters: to_float_parameters(parameters, float_names))
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
@@ -113,7 +117,9 @@ class PointerNode(LifecycleNode):
         """With autostart, configure and activate now (what `ros2 launch` users expect); else wait for a
         lifecycle manager. False when a transition failed (its reason was logged)."""
         if not self.node_settings.autostart:
-            self.get_logger().info("unconfigured: waiting for a lifecycle manager (parameter autostart is false)")
+            self.get_logger().info(
+                "unconfigured: waiting for a lifecycle manager (parameter autostart is false)"
+            )
             return True
         return (
             self.trigger_configure() == TransitionCallbackReturn.SUCCESS
@@ -171,7 +177,9 @@ class PointerNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Loads the model (weights and GPU memory); cameras are taken and requests answered from now on."""
         settings = self.engine_settings
-        self.get_logger().info(f"loading the {settings.backend} backend ({settings.model or 'default model'})")
+        self.get_logger().info(
+            f"loading the {settings.backend} backend ({settings.model or 'default model'})"
+        )
         try:
             backend = self._backend_factory(settings)
         except (EngineError, ValueError) as error:
@@ -399,7 +407,9 @@ class PointerNode(LifecycleNode):
         result = PointAction.Result()
         if goal.is_cancel_requested:
             goal.canceled()
-            return _failed(result, PointingError(ErrorCode.CANCELED, "the goal was cancelled before it started"))
+            return _failed(
+                result, PointingError(ErrorCode.CANCELED, "the goal was cancelled before it started")
+            )
         result = await self._point(goal.request, result, goal)
         if result.error_code == PointAction.Result.CANCELED and goal.is_cancel_requested:
             goal.canceled()
@@ -425,7 +435,7 @@ class PointerNode(LifecycleNode):
     def _debug_image_message(self, outcome: PointingOutcome) -> Image:
         """The first frame the model saw, with its points, their labels and the query drawn (rgb8)."""
         view = outcome.view
-        points = [(p.x, p.y, p.label) for p in outcome.points if p.view == 0]
+        points = [point for point in outcome.points if point.view == 0]
         drawn = draw_points(outcome.images[0], points, outcome.query)
         data, step = rgb_to_raw(drawn, "rgb8")
         return Image(
@@ -459,7 +469,9 @@ def _failed(response: Any, error: PointingError) -> Any:
 
 
 def _not_configured() -> PointingError:
-    return PointingError(ErrorCode.NOT_ACTIVE, "the node is not configured (lifecycle: configure and activate it)")
+    return PointingError(
+        ErrorCode.NOT_ACTIVE, "the node is not configured (lifecycle: configure and activate it)"
+    )
 
 
 def _load_backend(settings: BackendSettings) -> PointingBackend:
