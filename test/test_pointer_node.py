@@ -1,4 +1,4 @@
-"""The pointer node over real DDS (kept on this machine), with the scripted engine double in place of the model."""
+"""The pointer node over real DDS (kept on this machine), with the scripted engine double as the model."""
 
 import math
 import time

@@ -214,6 +214,8 @@ class PointerNode(LifecycleNode):
     def shut_down(self) -> None:
         """Answers every waiting and running request NOT_ACTIVE ("shutting down") and frees the model;
         requests arriving afterwards get the same answer while the node still spins."""
+        if self.pointing is not None and self.pointing.active:
+            self.get_logger().info("shutting down: every waiting and new request is answered NOT_ACTIVE")
         if self.pointing is not None:
             self._release_backend(self.pointing.stop())
 
