@@ -14,6 +14,7 @@ from molmo_ros.depth import depth_to_metres
 from molmo_ros.msg import CameraView, PointingResult
 from molmo_ros.pointing.frames import CameraInfo, DepthFrame
 from molmo_ros.pointing.outcomes import PointingOutcome, View
+from molmo_ros.pointing.service import NO_DEPTH_TOPIC
 
 NANOSECONDS = 1_000_000_000
 MARKER_DIAMETER_M = 0.03
@@ -76,10 +77,13 @@ def result_message(outcome: PointingOutcome) -> PointingResult:
 
 def summary(outcome: PointingOutcome) -> str:
     parts = [f"{len(outcome.points)} point(s)"]
-    lifted = sum(point.position_m is not None for point in outcome.points)
-    if outcome.points:
-        parts.append(f"{lifted} with depth")
-    statuses = {view.depth_status for view in outcome.views if view.depth_status}
+    if any(not view.depth_status.startswith(NO_DEPTH_TOPIC) for view in outcome.views):
+        parts.append(f"{sum(point.position_m is not None for point in outcome.points)} with depth")
+    statuses = {
+        view.depth_status
+        for view in outcome.views
+        if view.depth_status and not view.depth_status.startswith(NO_DEPTH_TOPIC)
+    }
     if statuses:
         parts.append("no depth: " + "; ".join(sorted(statuses)))
     if outcome.points_outside_image:

@@ -57,7 +57,9 @@ def _descriptor(spec: SettingSpec, read_only: bool) -> ParameterDescriptor:
     return descriptor
 
 
-def declare_settings(node: Node, settings_class: type[SettingsT], prefix: str = "", **fixed: Any) -> SettingsT:
+def declare_settings(
+    node: Node, settings_class: type[SettingsT], prefix: str = "", **fixed: Any
+) -> SettingsT:
     """Declares one parameter per setting of `settings_class` and builds the settings from their values.
 
     Settings marked `runtime` stay writable; all others are read-only. `fixed` fills dataclass fields that

@@ -18,6 +18,7 @@ from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
+from rclpy.callback_groups import CallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -26,6 +27,7 @@ from rclpy.qos import (
     QoSProfile,
     ReliabilityPolicy,
 )
+from rclpy.service import Service
 from rclpy.task import Future as RclpyFuture
 from rclpy.validate_topic_name import validate_topic_name
 from sensor_msgs.msg import CameraInfo as CameraInfoMsg
@@ -64,7 +66,9 @@ from molmo_ros.srv import Ask, Point
 # silently drops the rest (KEEP_LAST overwrites). KEEP_ALL never drops; every request is taken at
 # once by the executor and answered (BUSY beyond queue_size), so the queue stays short in practice.
 REQUEST_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE
+    history=HistoryPolicy.KEEP_ALL,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
 )
 RESULTS_DEPTH = 10
 MARKER_NAMESPACE = "molmo"
@@ -101,7 +105,9 @@ class PointerNode(LifecycleNode):
                 if topic:
                     validate_topic_name(topic)
         self._runtime = runtime_specs(PointingSettings)
-        float_names = float_parameter_names((PointingSettings, ""), (DepthSettings, ""), (BackendSettings, "engine."))
+        float_names = float_parameter_names(
+            (PointingSettings, ""), (DepthSettings, ""), (BackendSettings, "engine.")
+        )
         self.add_pre_set_parameters_callback(lambda parameters: to_float_parameters(parameters, float_names))
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
@@ -113,7 +119,9 @@ class PointerNode(LifecycleNode):
         """With autostart, configure and activate now (what `ros2 launch` users expect); else wait for a
         lifecycle manager. False when a transition failed (its reason was logged)."""
         if not self.node_settings.autostart:
-            self.get_logger().info("unconfigured: waiting for a lifecycle manager (parameter autostart is false)")
+            self.get_logger().info(
+                "unconfigured: waiting for a lifecycle manager (parameter autostart is false)"
+            )
             return True
         return (
             self.trigger_configure() == TransitionCallbackReturn.SUCCESS
@@ -142,13 +150,18 @@ class PointerNode(LifecycleNode):
         self._target = self.create_lifecycle_publisher(PointStamped, "target", RESULTS_DEPTH)
         self._markers = self.create_lifecycle_publisher(MarkerArray, "markers", RESULTS_DEPTH)
         self._debug_image = self.create_lifecycle_publisher(Image, "debug_image", 1)
+        # Reentrant: a request awaiting the model must not keep the next request or a frame from being taken
+        # (a mutually exclusive group would hold its callbacks until the awaiting coroutine ends).
+        group = ReentrantCallbackGroup()
         entities = [
-            self.create_subscription(String, "query", self._on_standing_query, 10),
-            self.create_service(Point, "point", self._on_point, qos_profile=REQUEST_QOS),
-            self.create_service(Ask, "ask", self._on_ask, qos_profile=REQUEST_QOS),
+            self.create_subscription(String, "query", self._on_standing_query, 10, callback_group=group),
+            self.create_service(
+                Point, "point", self._on_point, qos_profile=REQUEST_QOS, callback_group=group
+            ),
+            self.create_service(Ask, "ask", self._on_ask, qos_profile=REQUEST_QOS, callback_group=group),
         ]
         for camera in self.cameras.values():
-            entities += self._subscribe_camera(camera, qos)
+            entities += self._subscribe_camera(camera, qos, group)
         self._action = ActionServer(
             self,
             PointAction,
@@ -159,6 +172,7 @@ class PointerNode(LifecycleNode):
             goal_service_qos_profile=REQUEST_QOS,
             result_service_qos_profile=REQUEST_QOS,
             cancel_service_qos_profile=REQUEST_QOS,
+            callback_group=group,
         )
         self._ros_entities = entities
         self.get_logger().info(
@@ -171,7 +185,9 @@ class PointerNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Loads the model (weights and GPU memory); cameras are taken and requests answered from now on."""
         settings = self.engine_settings
-        self.get_logger().info(f"loading the {settings.backend} backend ({settings.model or 'default model'})")
+        self.get_logger().info(
+            f"loading the {settings.backend} backend ({settings.model or 'default model'})"
+        )
         try:
             backend = self._backend_factory(settings)
         except (EngineError, ValueError) as error:
@@ -218,7 +234,10 @@ class PointerNode(LifecycleNode):
             self.shut_down()
             self.pointing = None
         for entity in self._ros_entities:
-            entity.destroy()
+            if isinstance(entity, Service):
+                self.destroy_service(entity)
+            else:
+                self.destroy_subscription(entity)
         self._ros_entities = []
         self._action.destroy()
         for publisher in (self._points, self._target, self._markers, self._debug_image):
@@ -250,7 +269,7 @@ class PointerNode(LifecycleNode):
 
     # --- cameras ------------------------------------------------------------------------------------------
 
-    def _subscribe_camera(self, camera: CameraSettings, qos: QoSProfile) -> list[Any]:
+    def _subscribe_camera(self, camera: CameraSettings, qos: QoSProfile, group: CallbackGroup) -> list[Any]:
         message_type, to_frame = (
             (CompressedImage, frame_from_compressed) if camera.compressed else (Image, frame_from_image)
         )
@@ -271,11 +290,15 @@ class PointerNode(LifecycleNode):
                 self.frames.put_depth(messages.depth_frame(message, camera.name, scale))
 
         subscriptions = [
-            self.create_subscription(message_type, camera.image_topic(), on_frame, qos),
-            self.create_subscription(CameraInfoMsg, camera.info_topic(), on_camera_info, qos),
+            self.create_subscription(message_type, camera.image_topic(), on_frame, qos, callback_group=group),
+            self.create_subscription(
+                CameraInfoMsg, camera.info_topic(), on_camera_info, qos, callback_group=group
+            ),
         ]
         if camera.depth_topic:
-            subscriptions.append(self.create_subscription(Image, camera.depth_topic, on_depth, qos))
+            subscriptions.append(
+                self.create_subscription(Image, camera.depth_topic, on_depth, qos, callback_group=group)
+            )
         topics = ", ".join(s.topic_name for s in subscriptions)
         self.get_logger().info(f"camera {camera.name}: {topics} ({self.node_settings.qos})")
         return subscriptions
@@ -399,7 +422,9 @@ class PointerNode(LifecycleNode):
         result = PointAction.Result()
         if goal.is_cancel_requested:
             goal.canceled()
-            return _failed(result, PointingError(ErrorCode.CANCELED, "the goal was cancelled before it started"))
+            return _failed(
+                result, PointingError(ErrorCode.CANCELED, "the goal was cancelled before it started")
+            )
         result = await self._point(goal.request, result, goal)
         if result.error_code == PointAction.Result.CANCELED and goal.is_cancel_requested:
             goal.canceled()
@@ -425,7 +450,7 @@ class PointerNode(LifecycleNode):
     def _debug_image_message(self, outcome: PointingOutcome) -> Image:
         """The first frame the model saw, with its points, their labels and the query drawn (rgb8)."""
         view = outcome.view
-        points = [(p.x, p.y, p.label) for p in outcome.points if p.view == 0]
+        points = [point for point in outcome.points if point.view == 0]
         drawn = draw_points(outcome.images[0], points, outcome.query)
         data, step = rgb_to_raw(drawn, "rgb8")
         return Image(
@@ -459,7 +484,9 @@ def _failed(response: Any, error: PointingError) -> Any:
 
 
 def _not_configured() -> PointingError:
-    return PointingError(ErrorCode.NOT_ACTIVE, "the node is not configured (lifecycle: configure and activate it)")
+    return PointingError(
+        ErrorCode.NOT_ACTIVE, "the node is not configured (lifecycle: configure and activate it)"
+    )
 
 
 def _load_backend(settings: BackendSettings) -> PointingBackend:

@@ -31,5 +31,9 @@ class ThrottledErrorLog:
                 return
             self._last[error.code] = now
             held_back = self._held_back.pop(error.code, 0)
-        suffix = f" ({held_back} more like this in the {now - last:.0f} s since the last such line)" if held_back else ""
+        suffix = (
+            f" ({held_back} more like this in the {now - last:.0f} s since the last such line)"
+            if held_back
+            else ""
+        )
         self._logger.warning(f"{error.code.name}: {error}{suffix}")

@@ -56,7 +56,9 @@ def lift_view(
             f"cameras.{view.camera or '<name>'}.depth_registered true if it is registered",
         )
     try:
-        camera = CameraModel.from_camera_info(info.width, info.height, info.distortion_model, info.d, info.k, info.p)
+        camera = CameraModel.from_camera_info(
+            info.width, info.height, info.distortion_model, info.d, info.k, info.p
+        )
     except DepthError as error:
         return ViewDepth.unavailable(len(pixels), f"unusable CameraInfo: {error}")
     try:

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 RUNTIME_SETTINGS = frozenset({"prompt_template", "max_query_length", "max_frame_age_s", "require_depth"})
 SHUTTING_DOWN = "the node is shutting down"
+NO_DEPTH_TOPIC = "no depth topic configured"
 
 
 @dataclass(frozen=True)
@@ -416,8 +417,12 @@ class PointingService:
 
     def _answer(self, request: PointingRequest, control: GenerationControl) -> PointingOutcome | AskOutcome:
         settings = self._settings
-        frames = [request.image] if request.image is not None else [self._frames.get(c) for c in request.cameras]
-        assert all(frame is not None for frame in frames), "checked at submit; frames are only cleared inactive"
+        frames = (
+            [request.image] if request.image is not None else [self._frames.get(c) for c in request.cameras]
+        )
+        assert all(frame is not None for frame in frames), (
+            "checked at submit; frames are only cleared inactive"
+        )
         ages = [self._checked_age_s(frame, own_image=request.image is not None) for frame in frames]
         images = [self._decoded(frame, own_image=request.image is not None) for frame in frames]
         query = request.query.strip()
@@ -431,7 +436,11 @@ class PointingService:
         views = [_view(frame, image) for frame, image in zip(frames, images, strict=True)]
         if request.ask:
             return AskOutcome(
-                prompt=prompt, view=views[0], text=text, model_seconds=model_seconds, frame_age_seconds=ages[0]
+                prompt=prompt,
+                view=views[0],
+                text=text,
+                model_seconds=model_seconds,
+                frame_age_seconds=ages[0],
             )
         outcome = self._pointing_outcome(request, prompt, frames, views, text, model_seconds, max(ages))
         return replace(outcome, images=tuple(images))
@@ -451,7 +460,9 @@ class PointingService:
         except EngineOutOfMemoryError as error:
             raise PointingError(ErrorCode.ENGINE_ERROR, f"the model ran out of memory: {error}") from error
         except ServerUnavailableError as error:
-            raise PointingError(ErrorCode.SERVER_UNAVAILABLE, f"the model server is unavailable: {error}") from error
+            raise PointingError(
+                ErrorCode.SERVER_UNAVAILABLE, f"the model server is unavailable: {error}"
+            ) from error
         except ServerResponseError as error:
             raise PointingError(ErrorCode.ENGINE_ERROR, f"the model server failed: {error}") from error
         except Exception as error:
@@ -486,7 +497,9 @@ class PointingService:
             outside += len(pixels.outside)
             depth = self._lift(request, frame, view, [(p.x, p.y) for p in pixels.inside])
             if require_depth and depth.status:
-                raise PointingError(ErrorCode.NO_DEPTH, f"no usable depth for camera {view.camera!r}: {depth.status}")
+                raise PointingError(
+                    ErrorCode.NO_DEPTH, f"no usable depth for camera {view.camera!r}: {depth.status}"
+                )
             views[index] = replace(view, depth_stamp_ns=depth.stamp_ns, depth_status=depth.status)
             for pixel, lifted in zip(pixels.inside, depth.points, strict=True):
                 points.append(
@@ -530,7 +543,7 @@ class PointingService:
         camera = self._cameras.get(frame.camera) or CameraSettings(name=frame.camera)
         if not camera.depth_topic:
             return ViewDepth.unavailable(
-                len(pixels), f"no depth topic configured (parameter cameras.{frame.camera}.depth_topic)"
+                len(pixels), f"{NO_DEPTH_TOPIC} (parameter cameras.{frame.camera}.depth_topic)"
             )
         info = self._frames.camera_info(frame.camera)
         if info is None:
@@ -550,8 +563,8 @@ class PointingService:
         if age_s > limit:
             raise PointingError(
                 ErrorCode.STALE_FRAME,
-                f"the newest frame from camera {frame.camera!r} is {age_s:.2f} s old; the limit is {limit:g} s "
-                "(parameter max_frame_age); is the camera still publishing?",
+                f"the newest frame from camera {frame.camera!r} is {age_s:.2f} s old; the limit is "
+                f"{limit:g} s (parameter max_frame_age); is the camera still publishing?",
             )
         if -age_s > limit:
             raise PointingError(
@@ -573,7 +586,9 @@ class PointingService:
 
 def _view(frame: Frame, image: np.ndarray) -> View:
     height, width = image.shape[:2]
-    return View(camera=frame.camera, stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, width=width, height=height)
+    return View(
+        camera=frame.camera, stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, width=width, height=height
+    )
 
 
 def validate_query(query: str, max_length: int, what: str = "query") -> str:
@@ -585,12 +600,14 @@ def validate_query(query: str, max_length: int, what: str = "query") -> str:
     if len(stripped) > max_length:
         raise PointingError(
             ErrorCode.INVALID_QUERY,
-            f"the {what} is {len(stripped)} characters long; the limit is {max_length} (parameter max_query_length)",
+            f"the {what} is {len(stripped)} characters long; "
+            f"the limit is {max_length} (parameter max_query_length)",
         )
     bad = [ch for ch in stripped if not ch.isprintable() or "\ud800" <= ch <= "\udfff"]
     if bad:
         raise PointingError(
             ErrorCode.INVALID_QUERY,
-            f"the {what} is not plain text: it contains control or invalid characters {sorted(set(map(repr, bad)))}",
+            f"the {what} is not plain text: it contains control or invalid characters "
+            f"{sorted(set(map(repr, bad)))}",
         )
     return stripped

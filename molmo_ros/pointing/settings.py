@@ -67,7 +67,9 @@ class CameraSettings:
     """What one camera publishes (parameters cameras.<name>.*)."""
 
     topic: str = setting("", "Image topic; empty means /<name>/image_raw (with /compressed when compressed).")
-    compressed: bool = setting(False, "The image topic carries sensor_msgs/CompressedImage (decoded with OpenCV).")
+    compressed: bool = setting(
+        False, "The image topic carries sensor_msgs/CompressedImage (decoded with OpenCV)."
+    )
     depth_topic: str = setting(
         "",
         "Depth image registered to this camera's colour image (16UC1/mono16 in mm, 32FC1 in m), e.g. a "
