@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 
 from molmo_ros.cli import point as cli
-from molmo_ros.engine import StageTimings
+from molmo_ros.engine.engine import StageTimings
 from molmo_ros.geometry import PixelPoint
 
 WIDTH, HEIGHT = 64, 48
@@ -132,7 +132,7 @@ class FakeAnsweringEngine:
     model_name = "fake"
 
     @classmethod
-    def load(cls, settings) -> "FakeAnsweringEngine":
+    def load(cls, settings, **options) -> "FakeAnsweringEngine":
         return cls()
 
     def generate(self, image, prompts):

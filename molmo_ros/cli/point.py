@@ -164,22 +164,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(task: str, prompt: str, pixels: np.ndarray, args: argparse.Namespace) -> int:
-    from molmo_ros.engine import EngineSettings, MolmoEngine
+    from molmo_ros.backends.settings import BackendSettings
+    from molmo_ros.engine.engine import MolmoEngine
 
     try:
-        settings = EngineSettings(
+        settings = BackendSettings(
             model=args.model,
             revision=args.revision,
             device=args.device,
             dtype=args.dtype,
             max_new_tokens=args.max_new_tokens,
-            cache_dir=args.cache_dir,
-            cache_weights=not args.no_weights_cache,
+            cache_dir=args.cache_dir or "",
         )
     except ValueError as error:
         raise UsageError(str(error)) from error
     try:
-        engine = MolmoEngine.load(settings)
+        engine = MolmoEngine.load(settings, cache_weights=not args.no_weights_cache)
         result = engine.generate(pixels, [prompt])
     except WeightsNotFoundError as error:
         print(f"molmo-point: {error}", file=sys.stderr)

@@ -247,12 +247,13 @@ class PointerNode(Node):
         }
 
     def _load_engine(self, parameters: dict[str, object]) -> PointingEngine:
-        from molmo_ros.engine import EngineSettings, MolmoEngine
-        from molmo_ros.engine.checkpoint import default_model
+        from molmo_ros.backends.settings import BackendSettings
+        from molmo_ros.engine.defaults import default_model
+        from molmo_ros.engine.engine import MolmoEngine
 
         model = parameters["model"] or default_model()
         settings_kwargs = {key: value for key, value in parameters.items() if value != "" and key != "model"}
-        settings = EngineSettings(model=model, **settings_kwargs)
+        settings = BackendSettings(model=model, **settings_kwargs)
         self.get_logger().info(f"loading {model} (device {settings.device}, dtype {settings.dtype})")
         engine = MolmoEngine.load(settings)
         self.get_logger().info(f"model loaded on {engine.device} as {engine.dtype}")
