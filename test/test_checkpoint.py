@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from molmo_ros.engine import checkpoint, checkpoint_reader, checkpoint_source, defaults, weights_cache
+from molmo_ros.engine.config import MolmoConfig
 from molmo_ros.engine.errors import IncompatibleCheckpointError, WeightsNotFoundError
 
 CPU = torch.device("cpu")
@@ -386,3 +387,41 @@ def test_entry_completed_by_another_process_during_conversion_is_used(tmp_path, 
     assert second == first
     assert (first / weights_cache.CACHE_MANIFEST).stat().st_mtime_ns == manifest_before
     assert [path.name for path in cache_root.iterdir()] == [first.name]
+
+
+# Hand-written excerpts of the config.json of the other public Molmo checkpoints (only the fields the
+# check reads, plus a few that show what kind of model it is).
+MOLMO2_CONFIG = {
+    "architectures": ["Molmo2ForConditionalGeneration"],
+    "model_type": "molmo2",
+    "text_config": {"hidden_size": 4096, "model_type": "molmo2_text"},
+}
+MOLMO_7B_D_CONFIG = {
+    "architectures": ["MolmoForCausalLM"],
+    "model_type": "molmo",
+    "hidden_size": 3584,
+    "num_attention_heads": 28,
+    "num_hidden_layers": 28,
+    "qkv_bias": True,
+    "vocab_size": 152064,
+}
+
+
+@pytest.mark.parametrize(
+    ("config", "backend"),
+    [(MOLMO2_CONFIG, "engine.backend: molmo2"), (MOLMO_7B_D_CONFIG, "engine.backend: openai")],
+    ids=["molmo2", "molmo-7b-d"],
+)
+def test_other_molmo_checkpoints_are_refused_naming_the_backend_that_runs_them(tmp_path, config, backend):
+    directory = tmp_path / config["model_type"]
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(config))
+    save_file({"unused": torch.zeros(1)}, directory / "model.safetensors")
+    with pytest.raises(IncompatibleCheckpointError, match=backend):
+        _load(directory)
+
+
+def test_molmoe_config_is_not_mistaken_for_another_molmo(reference_dir):
+    config = json.loads((reference_dir / "real_config.json").read_text())
+    assert config["model_type"] == "molmo"  # MolmoE shares the model type with the dense Molmo-7B models
+    assert MolmoConfig.from_dict(config).num_experts == 64

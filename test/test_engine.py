@@ -228,7 +228,9 @@ def test_device_and_dtype_resolution():
             resolve_device("cuda")
 
 
-@pytest.mark.parametrize("broken", ["config.json", "preprocessor_config.json", "tokenizer_config.json"])
+@pytest.mark.parametrize(
+    "broken", ["config.json", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json"]
+)
 def test_malformed_json_is_an_incompatible_checkpoint_naming_the_file(tmp_path, tiny_model_dir, broken):
     directory = shutil.copytree(tiny_model_dir, tmp_path / "tiny_copy")
     (directory / broken).write_text('{"model_type": "molmo",')

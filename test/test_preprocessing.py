@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from molmo_ros.engine.errors import InvalidImageError
+from molmo_ros.engine.errors import IncompatibleCheckpointError, InvalidImageError
 from molmo_ros.engine.preprocessing import MolmoPreprocessor, select_tiling
 
 CASES = [f"case_{i:02d}" for i in range(7)]
@@ -260,3 +260,12 @@ def test_read_only_buffer_is_accepted_without_warnings(preprocessor):
 def test_invalid_images_are_rejected(preprocessor, bad_image):
     with pytest.raises(InvalidImageError):
         preprocessor.encode_image(bad_image)
+
+
+@pytest.mark.parametrize("content", ['{"version": "1.0", "trunc', "{}"], ids=["truncated", "no-model"])
+def test_corrupt_tokenizer_is_an_incompatible_checkpoint_naming_the_file(tmp_path, tiny_model_dir, content):
+    for name in ("preprocessor_config.json", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((tiny_model_dir / name).read_bytes())
+    (tmp_path / "tokenizer.json").write_text(content)
+    with pytest.raises(IncompatibleCheckpointError, match=str(tmp_path / "tokenizer.json")):
+        MolmoPreprocessor.from_pretrained(tmp_path)

@@ -200,7 +200,14 @@ class MolmoPreprocessor:
                 kwargs[name] = token
         if "clean_up_tokenization_spaces" in tokenizer_config:
             kwargs["clean_up_tokenization_spaces"] = bool(tokenizer_config["clean_up_tokenization_spaces"])
-        tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_file))
+        try:
+            tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_file))
+        # The tokenizers library raises a bare Exception for unreadable or malformed files.
+        except Exception as error:
+            raise IncompatibleCheckpointError(
+                f"{tokenizer_file} is not a readable tokenizer ({error}); restore it from the checkpoint "
+                "(delete the download or the converted-weights entry so it is fetched or copied again)"
+            ) from error
         try:
             return cls(tokenizer, device=device, **kwargs)
         except (ValueError, TypeError) as error:
