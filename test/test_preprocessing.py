@@ -1,4 +1,4 @@
-"""MolmoPreprocessor against the official processor's goldens (reference FACTS.md sections 3 and 4)."""
+"""MolmoPreprocessor against the official processor's goldens (docs/ENGINE.md, "Preprocessing")."""
 
 import io
 import json
@@ -17,7 +17,7 @@ from molmo_ros.engine.preprocessing import DROPPED_SLOT, MolmoPreprocessor, sele
 
 CASES = [f"case_{i:02d}" for i in range(7)]
 IMAGE_CASES = [case for case in CASES if case != "case_06"]
-# FACTS.md section 3, the token table.
+# The special-token table of docs/ENGINE.md, "Preprocessing".
 EXPECTED_TOKEN_IDS = {
     "eos": 50279,
     "pad": 1,
@@ -92,7 +92,7 @@ def test_tiling_and_size_match_sidecar(preprocessor, reference_dir, case):
     ],
 )
 def test_tiling_choice(height, width, expected):
-    # Margins of 8 patches of 14 px removed, windows of 16 patches (FACTS section 4.2).
+    # Margins of 8 patches of 14 px removed, windows of 16 patches (docs/ENGINE.md, "Preprocessing", step 2).
     assert select_tiling(height - 112, width - 112, 224, 12) == expected
 
 
@@ -156,7 +156,7 @@ def test_special_token_ids_match_the_reference_table(preprocessor):
 
 
 def test_prompt_template_example(preprocessor):
-    # FACTS section 3 spells out the tokens of this prompt.
+    # The tokens of this prompt as the reference tokenizer gives them.
     expected = [11447, 27, 3666, 19268, 436, 2460, 15, 17762, 27]
     assert preprocessor.prompt_token_ids("Describe this image.") == expected
 
