@@ -105,6 +105,7 @@ def test_timings_are_measured_and_tokens_counted(engine, reference_dir):
     result = engine.generate(image, [prompt, "Describe this image."], max_new_tokens=5)
     timings = result.timings
     assert min(timings.preprocess_s, timings.vision_s, timings.prefill_s, timings.decode_s) > 0
+    # The same four floats summed in another order: pytest.approx's 1e-6 relative covers the rounding.
     assert timings.total_s == pytest.approx(
         timings.preprocess_s + timings.vision_s + timings.prefill_s + timings.decode_s
     )
