@@ -30,8 +30,9 @@ import transformers
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from molmo_ros.engine import EngineSettings, MolmoEngine  # noqa: E402
+from molmo_ros.backends.settings import BackendSettings  # noqa: E402
 from molmo_ros.engine.config import MolmoConfig  # noqa: E402
+from molmo_ros.engine.engine import MolmoEngine  # noqa: E402
 from molmo_ros.engine.modeling import build_meta_model  # noqa: E402
 from molmo_ros.engine.preprocessing import MolmoPreprocessor  # noqa: E402
 
@@ -60,15 +61,10 @@ def default_reference_dir() -> Path:
 
 
 def tiny_engine(reference_dir: Path, tokens: int) -> MolmoEngine:
-    settings = EngineSettings(
-        model=str(reference_dir / "tiny"),
-        device="cpu",
-        dtype="float32",
-        max_new_tokens=tokens,
-        cache_weights=False,
-        stop_at_eos=False,
+    settings = BackendSettings(
+        model=str(reference_dir / "tiny"), device="cpu", dtype="float32", max_new_tokens=tokens
     )
-    return MolmoEngine.load(settings)
+    return MolmoEngine.load(settings, cache_weights=False, stop_at_eos=False)
 
 
 def random_full_engine(

@@ -13,53 +13,16 @@ import numpy as np
 import PIL.Image
 import torch
 
-from molmo_ros.engine.checkpoint import (
-    DEFAULT_MODEL_ID,
-    DEFAULT_REVISION,
-    load_checkpoint,
-    out_of_memory_guard,
-)
+from molmo_ros.backends.settings import BackendSettings
+from molmo_ros.engine.checkpoint import load_checkpoint
+from molmo_ros.engine.defaults import DEFAULT_REVISION, default_model
+from molmo_ros.engine.device import out_of_memory_guard, release_device_memory, resolve_device, resolve_dtype
 from molmo_ros.engine.errors import EngineError
 from molmo_ros.engine.generation import greedy_generate
 from molmo_ros.engine.modeling import PADDING_ID, MolmoEForPointing
 from molmo_ros.engine.preprocessing import ImageInputs, MolmoPreprocessor
 
 Image = np.ndarray | PIL.Image.Image
-
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-}
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """What to load and how. `device`/`dtype` "auto": CUDA in bfloat16 if present, else CPU in float32."""
-
-    model: str = DEFAULT_MODEL_ID  # Hugging Face id or local checkpoint directory
-    revision: str = DEFAULT_REVISION  # commit of a hub id; ignored for a local directory
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    dtype: str = "auto"  # auto, float32, bfloat16, float16
-    max_new_tokens: int = 200
-    cache_dir: str | None = None  # converted-weights cache; see checkpoint.weights_cache_root
-    cache_weights: bool = True  # keep a one-time bfloat16/float16 conversion for fast later starts
-    stop_at_eos: bool = True  # False forces max_new_tokens tokens (benchmarks)
-
-    def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError("model is empty: give a Hugging Face model id or a checkpoint directory")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        if self.dtype != "auto" and self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be auto or one of {', '.join(_DTYPES)}, got {self.dtype!r}")
-        if self.device != "auto":
-            _parse_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -91,40 +54,9 @@ class EngineResult:
     token_ids: list[list[int]]  # the generated ids per prompt, EOS and anything after it excluded
 
 
-def _parse_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as error:
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from error
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    return device
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = _parse_device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise EngineError(
-                f"device {name!r} was asked for but CUDA is not available here; use device cpu or auto"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise EngineError(
-                f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)"
-            )
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return _DTYPES[name]
-
-
 class MolmoEngine:
-    """Load once with `MolmoEngine.load`, then call `generate`; calls are serialized by a lock."""
+    """Load once with `MolmoEngine.load`, then call `generate`; calls are serialized by a lock.
+    `close` frees the model (and its GPU memory); the engine cannot answer afterwards."""
 
     def __init__(
         self,
@@ -134,10 +66,10 @@ class MolmoEngine:
         device: torch.device,
         dtype: torch.dtype,
         model_name: str,
-        max_new_tokens: int = 200,
+        max_new_tokens: int = BackendSettings.max_new_tokens,
         stop_at_eos: bool = True,
     ) -> None:
-        self.model = model
+        self._model: MolmoEForPointing | None = model
         self.preprocessor = preprocessor
         self._device = device
         self._dtype = dtype
@@ -147,16 +79,23 @@ class MolmoEngine:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, settings: EngineSettings) -> "MolmoEngine":
+    def load(
+        cls, settings: BackendSettings, *, cache_weights: bool = True, stop_at_eos: bool = True
+    ) -> "MolmoEngine":
+        """Load the checkpoint `settings.model` names (empty: $MOLMO_MODEL, else MolmoE-1B at its pinned
+        revision). cache_weights keeps a one-time bfloat16/float16 conversion for fast later starts;
+        stop_at_eos False forces max_new_tokens tokens (benchmarks). A device or dtype this machine cannot
+        use raises InvalidSettingError before anything is read."""
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
+        model = settings.model or default_model()
         loaded = load_checkpoint(
-            settings.model,
-            settings.revision,
+            model,
+            settings.revision or DEFAULT_REVISION,
             device,
             dtype,
-            use_cache=settings.cache_weights,
-            cache_dir=settings.cache_dir,
+            use_cache=cache_weights,
+            cache_dir=settings.cache_dir or None,
         )
         preprocessor = MolmoPreprocessor.from_pretrained(loaded.files_dir, device=device)
         return cls(
@@ -166,8 +105,31 @@ class MolmoEngine:
             dtype=dtype,
             model_name=loaded.description,
             max_new_tokens=settings.max_new_tokens,
-            stop_at_eos=settings.stop_at_eos,
+            stop_at_eos=stop_at_eos,
         )
+
+    @property
+    def model(self) -> MolmoEForPointing:
+        if self._model is None:
+            raise EngineError(
+                f"the engine for {self._model_name} is closed (its model was freed); load a new one"
+            )
+        return self._model
+
+    @property
+    def closed(self) -> bool:
+        return self._model is None
+
+    def close(self) -> None:
+        """Drop the model so its memory is given back (on CUDA, to the driver, visible in nvidia-smi).
+
+        Waits for a running generate call to finish. Whoever still holds the model object itself (not
+        this engine) keeps it alive. Closing twice is harmless."""
+        with self._lock:
+            if self._model is None:
+                return
+            self._model = None
+            release_device_memory(self._device)
 
     @property
     def device(self) -> torch.device:
