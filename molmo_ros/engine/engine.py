@@ -185,7 +185,7 @@ class MolmoEngine:
             cache_dir=settings.cache_dir,
         )
         preprocessor = MolmoPreprocessor.from_pretrained(loaded.files_dir, device=device)
-        return cls(
+        engine = cls(
             loaded.model,
             preprocessor,
             device=device,
@@ -194,6 +194,8 @@ class MolmoEngine:
             max_new_tokens=settings.max_new_tokens,
             stop_at_eos=settings.stop_at_eos,
         )
+        engine.warm_up()
+        return engine
 
     @property
     def device(self) -> torch.device:

@@ -196,28 +196,6 @@ class FastGenerator:
         timings = GenerationTimings(prefill_s=prefill_s, decode_s=decode_s, steps=steps)
         return GenerationOutput(token_ids=token_ids, finished=finished, timings=timings)
 
-    # ------------------------------------------------------------------ warm up
-
-    def warm_up(
-        self, prefix_length: int, prompt_length: int, max_new_tokens: int, batches: Sequence[int]
-    ) -> float:
-        """Allocate the static caches (and on CUDA capture the decode graphs) of the shapes a request of
-        these sizes uses, so the first real request pays none of it. Returns the seconds it took."""
-        started = time.perf_counter()
-        layers = self.model.llm.config.num_hidden_layers
-        heads = self.model.llm.config.num_key_value_heads
-        head_dim = self.model.llm.config.hidden_size // self.model.llm.config.num_attention_heads
-        empty = torch.zeros(1, heads, prefix_length, head_dim, dtype=self.model.dtype, device=self.device)
-        prefix = PrefixCache((empty,) * layers, (empty,) * layers, prefix_length, 0.0, 0.0)
-        for batch in batches:
-            self.generate([prefix], [[0] * prompt_length] * batch, max_new_tokens=2, eos_token_id=None)
-            # Capture the shape real requests of this size will use (graphs are per cache length).
-            padded = 1 << (batch - 1).bit_length() if self.use_cuda_graphs else batch
-            self._state(padded, _round_up(prefix_length + prompt_length + max_new_tokens, CACHE_LENGTH_STEP))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() - started
-
     # --------------------------------------------------------------- internals
 
     def _state(self, batch: int, length: int) -> _DecodeState:
@@ -264,17 +242,14 @@ class FastGenerator:
         """Copy each row's prefix into its cache row and mark which slots hold real tokens."""
         state.key_is_valid.fill_(True)  # answer slots; the causal bound hides those not yet written
         state.key_is_valid[:, : prefix_span + max(len(prompt) for prompt in prompts)] = False
-        for layer_index, layer in enumerate(state.cache.layers):
-            # One copy per distinct prefix object (usually one for the whole batch).
-            for prefix in dict.fromkeys(prefixes):
-                rows = [row for row, p in enumerate(prefixes) if p is prefix]
-                index = torch.tensor(rows, device=self.device)
-                length = prefix.length
-                layer.keys[:, :, :length].index_copy_(
-                    0, index, prefix.keys[layer_index].expand(len(rows), -1, -1, -1)
-                )
-                layer.values[:, :, :length].index_copy_(
-                    0, index, prefix.values[layer_index].expand(len(rows), -1, -1, -1)
+        # One copy per distinct prefix object (usually one for the whole batch) into all its rows.
+        for prefix in dict.fromkeys(prefixes):
+            rows = [row for row, other in enumerate(prefixes) if other is prefix]
+            index = torch.tensor(rows, device=self.device)
+            for layer, keys, values in zip(state.cache.layers, prefix.keys, prefix.values, strict=True):
+                layer.keys[:, :, : prefix.length].index_copy_(0, index, keys.expand(len(rows), -1, -1, -1))
+                layer.values[:, :, : prefix.length].index_copy_(
+                    0, index, values.expand(len(rows), -1, -1, -1)
                 )
         for row, (prefix, prompt) in enumerate(zip(prefixes, prompts, strict=True)):
             state.key_is_valid[row, : prefix.length] = True
