@@ -173,16 +173,26 @@ class MolmoEForPointing(nn.Module):
     def encode_images(self, images: torch.Tensor, image_masks: torch.Tensor) -> torch.Tensor:
         """images [B, N, G*G, p*p*3], image_masks [B, N, G*G] -> image features [B, N, tokens_per_crop, d].
 
+        The ViT runs block by block (the model holds only the blocks up to the deepest one used) and keeps
+        only the outputs of the blocks the connector reads, not every block's output as
+        output_hidden_states would (about 350 MB at 13 crops of the real model).
+
         A crop counts as valid only if NONE of its values is exactly -1, as in AI2's MolmoE code
         (`torch.all(images != -1)`): batch-padding crops (all -1) are zeroed, but so is any real crop in
-        which one normalized value happens to be exactly -1.0 (golden case_00 has such crops). We keep
-        this quirk so outputs match the released model's behaviour.
+        which one normalized value happens to be exactly -1.0 (the reference data's first case has such
+        crops). We keep this quirk so outputs match the released model's behaviour.
         """
         batch, crops = images.shape[:2]
         pixel_values = patches_to_pixels(images.flatten(0, 1), self.config.patch_size).to(self.dtype)
-        vit = self.vision(pixel_values=pixel_values, output_hidden_states=True)
-        # hidden_states[0] is the embedding output, hidden_states[k + 1] the output of block k.
-        features = torch.cat([vit.hidden_states[k + 1] for k in self.config.vit_blocks_used], dim=-1)
+        vision = self.vision
+        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
+        wanted = set(self.config.vit_blocks_used)
+        kept: dict[int, torch.Tensor] = {}
+        for index, block in enumerate(vision.encoder.layers):
+            hidden = block(hidden, None)
+            if index in wanted:
+                kept[index] = hidden
+        features = torch.cat([kept[k] for k in self.config.vit_blocks_used], dim=-1)
         features = features[:, 1:].unflatten(0, (batch, crops))
         crop_is_valid = (images != PADDING_ID).flatten(2).all(dim=-1)
         return self.connector(features, crop_is_valid, image_masks)
