@@ -150,9 +150,12 @@ def _query(args: argparse.Namespace, pointer: _Child) -> int:
             if time.monotonic() > deadline:
                 print(f"the pointer node was not ready after {args.timeout:g} s", file=sys.stderr)
                 return EXIT_NODE_FAILED
-        response = _call(node, client, Point.Request(query=args.query), deadline)
+        response = _call(node, client, Point.Request(query=args.query), deadline, pointer)
         if response is None:
-            print("no answer from /molmo/point", file=sys.stderr)
+            if pointer.poll() is not None:
+                print(f"the pointer node stopped before it answered:\n{_stop(pointer)}", file=sys.stderr)
+            else:
+                print("no answer from /molmo/point", file=sys.stderr)
             return EXIT_NODE_FAILED
         _print_response(args.query, response)
         return 0 if response.success else 1
@@ -161,13 +164,21 @@ def _query(args: argparse.Namespace, pointer: _Child) -> int:
         rclpy.try_shutdown()
 
 
-def _call(node: Node, client: Client, request: Point.Request, deadline: float) -> Point.Response | None:
-    """Retries while no camera frame has arrived yet, which is normal in the first second."""
-    while time.monotonic() < deadline:
+# Answers that only mean "not ready yet": the node offers its service from configure on, loads the model
+# on activate (frames are not taken meanwhile), and the first frames may have aged during the load.
+NOT_READY_YET = (Point.Response.NO_FRAME, Point.Response.STALE_FRAME, Point.Response.NOT_ACTIVE)
+
+
+def _call(
+    node: Node, client: Client, request: Point.Request, deadline: float, pointer: _Child
+) -> Point.Response | None:
+    """Retries while the node is not ready yet; None when it stopped or the deadline passed."""
+    while time.monotonic() < deadline and pointer.poll() is None:
         future = client.call_async(request)
-        rclpy.spin_until_future_complete(node, future, timeout_sec=max(1.0, deadline - time.monotonic()))
-        response = future.result()
-        if response is None or response.error_code != Point.Response.NO_FRAME:
+        while not future.done() and time.monotonic() < deadline and pointer.poll() is None:
+            rclpy.spin_until_future_complete(node, future, timeout_sec=0.5)
+        response = future.result() if future.done() else None
+        if response is not None and response.error_code not in NOT_READY_YET:
             return response
         time.sleep(0.2)
     return None

@@ -570,6 +570,21 @@ def test_lifecycle_transitions_over_dds_and_requests_while_inactive(make_rig):
     assert rig.user.point("cup").success, "configure and activate again after cleanup"
 
 
+def test_bad_parameters_fail_the_configure_transition_with_the_reason(make_rig, capfd):
+    rig = make_rig(autostart=False, prompt_template="Find it")
+    lifecycle = LifecycleClient(rig)
+    assert not lifecycle.transition(Transition.TRANSITION_CONFIGURE)
+    assert lifecycle.state() == State.PRIMARY_STATE_UNCONFIGURED
+    logged = capfd.readouterr().err
+    assert "cannot configure" in logged and "{query}" in logged, logged
+    fixed = rig.node.set_parameters([Parameter("prompt_template", value="Find the {query}")])[0]
+    assert fixed.successful, fixed.reason
+    assert lifecycle.transition(Transition.TRANSITION_CONFIGURE)
+    assert lifecycle.transition(Transition.TRANSITION_ACTIVATE)
+    rig.send_front(2)
+    assert rig.user.point("cup").result.prompt == "Find the cup"
+
+
 def test_deactivate_answers_the_running_and_the_waiting_requests(make_rig):
     engine = ScriptedEngine(hold=True)
     rig = make_rig(engine, queue_size=3)

@@ -7,7 +7,7 @@ types): they are declared with dynamic typing and converted to floats before any
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -57,20 +57,27 @@ def _descriptor(spec: SettingSpec, read_only: bool) -> ParameterDescriptor:
     return descriptor
 
 
-def declare_settings(
-    node: Node, settings_class: type[SettingsT], prefix: str = "", **fixed: Any
-) -> SettingsT:
-    """Declares one parameter per setting of `settings_class` and builds the settings from their values.
-
-    Settings marked `runtime` stay writable; all others are read-only. `fixed` fills dataclass fields that
-    are not parameters. Raises ValueError (with the parameter named) for a value of the wrong type.
-    """
-    values = dict(fixed)
+def declare_setting_parameters(node: Node, settings_class: type, prefix: str = "") -> None:
+    """Declares one parameter per setting of `settings_class` (once: again after a lifecycle cleanup is a
+    no-op). Settings marked `runtime` stay writable; all others are read-only. Values are checked only
+    when read (`read_settings`), so a lifecycle node can fail its configure transition with the reason."""
     for spec in setting_specs(settings_class, prefix):
+        if node.has_parameter(spec.parameter):
+            continue
         default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
-        parameter = node.declare_parameter(spec.parameter, default, _descriptor(spec, not spec.info.runtime))
-        values[spec.field_name] = setting_value(spec, parameter.value)
-    return settings_class(**values)
+        node.declare_parameter(spec.parameter, default, _descriptor(spec, not spec.info.runtime))
+
+
+def read_settings(node: Node, settings_class: type[SettingsT], prefix: str = "", **fixed: Any) -> SettingsT:
+    """The settings built from the declared parameters' values; ValueError naming what is wrong.
+
+    `fixed` fills dataclass fields that are not parameters, or replaces a parameter's value (a change
+    being checked before it is applied)."""
+    values = {
+        spec.field_name: setting_value(spec, node.get_parameter(spec.parameter).value)
+        for spec in setting_specs(settings_class, prefix)
+    }
+    return settings_class(**{**values, **fixed})
 
 
 def setting_value(spec: SettingSpec, value: Any) -> Any:
@@ -109,7 +116,3 @@ def float_parameter_names(*specs_sources: tuple[type, str]) -> set[str]:
         for spec in setting_specs(settings_class, prefix)
         if isinstance(spec.default, float)
     }
-
-
-def field_names(settings_class: type) -> set[str]:
-    return {item.name for item in fields(settings_class)}

@@ -47,8 +47,9 @@ from molmo_ros.nodes import messages
 from molmo_ros.nodes.image_messages import frame_from_compressed, frame_from_image
 from molmo_ros.nodes.parameters import (
     NodeSettings,
-    declare_settings,
+    declare_setting_parameters,
     float_parameter_names,
+    read_settings,
     runtime_specs,
     setting_value,
     to_float_parameters,
@@ -72,7 +73,9 @@ REQUEST_QOS = QoSProfile(
 )
 RESULTS_DEPTH = 10
 MARKER_NAMESPACE = "molmo"
-FEEDBACK_STAGES = {Stage.QUEUED: PointAction.Feedback.QUEUED, Stage.VISION: PointAction.Feedback.VISION}
+# Every settings class whose fields are parameters, with its parameter prefix (cameras.<name>.* are
+# declared at configure, once camera_names is known).
+SETTINGS = ((NodeSettings, ""), (PointingSettings, ""), (DepthSettings, ""), (BackendSettings, "engine."))
 
 
 class PointerNode(LifecycleNode):
@@ -92,18 +95,9 @@ class PointerNode(LifecycleNode):
         self._ros_entities: list[Any] = []
         self._goal_tickets: dict[bytes, Ticket] = {}
         self.frames = LatestFrames()
-        self.node_settings = declare_settings(self, NodeSettings)
-        self.settings = declare_settings(self, PointingSettings)
-        self.cameras = {
-            name: declare_settings(self, CameraSettings, f"cameras.{name}.", name=name)
-            for name in self.settings.cameras
-        }
-        self.depth_settings = declare_settings(self, DepthSettings)
-        self.engine_settings = declare_settings(self, BackendSettings, "engine.")
-        for camera in self.cameras.values():
-            for topic in (camera.image_topic(), camera.info_topic(), camera.depth_topic):
-                if topic:
-                    validate_topic_name(topic)
+        for settings_class, prefix in SETTINGS:
+            declare_setting_parameters(self, settings_class, prefix)
+        self.settings: PointingSettings | None = None  # read at configure
         self._runtime = runtime_specs(PointingSettings)
         float_names = float_parameter_names(
             (PointingSettings, ""), (DepthSettings, ""), (BackendSettings, "engine.")
@@ -118,7 +112,7 @@ class PointerNode(LifecycleNode):
     def start(self) -> bool:
         """With autostart, configure and activate now (what `ros2 launch` users expect); else wait for a
         lifecycle manager. False when a transition failed (its reason was logged)."""
-        if not self.node_settings.autostart:
+        if not self.get_parameter("autostart").value:
             self.get_logger().info(
                 "unconfigured: waiting for a lifecycle manager (parameter autostart is false)"
             )
@@ -128,8 +122,29 @@ class PointerNode(LifecycleNode):
             and self.trigger_activate() == TransitionCallbackReturn.SUCCESS
         )
 
+    def _read_parameters(self) -> None:
+        """All settings from the parameters; ValueError (or rclpy's own) with the reason when one is bad."""
+        self.node_settings = read_settings(self, NodeSettings)
+        self.settings = read_settings(self, PointingSettings)
+        self.cameras = {}
+        for name in self.settings.cameras:
+            declare_setting_parameters(self, CameraSettings, f"cameras.{name}.")
+            self.cameras[name] = read_settings(self, CameraSettings, f"cameras.{name}.", name=name)
+        self.depth_settings = read_settings(self, DepthSettings)
+        self.engine_settings = read_settings(self, BackendSettings, "engine.")
+        for camera in self.cameras.values():
+            for topic in (camera.image_topic(), camera.info_topic(), camera.depth_topic):
+                if topic:
+                    validate_topic_name(topic)
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Creates the subscriptions, publishers, services and the action; the model is loaded on activate."""
+        """Reads and checks the parameters, then creates the subscriptions, publishers, services and the
+        action; the model is loaded on activate. Bad parameters fail the transition with the reason."""
+        try:
+            self._read_parameters()
+        except CONFIGURATION_ERRORS as error:
+            self.get_logger().error(f"cannot configure: {error}")
+            return TransitionCallbackReturn.FAILURE
         qos = QoSProfile(
             depth=1,
             reliability=ReliabilityPolicy.RELIABLE
@@ -257,14 +272,16 @@ class PointerNode(LifecycleNode):
     def _check_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         """Validates a change without applying it (read-only parameters are refused by rclpy itself)."""
         try:
-            replace(self.settings, **self._runtime_changes(parameters))
+            replace(
+                self.settings or read_settings(self, PointingSettings), **self._runtime_changes(parameters)
+            )
         except ValueError as error:
             return SetParametersResult(successful=False, reason=str(error))
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, parameters: list[Parameter]) -> None:
         changes = self._runtime_changes(parameters)
-        if changes:
+        if changes and self.settings is not None:
             self.settings = replace(self.settings, **changes)
             if self.pointing is not None:
                 self.pointing.apply_settings(self.settings)

@@ -40,6 +40,16 @@ def main() -> int:
     if not client.wait_for_service(timeout_sec=60):
         print(json.dumps({"error": "no service"}), flush=True)
         return 1
+    # wait_for_service only says the node's request reader is matched; its response writer may not be
+    # matched to this client yet, and DDS drops answers sent before that. One answered call (an empty
+    # query, refused at once) proves both directions, as any client's first call would.
+    probe = client.call_async(Point.Request(query=""))
+    deadline = time.monotonic() + 60
+    while not probe.done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not probe.done():
+        print(json.dumps({"error": "the probe call was never answered"}), flush=True)
+        return 1
     print("ready", flush=True)
     sys.stdin.readline()  # the test says go, so that several clients send at the same moment
     futures = [client.call_async(Point.Request(query=f"{prefix} {i}")) for i in range(count)]
