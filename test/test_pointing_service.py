@@ -578,7 +578,7 @@ def test_deactivate_stops_a_running_standing_query(make_harness):
     stopper.start()
     stopper.join(ANSWER_TIMEOUT_S / 2)
     assert not stopper.is_alive(), "deactivate must not wait for a held standing-query generation"
-    assert harness.outcomes == []
+    assert harness.outcomes == [] and harness.errors == [], "a stopped standing run reports nothing"
 
 
 # --- cancel and progress ------------------------------------------------------------------------------

@@ -120,6 +120,8 @@ class PointingService:
         self._standing_seen: dict[str, int] = {}
         self._standing_next_camera = 0
         self._standing_busy = False
+        # The running standing-query generation, so that deactivate can stop it like a request.
+        self._standing_control: GenerationControl | None = None
         self._state = _State.INACTIVE
         self._inactive_reason = "the node is not active yet (lifecycle: configure and activate it)"
         self._backend: PointingBackend | None = None
@@ -184,6 +186,8 @@ class PointingService:
             for ticket in self._running:
                 ticket.stop_reason = ticket.stop_reason or error
                 ticket.control.cancel()
+            if self._standing_control is not None:
+                self._standing_control.cancel()
             backend, self._backend = self._backend, None
             workers, self._workers = self._workers, []
             self._wake.notify_all()
@@ -324,6 +328,7 @@ class PointingService:
                     camera = self._camera_with_new_frame()
                     if camera is not None:
                         self._standing_busy = True
+                        self._standing_control = GenerationControl()
                         return None, camera, True
                 self._wake.wait()
             else:
@@ -366,20 +371,24 @@ class PointingService:
                 self._answer_standing_query(standing_camera)
 
     def _answer_standing_query(self, camera: str) -> None:
+        control = self._standing_control
+        assert control is not None, "set with the lock held when the standing run was chosen"
         try:
             query = self._standing_query
             if query is None or self._frames.get(camera) is None:
                 return
             request = PointingRequest(query=query, cameras=(camera,))
             try:
-                outcome = self._answer_safely(request, GenerationControl())
+                outcome = self._answer_safely(request, control)
             except PointingError as error:
-                self._notify(self._on_error, error)
+                if not control.cancelled:  # stopped by deactivate: nobody asked, nothing to report
+                    self._notify(self._on_error, error)
             else:
                 self._notify(self._on_outcome, outcome)
         finally:
             with self._wake:
                 self._standing_busy = False
+                self._standing_control = None
                 self._wake.notify_all()
 
     def _fail(self, ticket: Ticket, error: PointingError) -> None:
