@@ -599,6 +599,49 @@ def test_progress_of_one_request_is_queued_then_vision_then_each_decoding_step(m
         ]
 
 
+class SlowFirstPublish(ProgressLog):
+    """A feedback publish that takes a moment the first time (the QUEUED report made by submit): a
+    report is on the wire only when the call returns."""
+
+    PUBLISH_S = 0.2  # far longer than a worker needs to take up an idle request (well under 1 ms)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._first_call = threading.Event()
+
+    def __call__(self, stage: Stage, value: int) -> None:
+        if not self._first_call.is_set():
+            self._first_call.set()
+            time.sleep(self.PUBLISH_S)
+        super().__call__(stage, value)
+
+
+def test_queued_is_reported_before_vision_even_when_publishing_takes_time(make_harness):
+    harness = make_harness(ScriptedEngine(answer=lambda prompt, image: "a"))
+    harness.put(make_frame("front", harness.clock.now_ns))
+    progress = SlowFirstPublish()
+    harness.submit(on_progress=progress).future.result(ANSWER_TIMEOUT_S)
+    assert progress.snapshot() == [(Stage.QUEUED, 0), (Stage.VISION, 0), (Stage.DECODING, 1)]
+
+
+def test_the_last_queue_position_reported_is_the_true_one(make_harness):
+    engine = ScriptedEngine(hold=True)
+    harness = make_harness(engine, queue_size=3)
+    harness.put(make_frame("front", harness.clock.now_ns))
+    harness.submit("cup")
+    assert engine.wait_started()
+    harness.submit("a")
+    progress = SlowFirstPublish()
+    submitter = threading.Thread(target=lambda: harness.submit("b", on_progress=progress))
+    submitter.start()
+    assert wait_until(lambda: harness.service.pending() == 2)
+    engine.release()  # the worker takes "a" while "b"'s first report (position 1) is being published
+    submitter.join(ANSWER_TIMEOUT_S)
+    assert engine.wait_started()
+    assert progress.snapshot() == [(Stage.QUEUED, 1), (Stage.QUEUED, 0)]
+    engine.release(2)
+
+
 def test_cancelling_a_waiting_request_answers_it_at_once_and_reports_new_positions(make_harness):
     engine = ScriptedEngine(hold=True)
     harness = make_harness(engine, queue_size=3)

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -226,29 +226,24 @@ class PointingService:
                         "try again shortly",
                     )
                 self._jobs.append(ticket)
-                position = len(self._jobs) - 1
+                self._notify(ticket.control.report, Stage.QUEUED, len(self._jobs) - 1)
                 self._wake.notify_all()
         except PointingError as error:
             self._fail(ticket, error)
-            return ticket
-        self._notify(ticket.control.report, Stage.QUEUED, position)
         return ticket
 
     def cancel(self, ticket: Ticket) -> None:
         error = PointingError(ErrorCode.CANCELED, "the request was cancelled by its client")
         with self._wake:
-            if ticket in self._jobs:
-                self._jobs.remove(ticket)
-                waiting = None
-            elif ticket in self._running:
+            if ticket in self._running:
                 ticket.stop_reason = ticket.stop_reason or error
                 ticket.control.cancel()
                 return
-            else:
+            if ticket not in self._jobs:
                 return  # already answered
-            waiting = list(self._jobs)
+            self._jobs.remove(ticket)
+            self._report_positions()
         self._fail(ticket, error)
-        self._report_positions(waiting)
 
     def set_standing_query(self, query: str) -> None:
         """Points at every new frame while set; an empty query clears it. Invalid queries raise."""
@@ -322,8 +317,8 @@ class PointingService:
                 if self._jobs:
                     ticket = self._jobs.popleft()
                     self._running.add(ticket)
-                    waiting = list(self._jobs)
-                    break
+                    self._report_positions()
+                    return ticket, None, True
                 if not self._standing_busy:
                     camera = self._camera_with_new_frame()
                     if camera is not None:
@@ -331,10 +326,7 @@ class PointingService:
                         self._standing_control = GenerationControl()
                         return None, camera, True
                 self._wake.wait()
-            else:
-                return None, None, False
-        self._report_positions(waiting)
-        return ticket, None, True
+            return None, None, False
 
     def _camera_with_new_frame(self) -> str | None:
         if self._standing_query is None:
@@ -396,8 +388,11 @@ class PointingService:
             ticket.future.set_exception(error)
         self._notify(self._on_error, error)
 
-    def _report_positions(self, waiting: Sequence[Ticket]) -> None:
-        for position, ticket in enumerate(waiting):
+    def _report_positions(self) -> None:
+        """Tells every waiting request its place. Called with the lock held, as is submit's first report,
+        so that each client hears its positions in the order the queue changed, and QUEUED before the
+        worker's VISION (a feedback publish only hands the message to DDS: it never waits)."""
+        for position, ticket in enumerate(list(self._jobs)):
             self._notify(ticket.control.report, Stage.QUEUED, position)
 
     @staticmethod
