@@ -549,6 +549,20 @@ def test_reactivated_service_waits_for_a_new_frame(make_harness):
     assert len(engine.calls) == 1
 
 
+def test_standing_query_answers_the_first_frame_after_reactivation(make_harness):
+    engine = ScriptedEngine()
+    harness = make_harness(engine)
+    harness.service.set_standing_query("cup")
+    for count in range(1, 4):
+        harness.put(make_frame("front", harness.clock.now_ns, value=count))
+        assert wait_until(lambda expected=count: len(engine.calls) == expected)
+    harness.service.deactivate()
+    harness.service.activate(engine)
+    harness.put(make_frame("front", harness.clock.now_ns, value=7))
+    assert wait_until(lambda: len(engine.calls) == 4), "the standing query stays set across a deactivation"
+    assert int(engine.calls[3].image[0, 0, 0]) == 7
+
+
 def test_stop_answers_every_request_shutting_down_and_refuses_new_ones(make_harness):
     engine = ScriptedEngine(hold=True)
     harness = make_harness(engine, queue_size=3)

@@ -188,6 +188,9 @@ class PointingService:
                 ticket.control.cancel()
             if self._standing_control is not None:
                 self._standing_control.cancel()
+            # The frames are forgotten below and their counts restart: the standing query must take
+            # the first new frame as new, not wait for as many frames as it had seen.
+            self._standing_seen = {}
             backend, self._backend = self._backend, None
             workers, self._workers = self._workers, []
             self._wake.notify_all()
