@@ -164,6 +164,9 @@ class PointingService:
         with self._wake:
             if self._state is _State.STOPPED:
                 raise RuntimeError("the pointing service was stopped")
+            if self._state is _State.ACTIVE:
+                # A second set of workers would outlive deactivate() and use a backend being freed.
+                raise RuntimeError("the pointing service is already active; deactivate it first")
             self._backend = backend
             self._state = _State.ACTIVE
             self._workers = [
