@@ -563,6 +563,17 @@ def test_standing_query_answers_the_first_frame_after_reactivation(make_harness)
     assert int(engine.calls[3].image[0, 0, 0]) == 7
 
 
+def test_activating_an_active_service_is_refused_and_keeps_its_backend(make_harness):
+    engine = ScriptedEngine()
+    harness = make_harness(engine)
+    with pytest.raises(RuntimeError, match="already active"):
+        harness.service.activate(ScriptedEngine())
+    assert harness.service.backend is engine
+    harness.put(make_frame("front", harness.clock.now_ns))
+    harness.point("cup")
+    assert len(engine.calls) == 1
+
+
 def test_stop_answers_every_request_shutting_down_and_refuses_new_ones(make_harness):
     engine = ScriptedEngine(hold=True)
     harness = make_harness(engine, queue_size=3)
@@ -782,6 +793,22 @@ def test_unknown_camera_in_the_list_is_refused(make_harness):
     harness = two_camera_harness(make_harness, ScriptedEngine(max_images=2))
     error = failure(harness, "mug", cameras=("front", "rear"))
     assert error.code == ErrorCode.UNKNOWN_CAMERA and "'rear'" in str(error)
+
+
+def test_camera_named_twice_in_the_list_is_refused(make_harness):
+    harness = two_camera_harness(make_harness, ScriptedEngine(max_images=2))
+    error = failure(harness, "mug", cameras=("front", "front"))
+    assert error.code == ErrorCode.UNKNOWN_CAMERA and "named twice" in str(error)
+
+
+def test_a_stale_frame_of_one_listed_camera_is_refused_naming_it(make_harness):
+    engine = ScriptedEngine(max_images=2)
+    harness = make_harness(engine)
+    harness.put(make_frame("front", harness.clock.now_ns))
+    harness.put(make_frame("wrist", harness.clock.now_ns - 5 * SECOND))
+    error = failure(harness, "mug", camera=ALL_CAMERAS)
+    assert error.code == ErrorCode.STALE_FRAME and "'wrist'" in str(error)
+    assert engine.calls == []
 
 
 def test_missing_frame_of_one_listed_camera_is_no_frame(make_harness):
