@@ -860,6 +860,15 @@ def test_the_depth_frame_nearest_in_stamp_is_used(make_harness):
     assert outcome.view.depth_stamp_ns == stamp - 5 * MILLISECOND
 
 
+def test_among_depth_frames_equally_near_in_stamp_the_newest_is_used(make_harness):
+    harness = depth_harness(make_harness)
+    stamp = harness.clock.now_ns
+    harness.put(make_frame("front", stamp))
+    for metres in (1.0, 2.0, 3.0):  # e.g. a driver that stamps every depth frame alike
+        harness.frames.put_depth(make_depth("front", stamp, metres))
+    assert harness.point("cup").points[0].position_m[2] == 3.0
+
+
 def test_depth_beyond_max_depth_skew_leaves_2d_points_and_says_why(make_harness):
     harness = depth_harness(make_harness, depth_settings=DepthSettings(max_depth_skew=0.05))
     stamp = harness.clock.now_ns
@@ -904,6 +913,48 @@ def test_required_depth_turns_unusable_depth_into_no_depth(make_harness, by_requ
     error = failure(harness, "cup", require_depth=by_request)
     assert error.code == ErrorCode.NO_DEPTH and "depth_registered" in str(error)
     assert harness.outcomes == []
+
+
+def test_depth_without_camera_info_keeps_2d_points_and_names_the_topic(make_harness):
+    camera = CameraSettings(name="front", topic="/front/color/image_raw", depth_topic="/d")
+    harness = make_harness(
+        ScriptedEngine(answer=lambda prompt, image: CENTRE_ANSWER), cameras={"front": camera}
+    )
+    harness.put(make_frame("front", harness.clock.now_ns))
+    harness.frames.put_depth(make_depth("front", harness.clock.now_ns, 2.0))
+    outcome = harness.point("cup")
+    assert outcome.points[0].position_m is None
+    assert "/front/color/camera_info" in outcome.view.depth_status
+
+
+def test_unusable_camera_info_keeps_2d_points_and_says_why(make_harness):
+    harness = depth_harness(make_harness)
+    zeros = CameraInfo("front_optical", 64, 48, "plumb_bob", (0.0,) * 5, (0.0,) * 9, (0.0,) * 12)
+    harness.frames.put_camera_info("front", zeros)
+    harness.put(make_frame("front", harness.clock.now_ns))
+    harness.frames.put_depth(make_depth("front", harness.clock.now_ns, 2.0))
+    outcome = harness.point("cup")
+    assert outcome.points[0].position_m is None and "CameraInfo" in outcome.view.depth_status
+
+    harness.frames.put_camera_info("front", make_camera_info("front_optical", width=32, height=24))
+    outcome = harness.point("cup")
+    assert outcome.points[0].position_m is None
+    assert "32x24" in outcome.view.depth_status and "64x48" in outcome.view.depth_status
+
+
+def test_unreadable_depth_image_keeps_2d_points_and_says_why(make_harness):
+    harness = depth_harness(make_harness)
+    stamp = harness.clock.now_ns
+    harness.put(make_frame("front", stamp))
+    data = bytes(64 * 48 * 3)
+    harness.frames.put_depth(
+        DepthFrame(
+            "front", stamp, "front_optical", 64, 48, lambda: depth_to_metres(data, "rgb8", 48, 64, 192, False)
+        )
+    )
+    outcome = harness.point("cup")
+    assert outcome.points[0].position_m is None and (outcome.points[0].x, outcome.points[0].y) == (16.0, 24.0)
+    assert "'rgb8' is not supported" in outcome.view.depth_status
 
 
 def test_camera_without_depth_topic_keeps_2d_points_and_says_so(make_harness):
