@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/engine.py                 # (a) the tiny reference model on CPU
     .venv/bin/python bench/engine.py --full-random   # (b) real MolmoE-1B shape, random bf16 weights, CUDA
+    .venv/bin/python bench/engine.py --backend molmo2  # (c) a tiny random Molmo2 (transformers) on CPU
 
 For 640x480 and 1920x1080 frames it runs one prompt, then 8 prompts on the same frame, with every
 answer forced to --tokens tokens (EOS ignored), and prints the median over --runs timed runs (after
@@ -16,11 +17,13 @@ import os
 import platform
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import torch
 import transformers
 
@@ -164,6 +167,88 @@ def describe_environment(engine: MolmoEngine) -> None:
     print(f"model: {engine.model_name}")
 
 
+def run_molmo2(tokens: int, warmup: int, runs: int) -> int:
+    """(c): the molmo2 backend on the tiny random Molmo2 of the tests, stage by stage.
+
+    Cases: one and eight prompts about one frame (the eight share one vision pass), one prompt about two
+    frames, and eight prompts through the library's plain path (pixels into every `generate`, no
+    sharing) to show what the sharing saves. Answers are forced to `tokens` tokens (min_new_tokens).
+    """
+    import tempfile
+
+    sys.path.insert(0, str(REPO_ROOT / "test"))
+    from molmo2_tiny import build_tiny_molmo2
+
+    from molmo_ros.backends.molmo2 import Molmo2Backend
+    from molmo_ros.backends.settings import BackendSettings
+
+    with tempfile.TemporaryDirectory(prefix="tiny_molmo2_") as directory:
+        build_tiny_molmo2(Path(directory))
+        settings = BackendSettings(backend="molmo2", model=directory, device="cpu", max_new_tokens=tokens)
+        backend = Molmo2Backend.load(settings)
+    backend.model.generation_config.min_new_tokens = tokens  # EOS ignored, as in (a) and (b)
+    print(f"device: cpu ({platform.processor() or 'CPU'}, {torch.get_num_threads()} threads), float32")
+    versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
+    print(f"python {platform.python_version()}, {versions}")
+    print(
+        f"model: tiny random Molmo2 (test/molmo2_tiny.py); median of {runs} runs after {warmup} warm-up runs"
+    )
+    print(f"{tokens} tokens per answer\n")
+    header = (
+        f"{'case':<36}{'preproc ms':>11}{'vision ms':>11}{'prefill ms':>11}{'decode ms':>11}"
+        f"{'tokens':>8}{'ms/token':>9}{'total ms':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for width, height in FRAMES:
+        image = frame(width, height)
+        cases = [
+            (f"molmo2 {width}x{height} x1", [image], 1),
+            (f"molmo2 {width}x{height} x{PROMPTS_PER_FRAME} shared", [image], PROMPTS_PER_FRAME),
+            (f"molmo2 2 x {width}x{height} x1", [image, image[::-1].copy()], 1),
+        ]
+        for case, images, prompts in cases:
+            rows = []
+            for run in range(warmup + runs):
+                started = time.perf_counter()
+                backend.generate(images, [PROMPT] * prompts)
+                total = time.perf_counter() - started
+                t = backend.last_timings
+                if run >= warmup:
+                    steps = sum(max(1, count - 1) for count in t.new_tokens)
+                    rows.append(
+                        (
+                            t.preprocess_s,
+                            t.vision_s,
+                            sum(t.prefill_s),
+                            sum(t.decode_s),
+                            sum(t.new_tokens),
+                            steps,
+                            total,
+                        )
+                    )
+            preprocess, vision, prefill, decode, new_tokens, steps, total = (
+                statistics.median(column) for column in zip(*rows, strict=True)
+            )
+            print(
+                f"{case:<36}"
+                + "".join(f"{seconds * 1e3:>11.1f}" for seconds in (preprocess, vision, prefill, decode))
+                + f"{int(new_tokens):>8d}{decode * 1e3 / steps:>9.2f}{total * 1e3:>10.1f}"
+            )
+        plain = []
+        for run in range(warmup + runs):
+            started = time.perf_counter()
+            for _ in range(PROMPTS_PER_FRAME):
+                inputs = backend._prompt_inputs([PIL.Image.fromarray(image)], PROMPT)
+                backend.model.generate(**inputs, max_new_tokens=tokens, do_sample=False)
+            if run >= warmup:
+                plain.append(time.perf_counter() - started)
+        plain_case = f"plain {width}x{height} x{PROMPTS_PER_FRAME} (no sharing)"
+        print(f"{plain_case:<36}{'':>52}{statistics.median(plain) * 1e3:>18.1f}")
+    backend.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -175,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=16, help="tokens per answer (EOS ignored)")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per case (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per case first")
+    parser.add_argument("--backend", choices=("molmoe", "molmo2"), default="molmoe", help="molmo2: (c)")
     args = parser.parse_args(argv)
+    if args.backend == "molmo2":
+        return run_molmo2(args.tokens, args.warmup, args.runs)
 
     if args.full_random:
         if not torch.cuda.is_available():

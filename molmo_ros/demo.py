@@ -1,8 +1,9 @@
 """`molmo-demo`: the whole product in one command.
 
 Starts the bundled image folder publisher and the pointer node as their own processes, asks the
-node to point at something over its service, and prints the points. DDS traffic stays on this
-machine unless the caller already chose otherwise.
+node to point at something over its service, and prints the points, in pixels and, lifted with the
+camera's synthetic registered depth image, in metres. DDS traffic stays on this machine unless the
+caller already chose otherwise.
 """
 
 import argparse
@@ -20,8 +21,15 @@ import rclpy
 from rclpy.client import Client
 from rclpy.node import Node
 
+from molmo_ros.depth import camera_info_topic_beside
+from molmo_ros.msg import PointingResult
+from molmo_ros.nodes.image_folder_publisher import DEFAULT_DEPTH_TOPIC
 from molmo_ros.resources import share_dir
 from molmo_ros.srv import Point
+
+# The camera of config/pointer.yaml, its image topic, and where the bundled camera publishes depth
+CAMERA = "camera"
+CAMERA_TOPIC = "/camera/image_raw"
 
 EXIT_NODE_FAILED = 3
 
@@ -86,8 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     env = _environment()
     os.environ.update(env)
     config = share_dir() / "config" / "pointer.yaml"
-    camera_args = ["-p", "rate:=5.0"] + (["-p", f"folder:={args.images}"] if args.images else [])
-    pointer_args = ["--params-file", str(config), "-p", f"engine.device:={args.device}"]
+    camera_args = ["-p", "rate:=5.0", "-p", f"topic:={CAMERA_TOPIC}"]
+    camera_args += ["-p", f"folder:={args.images}"] if args.images else []
+    pointer_args = [
+        "--params-file",
+        str(config),
+        "-p",
+        f"engine.device:={args.device}",
+        "-p",
+        f"cameras.{CAMERA}.depth_topic:={DEFAULT_DEPTH_TOPIC}",
+        "-p",
+        f"cameras.{CAMERA}.camera_info_topic:={camera_info_topic_beside(CAMERA_TOPIC)}",
+    ]
     if args.model:
         pointer_args += ["-p", f"engine.model:={args.model}"]
     camera = _start("molmo_ros.nodes.image_folder_publisher", camera_args, env)
@@ -156,6 +174,27 @@ def _print_response(query: str, response: Point.Response) -> None:
     print(f"result: {response.message}")
     for point, label in zip(result.points, result.labels, strict=True):
         print(f"  {label}: x={point.x:.1f} y={point.y:.1f} (pixels)")
+    _print_3d(result)
+
+
+def _print_3d(result: PointingResult) -> None:
+    """The points in metres where the node lifted them; otherwise why it did not."""
+    if len(result.points_3d) != len(result.points):
+        reasons = [view.depth_status for view in result.views if view.depth_status]
+        print("no 3D points" + (f": {'; '.join(reasons)}" if reasons else " in the answer"))
+        return
+    frames = [view.header.frame_id for view in result.views] or [result.header.frame_id]
+    for index, (point, valid, spread, label) in enumerate(
+        zip(result.points_3d, result.depth_valid, result.depth_spread, result.labels, strict=True)
+    ):
+        if not valid:
+            print(f"  {label}: no valid depth at this point")
+            continue
+        frame = frames[result.point_views[index]] if index < len(result.point_views) else frames[0]
+        print(
+            f"  {label}: x={point.x:.3f} y={point.y:.3f} z={point.z:.3f} m in {frame} "
+            f"(depth spread {spread * 1000:.0f} mm)"
+        )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from builtin_interfaces.msg import Time
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.publisher import Publisher
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from molmo_ros.image_conversion import rgb_to_raw
@@ -41,6 +41,34 @@ def image_message(rgb: np.ndarray, stamp_ns: int, frame_id: str, encoding: str =
         is_bigendian=0,
         step=step,
         data=data,
+    )
+
+
+def depth_message(metres: float, width: int, height: int, stamp_ns: int, frame_id: str) -> Image:
+    """A flat 16UC1 depth image (millimetres), as RealSense and most depth drivers publish it."""
+    depth = np.full((height, width), round(metres * 1000), dtype=np.uint16)
+    return Image(
+        header=Header(stamp=stamp(stamp_ns), frame_id=frame_id),
+        height=height,
+        width=width,
+        encoding="16UC1",
+        is_bigendian=0,
+        step=width * 2,
+        data=depth.tobytes(),
+    )
+
+
+def camera_info_message(width: int, height: int, focal_px: float, frame_id: str) -> CameraInfo:
+    """A pinhole camera without distortion, its principal point at the image centre."""
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    return CameraInfo(
+        header=Header(frame_id=frame_id),
+        width=width,
+        height=height,
+        distortion_model="plumb_bob",
+        d=[0.0] * 5,
+        k=[focal_px, 0.0, cx, 0.0, focal_px, cy, 0.0, 0.0, 1.0],
+        p=[focal_px, 0.0, cx, 0.0, 0.0, focal_px, cy, 0.0, 0.0, 0.0, 1.0, 0.0],
     )
 
 
@@ -89,12 +117,14 @@ class TestClient(Node):
         with self._results_lock:
             return list(self.results)
 
-    def call(self, request: Point.Request, timeout: float = 20.0) -> Point.Response:
-        assert self.client.wait_for_service(timeout_sec=timeout), "the Point service never appeared"
-        future = self.client.call_async(request)
+    def call(self, request: object, timeout: float = 20.0, client: object | None = None) -> object:
+        """Calls the Point service (or `client`'s) and waits for the answer."""
+        client = client or self.client
+        assert client.wait_for_service(timeout_sec=timeout), f"the service {client.srv_name} never appeared"
+        future = client.call_async(request)
         done = threading.Event()
         future.add_done_callback(lambda _: done.set())
-        assert done.wait(timeout), "no answer from the Point service"
+        assert done.wait(timeout), f"no answer from the service {client.srv_name}"
         return future.result()
 
     def point(

@@ -3,15 +3,19 @@
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
+from doubles.openai_server import OpenAIServerDouble
+from molmo2_tiny import build_tiny_molmo2
 
+from molmo_ros.backends import factory
+from molmo_ros.backends.interface import BackendAnswer
+from molmo_ros.backends.settings import BackendSettings
 from molmo_ros.cli import point as cli
-from molmo_ros.engine import StageTimings
+from molmo_ros.settings_fields import setting_specs
 
 WIDTH, HEIGHT = 64, 48
 
@@ -55,9 +59,8 @@ def test_json_output_reports_answer_points_timings_and_model(tiny_args, tiny_mod
     assert isinstance(report["points"], list) and isinstance(report["dropped_points"], list)
     assert isinstance(report["malformed"], bool)
     assert report["image"] == {"path": str(png), "width": WIDTH, "height": HEIGHT}
-    assert report["device"] == "cpu" and report["dtype"] == "float32"
-    assert str(tiny_model_dir) in report["model"]
-    assert report["timings"]["total_s"] > 0 and 1 <= report["timings"]["new_tokens"] <= 4
+    assert report["backend"]["name"] == "molmoe"
+    assert report["timings"]["load_s"] > 0 and report["timings"]["answer_s"] > 0
 
 
 def test_output_writes_a_png_of_the_input_size(tiny_args, tmp_path):
@@ -101,36 +104,42 @@ def test_unreadable_or_missing_image_exits_2(tiny_model_dir, tmp_path, capsys):
         assert str(image) in capsys.readouterr().err
 
 
-@dataclass(frozen=True)
-class _Answer:
-    texts: list[str]
-    timings: StageTimings
-    token_ids: list[list[int]]
+class FakeAnsweringBackend:
+    """Stands in for a loaded backend with a fixed answer, so the pixel arithmetic can be checked exactly."""
 
-
-class FakeAnsweringEngine:
-    """Stands in for MolmoEngine with a fixed answer, so the pixel arithmetic can be checked exactly."""
-
+    name = "fake"
+    max_images = 1
+    max_concurrent_calls = 1
     answer = (
         '<point x="25.0" y="50.0" alt="red mug">red mug</point> '
         '<point x="150.0" y="10.0" alt="far">far</point>'
     )
-    device = "cpu"
-    dtype = "torch.float32"
     model_name = "fake"
 
-    @classmethod
-    def load(cls, settings) -> "FakeAnsweringEngine":
-        return cls()
+    def __init__(self) -> None:
+        self.closed = False
 
-    def generate(self, image, prompts):
-        return _Answer([self.answer], StageTimings(0.1, 0.2, 0.3, 0.4, 9, 10), [[1] * 9])
+    def generate(self, images, prompts, control=None):
+        return BackendAnswer(texts=[self.answer] * len(prompts))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def use_backend(monkeypatch, backend_class) -> list:
+    """Makes the factory hand out `backend_class()`; returns the list of backends it made."""
+    made = []
+
+    def load_backend(settings):
+        made.append(backend_class())
+        return made[-1]
+
+    monkeypatch.setattr(factory, "load_backend", load_backend)
+    return made
 
 
 def test_known_answer_becomes_pixel_points_and_dropped_points(monkeypatch, png, tmp_path, capsys):
-    import molmo_ros.engine
-
-    monkeypatch.setattr(molmo_ros.engine.engine, "MolmoEngine", FakeAnsweringEngine)
+    made = use_backend(monkeypatch, FakeAnsweringBackend)
     output = tmp_path / "known.png"
     code = cli.main(["--query", "red mug", "--image", str(png), "--format", "json", "--output", str(output)])
     assert code == cli.EXIT_OK
@@ -138,7 +147,8 @@ def test_known_answer_becomes_pixel_points_and_dropped_points(monkeypatch, png, 
     # 25 % of 64 px and 50 % of 48 px; the second point (150 %) lies outside the image.
     assert report["points"] == [{"x": 16.0, "y": 24.0, "label": "red mug"}]
     assert report["dropped_points"] == [{"x": 96.0, "y": pytest.approx(4.8), "label": "far"}]
-    assert report["timings"]["total_s"] == pytest.approx(1.0)
+    assert report["timings"]["load_s"] >= 0 and report["timings"]["answer_s"] >= 0
+    assert made[0].closed
     original = np.asarray(PIL.Image.open(png).convert("RGB"))
     drawn = np.asarray(PIL.Image.open(output))
     assert not np.array_equal(drawn[24, 16], original[24, 16])
@@ -147,9 +157,7 @@ def test_known_answer_becomes_pixel_points_and_dropped_points(monkeypatch, png, 
 def test_depth_and_intrinsics_add_3d_points_to_the_json(monkeypatch, png, tmp_path, capsys):
     import cv2
 
-    import molmo_ros.engine
-
-    monkeypatch.setattr(molmo_ros.engine.engine, "MolmoEngine", FakeAnsweringEngine)
+    use_backend(monkeypatch, FakeAnsweringBackend)
     depth = tmp_path / "depth.png"
     cv2.imwrite(str(depth), np.full((HEIGHT, WIDTH), 1500, dtype=np.uint16))  # a wall 1.5 m away
     arguments = [
@@ -186,13 +194,112 @@ def test_help_and_usage_errors_do_not_import_torch():
 
 
 def test_all_points_outside_the_image_are_reported_once_as_dropped(monkeypatch, png, capsys):
-    import molmo_ros.engine
-
-    class FakeOutsideEngine(FakeAnsweringEngine):
+    class FakeOutsideBackend(FakeAnsweringBackend):
         answer = '<point x="150.0" y="10.0" alt="far">far</point>'
 
-    monkeypatch.setattr(molmo_ros.engine.engine, "MolmoEngine", FakeOutsideEngine)
+    use_backend(monkeypatch, FakeOutsideBackend)
     assert cli.main(["--query", "far", "--image", str(png)]) == cli.EXIT_OK
     out = capsys.readouterr().out
     assert "no points in the answer" not in out
     assert "1 point(s) in the answer lie outside the image and were dropped" in out
+
+
+# --- the molmo2 and openai backends, and the engine options ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_molmo2_dir(tmp_path_factory) -> Path:
+    return build_tiny_molmo2(tmp_path_factory.mktemp("tiny_molmo2"))
+
+
+def test_engine_options_are_the_backend_settings_with_their_defaults():
+    args = cli.build_parser().parse_args(["--image", "x.png"])
+    assert cli.backend_settings(args) == BackendSettings()
+    flags = {action.dest: action.option_strings for action in cli.build_parser()._actions}
+    for spec in setting_specs(BackendSettings):
+        assert flags[spec.field_name] == ["--" + spec.field_name.replace("_", "-")]
+
+
+def test_molmo2_backend_answers_on_the_tiny_model(tiny_molmo2_dir, png, capsys):
+    arguments = ["--backend", "molmo2", "--model", str(tiny_molmo2_dir), "--device", "cpu"]
+    code = cli.main(
+        [*arguments, "--max-new-tokens", "4", "--query", "mug", "--image", str(png), "--format", "json"]
+    )
+    assert code == cli.EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["backend"] == {
+        "name": "molmo2",
+        "model": str(tiny_molmo2_dir),
+        "url": None,
+        "device": "cpu",
+        "dtype": "float32",
+    }
+    assert report["texts"] == [report["answer"]] and isinstance(report["malformed"], bool)
+
+
+def test_molmo2_missing_model_exits_3_with_the_fix(png, tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    code = cli.main(["--backend", "molmo2", "--model", str(missing), "--query", "mug", "--image", str(png)])
+    assert code == cli.EXIT_NO_WEIGHTS
+    captured = capsys.readouterr()
+    assert captured.out == "" and str(missing) in captured.err and "engine.model" in captured.err
+
+
+def test_openai_backend_points_in_the_original_pixels(png, capsys):
+    answer = '<points coords="1 1 250 500">red mug</points>'
+    with OpenAIServerDouble(answers=[answer]) as server:
+        arguments = [
+            "--backend",
+            "openai",
+            "--url",
+            server.url,
+            "--model",
+            "served",
+            "--max-image-side",
+            "32",
+        ]
+        code = cli.main([*arguments, "--query", "red mug", "--image", str(png), "--format", "json"])
+    assert code == cli.EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["points"] == [{"x": 16.0, "y": 24.0, "label": "red mug"}]  # 25 % of 64, 50 % of 48
+    assert report["backend"]["name"] == "openai" and report["backend"]["url"] == server.url
+    (request,) = server.requests
+    assert request.texts() == ["Point to the red mug"] and request.body["model"] == "served"
+    assert request.image_urls()[0].startswith("data:image/jpeg;base64,")
+
+
+def test_openai_server_errors_exit_1_naming_the_url(png, capsys):
+    with OpenAIServerDouble() as server:
+        server.misbehave("error", times=2)
+        code = cli.main(
+            [
+                "--backend",
+                "openai",
+                "--url",
+                server.url,
+                "--max-retries",
+                "1",
+                "--query",
+                "m",
+                "--image",
+                str(png),
+            ]
+        )
+    assert code == cli.EXIT_ENGINE_ERROR
+    captured = capsys.readouterr()
+    assert captured.out == "" and "ServerResponseError" in captured.err and server.url in captured.err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--backend", "nope"],
+        ["--max-in-flight", "0"],
+        ["--image-format", "gif"],
+        ["--request-timeout", "fast"],
+    ],
+    ids=["unknown-backend", "in-flight-below-range", "unknown-image-format", "not-a-number"],
+)
+def test_bad_engine_options_exit_2(args, png, capsys):
+    assert cli.main(["--query", "mug", "--image", str(png), *args]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err

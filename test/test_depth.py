@@ -415,3 +415,35 @@ def test_projected_points_with_rendered_depth_lift_back_to_themselves(camera, no
         (lifted,) = lift_points([(u + 0.5, v + 0.5)], (WIDTH, HEIGHT), depth, camera, DEFAULTS)
         assert lifted.valid and lifted.spread == 0.0
         np.testing.assert_allclose(lifted.xyz, point, rtol=REL, atol=1e-12)
+
+
+# mild lenses (most RGB-D colour cameras): OpenCV's fixed-point undistortion converges on them; over
+# 3000 random lenses and points from these ranges the worst round trip measured 1.1e-12 px
+lenses = st.tuples(
+    st.floats(-0.2, 0.2), st.floats(-0.1, 0.1), st.floats(-0.002, 0.002), st.floats(-0.002, 0.002)
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    f=st.floats(300.0, 1500.0),
+    lens=lenses,
+    point=st.tuples(st.floats(-0.5, 0.5), st.floats(-0.4, 0.4), st.floats(0.2, 15.0)),
+)
+def test_points_projected_through_a_random_lens_lift_back_to_themselves(f, lens, point):
+    k = [f, 0.0, CX, 0.0, f, CY, 0.0, 0.0, 1.0]
+    p = [f, 0.0, CX, 0.0, 0.0, f, CY, 0.0, 0.0, 0.0, 1.0, 0.0]
+    camera = CameraModel.from_camera_info(WIDTH, HEIGHT, "plumb_bob", [*lens, 0.0], k, p)
+    x_over_z, y_over_z, z = point
+    xyz = np.array([x_over_z * z, y_over_z * z, z])
+    pixels, _ = cv2.projectPoints(
+        xyz.reshape(1, 1, 3), np.zeros(3), np.zeros(3), np.reshape(k, (3, 3)), camera.d
+    )
+    u, v = pixels.reshape(2)
+    if not (0 <= u < WIDTH and 0 <= v < HEIGHT):
+        return  # out of view at this focal length
+    depth = plane(np.nan)
+    depth[max(0, round(v) - 3) : round(v) + 4, max(0, round(u) - 3) : round(u) + 4] = z
+    (lifted,) = lift_points([(u + 0.5, v + 0.5)], (WIDTH, HEIGHT), depth, camera, DEFAULTS)
+    # float32 depth (REL) plus the undistortion residual (PIXEL_TOL px, i.e. PIXEL_TOL / f of the ray)
+    np.testing.assert_allclose(lifted.xyz, xyz, rtol=REL, atol=PIXEL_TOL * z / f)

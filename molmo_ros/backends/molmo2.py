@@ -51,8 +51,9 @@ DEFAULT_MODEL_ID = "allenai/Molmo2-4B"
 # engine.revision to a commit for reproducible answers.
 DEFAULT_REVISION = "main"
 MOLMO2_MODEL_TYPE = "molmo2"
-# Molmo2 was trained on multi-image inputs; 8 frames is a robot's full camera set and, at up to 9 crops
-# per image in the processor, keeps one prompt under the model's context.
+# Molmo2 was trained on multi-image inputs. 8 frames covers a robot's camera set, and even 8 frames of
+# 1920x1080 (9 crops, 1162 image tokens each with the processor's defaults) stay near 9,300 tokens, well
+# inside the 36,864 positions of Molmo2's text model.
 MAX_IMAGES_PER_PROMPT = 8
 # What a hub snapshot needs besides the weights; the repository's *.py (remote code) is never fetched.
 DOWNLOAD_PATTERNS = ("*.json", "*.jinja", "*.txt", "*.model", "*.safetensors")

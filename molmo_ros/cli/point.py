@@ -1,8 +1,13 @@
-"""`molmo-point`: ask MolmoE about one image file from a shell, without ROS.
+"""`molmo-point`: ask a Molmo model about one image file from a shell, without ROS.
 
     molmo-point --image kitchen.jpg --query "red mug" --output annotated.png
     molmo-point ask --image kitchen.jpg --prompt "How many mugs are there?" --format json
     molmo-point caption --image kitchen.jpg
+    molmo-point --backend molmo2 --model allenai/Molmo2-4B --image kitchen.jpg --query "red mug"
+    molmo-point --backend openai --url http://gpu-server:8000/v1 --image kitchen.jpg --query "red mug"
+
+Every backend (`--backend molmoe|molmo2|openai`) and its options are the node's `engine.*` parameters,
+generated from `BackendSettings`, so the defaults are written once.
 
 Exit codes: 0 answered, 2 bad usage or unreadable image, 3 weights not found, 1 any other engine
 error. A missing checkpoint is reported as such; no points are ever made up.
@@ -11,13 +16,14 @@ error. A missing checkpoint is reported as such; no points are ever made up.
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 
+from molmo_ros.backends.settings import BackendSettings
 from molmo_ros.cli.depth_inputs import (
     DepthInput,
     DepthInputError,
@@ -27,7 +33,6 @@ from molmo_ros.cli.depth_inputs import (
     load_depth_input,
 )
 from molmo_ros.drawing import draw_points
-from molmo_ros.engine.defaults import DEFAULT_REVISION, MODEL_ENV_VAR, default_model
 from molmo_ros.engine.errors import EngineError, InvalidImageError, WeightsNotFoundError
 from molmo_ros.geometry import PixelPoint, to_pixels
 from molmo_ros.parsing import parse_answer
@@ -38,6 +43,7 @@ from molmo_ros.prompts import (
     POINT_TEMPLATE,
     make_point_prompt,
 )
+from molmo_ros.settings_fields import setting_specs
 
 TASKS = ("point", "ask", "caption", "ocr")
 EXIT_OK, EXIT_ENGINE_ERROR, EXIT_USAGE, EXIT_NO_WEIGHTS = 0, 1, 2, 3
@@ -50,7 +56,7 @@ class UsageError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="molmo-point",
-        description="Point at things in an image, or ask about it, with MolmoE-1B.",
+        description="Point at things in an image, or ask about it, with MolmoE-1B, Molmo2 or a Molmo server.",
         epilog="Exit codes: 0 ok, 1 engine error, 2 usage or image error, 3 weights not found.",
     )
     parser.add_argument(
@@ -67,34 +73,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompt", help="ask: the question; other tasks: a full prompt replacing the default"
     )
     parser.add_argument("--all", action="store_true", help=f"point: use {POINT_ALL_TEMPLATE!r}")
-    parser.add_argument(
-        "--model",
-        default=default_model(),
-        help=f"Hugging Face id or checkpoint directory (default: ${MODEL_ENV_VAR} or %(default)s)",
-    )
-    parser.add_argument(
-        "--revision", default=DEFAULT_REVISION, help="commit of a hub model (default: %(default)s)"
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument(
-        "--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"
-    )
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=200, help="longest answer in tokens (default: 200)"
-    )
-    parser.add_argument(
-        "--cache-dir",
-        help="where converted weights are kept (default: $MOLMO_CACHE_DIR or ~/.cache/molmo_ros)",
-    )
-    parser.add_argument(
-        "--no-weights-cache",
-        action="store_true",
-        help="convert the checkpoint at every start instead of keeping a converted copy",
-    )
+    add_engine_arguments(parser)
     parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     parser.add_argument("--output", type=Path, help="write the image with the points drawn on it (PNG)")
     add_depth_arguments(parser)
     return parser
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per `engine.*` setting (--backend, --model, --url, ...) with its default and description."""
+    group = parser.add_argument_group(
+        "engine", "which model answers, and how (the node's engine.* parameters)"
+    )
+    for spec in setting_specs(BackendSettings):
+        group.add_argument(
+            "--" + spec.field_name.replace("_", "-"),
+            dest=spec.field_name,
+            type=type(spec.default),
+            default=spec.default,
+            choices=spec.info.choices or None,
+            help=f"{spec.info.description} (default: {spec.default!r})",
+        )
+
+
+def backend_settings(args: argparse.Namespace) -> BackendSettings:
+    try:
+        return BackendSettings(
+            **{spec.field_name: getattr(args, spec.field_name) for spec in setting_specs(BackendSettings)}
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from error
 
 
 def choose_task(args: argparse.Namespace) -> str:
@@ -132,6 +140,19 @@ def read_image(path: Path) -> np.ndarray:
         raise UsageError(f"cannot read {path} as an image: {error}") from error
 
 
+def describe_backend(backend: object, settings: BackendSettings) -> dict[str, str | None]:
+    """What answered: the backend's name, and its model, device and dtype where it has them."""
+    dtype = getattr(backend, "dtype", None)
+    device = getattr(backend, "device", None)
+    return {
+        "name": settings.backend,
+        "model": getattr(backend, "model_name", None) or settings.model or None,
+        "url": settings.url if settings.backend == "openai" else None,
+        "device": None if device is None else str(device),
+        "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+    }
+
+
 def _point_dict(point: PixelPoint) -> dict[str, object]:
     return {"x": point.x, "y": point.y, "label": point.label}
 
@@ -155,23 +176,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(
     task: str, prompt: str, pixels: np.ndarray, args: argparse.Namespace, depth: DepthInput | None
 ) -> int:
-    from molmo_ros.engine import EngineSettings, MolmoEngine
+    from molmo_ros.backends.factory import load_backend
 
+    settings = backend_settings(args)
     try:
-        settings = EngineSettings(
-            model=args.model,
-            revision=args.revision,
-            device=args.device,
-            dtype=args.dtype,
-            max_new_tokens=args.max_new_tokens,
-            cache_dir=args.cache_dir,
-            cache_weights=not args.no_weights_cache,
-        )
-    except ValueError as error:
-        raise UsageError(str(error)) from error
-    try:
-        engine = MolmoEngine.load(settings)
-        result = engine.generate(pixels, [prompt])
+        started = time.perf_counter()
+        backend = load_backend(settings)
+        about = describe_backend(backend, settings)
+        loaded = time.perf_counter()
+        try:
+            result = backend.generate([pixels], [prompt])
+        finally:
+            backend.close()
+        answered = time.perf_counter()
     except WeightsNotFoundError as error:
         print(f"molmo-point: {error}", file=sys.stderr)
         return EXIT_NO_WEIGHTS
@@ -193,7 +210,7 @@ def _run(
         except OSError as error:
             raise UsageError(f"cannot write {args.output}: {error}") from error
 
-    timings = {**asdict(result.timings), "total_s": result.timings.total_s}
+    timings = {"load_s": loaded - started, "answer_s": answered - loaded}
     if args.format == "json":
         report = {
             "task": task,
@@ -208,9 +225,7 @@ def _run(
             "image": {"path": str(args.image), "width": width, "height": height},
             "output": None if args.output is None else str(args.output),
             "timings": timings,
-            "model": engine.model_name,
-            "device": str(engine.device),
-            "dtype": str(engine.dtype).removeprefix("torch."),
+            "backend": about,
         }
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -229,11 +244,9 @@ def _run(
         print(f"{len(located.outside)} point(s) in the answer lie outside the image and were dropped")
     if parsed.malformed:
         print("the answer was not well formed: " + "; ".join(parsed.problems))
-    print(
-        f"[{engine.model_name} on {engine.device}, {str(engine.dtype).removeprefix('torch.')}; "
-        f"{timings['total_s']:.2f} s, {result.timings.new_tokens} tokens]",
-        file=sys.stderr,
-    )
+    where = ", ".join(str(value) for key, value in about.items() if key != "name" and value is not None)
+    took = f"loaded in {timings['load_s']:.2f} s, answered in {timings['answer_s']:.2f} s"
+    print(f"[{about['name']}: {where}; {took}]", file=sys.stderr)
     return EXIT_OK
 
 

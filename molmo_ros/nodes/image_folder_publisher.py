@@ -1,10 +1,17 @@
 """`image_folder_publisher`: a camera stand-in that publishes the images of a folder, for demos and trials.
 
-Images are loaded and encoded once; each publish only restamps the message, so the publisher
+Beside each image it publishes, as an RGB-D camera driver does, a depth image registered to it (16UC1,
+millimetres) and the CameraInfo of a plausible pinhole camera, all with the same stamp and frame_id. The
+depth is a synthetic scene of planes and boxes at known distances (SCENE below), not a measurement of
+the picture: it lets the demo and tests exercise the whole 3D path without a real camera.
+
+Images are loaded and encoded once; each publish only restamps the messages, so the publisher
 itself costs almost nothing and measurements of the pointer node are not disturbed by it.
 """
 
+import math
 import sys
+from dataclasses import dataclass
 from itertools import cycle
 from pathlib import Path
 
@@ -13,14 +20,105 @@ import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
+from molmo_ros.depth import MILLIMETRES, camera_info_topic_beside
 from molmo_ros.image_conversion import rgb_to_raw
 from molmo_ros.nodes.runner import CONFIGURATION_ERRORS, run_node
 from molmo_ros.resources import share_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+DEFAULT_DEPTH_TOPIC = "/camera/aligned_depth_to_color/image_raw"  # RealSense's name for registered depth
+
+# The pinhole camera: the horizontal field of view of a RealSense D435 colour camera, square pixels, the
+# principal point in the middle of the image, no distortion.
+HORIZONTAL_FOV_DEG = 69.0
+
+
+@dataclass(frozen=True)
+class BoxFace:
+    """The front face of a box: a rectangle facing the camera at depth z (optical frame, metres)."""
+
+    left: float
+    right: float
+    top: float
+    bottom: float
+    z: float
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A wall facing the camera, a floor below it, and boxes standing on the floor (metres)."""
+
+    wall_z: float
+    floor_y: float  # the camera's height above the floor (y points down)
+    boxes: tuple[BoxFace, ...]
+
+
+SCENE = Scene(
+    wall_z=3.0,
+    floor_y=0.6,
+    boxes=(BoxFace(-0.5, -0.1, 0.1, 0.6, 1.2), BoxFace(0.2, 0.7, 0.0, 0.6, 1.8)),
+)
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """CameraInfo convention: the centre of pixel 0 is at 0."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+
+def demo_intrinsics(width: int, height: int) -> Intrinsics:
+    focal = (width / 2) / math.tan(math.radians(HORIZONTAL_FOV_DEG) / 2)
+    return Intrinsics(focal, focal, (width - 1) / 2, (height - 1) / 2)
+
+
+def synthetic_depth_mm(width: int, height: int, scene: Scene = SCENE) -> np.ndarray:
+    """HxW uint16 depth in millimetres of `scene` seen by demo_intrinsics: the nearest surface per pixel."""
+    camera = demo_intrinsics(width, height)
+    ray_x = ((np.arange(width) - camera.cx) / camera.fx)[np.newaxis, :]
+    ray_y = ((np.arange(height) - camera.cy) / camera.fy)[:, np.newaxis]
+    depth = np.full((height, width), scene.wall_z)
+    with np.errstate(divide="ignore"):
+        floor = np.where(ray_y > 0, scene.floor_y / ray_y, np.inf)  # rows below the horizon meet the floor
+    depth = np.minimum(depth, np.broadcast_to(floor, depth.shape))
+    for box in scene.boxes:
+        x, y = ray_x * box.z, ray_y * box.z
+        face = (box.left <= x) & (x <= box.right) & (box.top <= y) & (y <= box.bottom)
+        depth = np.where(face & (box.z < depth), box.z, depth)
+    return np.round(depth / MILLIMETRES).astype(np.uint16)
+
+
+def camera_info(width: int, height: int, header: Header) -> CameraInfo:
+    camera = demo_intrinsics(width, height)
+    return CameraInfo(
+        header=header,
+        width=width,
+        height=height,
+        distortion_model="plumb_bob",
+        d=[0.0] * 5,
+        k=[camera.fx, 0.0, camera.cx, 0.0, camera.fy, camera.cy, 0.0, 0.0, 1.0],
+        r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+        p=[camera.fx, 0.0, camera.cx, 0.0, 0.0, camera.fy, camera.cy, 0.0, 0.0, 0.0, 1.0, 0.0],
+    )
+
+
+def depth_image(depth_mm: np.ndarray, header: Header) -> Image:
+    height, width = depth_mm.shape
+    return Image(
+        header=header,
+        height=height,
+        width=width,
+        encoding="16UC1",
+        is_bigendian=int(sys.byteorder == "big"),
+        step=width * 2,
+        data=depth_mm.tobytes(),
+    )
 
 
 def load_rgb(path: Path) -> np.ndarray:
@@ -77,6 +175,25 @@ class ImageFolderPublisher(Node):
             "rgb8",
             ParameterDescriptor(description="Encoding of raw images: rgb8, bgr8 or mono8."),
         ).value
+        publish_depth = self.declare_parameter(
+            "publish_depth",
+            True,
+            ParameterDescriptor(
+                description="Also publish a synthetic registered depth image and a CameraInfo per image."
+            ),
+        ).value
+        depth_topic = self.declare_parameter(
+            "depth_topic",
+            DEFAULT_DEPTH_TOPIC,
+            ParameterDescriptor(description="Topic of the depth image (16UC1, millimetres)."),
+        ).value
+        info_topic = self.declare_parameter(
+            "camera_info_topic",
+            "",
+            ParameterDescriptor(
+                description="Topic of the CameraInfo; empty means camera_info beside the image topic."
+            ),
+        ).value
         reliable = self.declare_parameter(
             "reliable",
             False,
@@ -90,20 +207,41 @@ class ImageFolderPublisher(Node):
             raise ValueError(
                 f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder or share_dir() / 'samples'}"
             )
-        self._messages = [self._encode(load_rgb(path), compressed, encoding) for path in paths]
+        self._frames = [self._frame(load_rgb(path), compressed, encoding, publish_depth) for path in paths]
         self._repeat = max(1, round(seconds_per_image * rate))
-        self._sequence = cycle(message for message in self._messages for _ in range(self._repeat))
+        self._sequence = cycle(frame for frame in self._frames for _ in range(self._repeat))
         qos = (
             QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
             if reliable
             else qos_profile_sensor_data
         )
         self._publisher = self.create_publisher(CompressedImage if compressed else Image, topic, qos)
+        if publish_depth:
+            self._depth_publisher = self.create_publisher(Image, depth_topic, qos)
+            self._info_publisher = self.create_publisher(
+                CameraInfo, info_topic or camera_info_topic_beside(topic), qos
+            )
         self.create_timer(1.0 / rate, self._publish)
+        also = (
+            f", depth on {self._depth_publisher.topic_name}, CameraInfo on {self._info_publisher.topic_name}"
+            if publish_depth
+            else ""
+        )
         self.get_logger().info(
             f"publishing {len(paths)} image(s) from {paths[0].parent} on "
-            f"{self._publisher.topic_name} at {rate:g} Hz"
+            f"{self._publisher.topic_name}{also} at {rate:g} Hz"
         )
+
+    def _frame(
+        self, rgb: np.ndarray, compressed: bool, encoding: str, publish_depth: bool
+    ) -> tuple[Image | CompressedImage, Image | None, CameraInfo | None]:
+        """The colour message and, with depth, the depth image and CameraInfo of the same size."""
+        colour = self._encode(rgb, compressed, encoding)
+        if not publish_depth:
+            return colour, None, None
+        height, width = rgb.shape[:2]
+        depth = depth_image(synthetic_depth_mm(width, height), Header(frame_id=self._frame_id))
+        return colour, depth, camera_info(width, height, Header(frame_id=self._frame_id))
 
     def _encode(self, rgb: np.ndarray, compressed: bool, encoding: str) -> Image | CompressedImage:
         header = Header(frame_id=self._frame_id)
@@ -119,9 +257,14 @@ class ImageFolderPublisher(Node):
         )
 
     def _publish(self) -> None:
-        message = next(self._sequence)
-        message.header.stamp = self.get_clock().now().to_msg()
-        self._publisher.publish(message)
+        colour, depth, info = next(self._sequence)
+        stamp = self.get_clock().now().to_msg()
+        colour.header.stamp = stamp
+        self._publisher.publish(colour)
+        if depth is not None and info is not None:
+            depth.header.stamp = info.header.stamp = stamp
+            self._depth_publisher.publish(depth)
+            self._info_publisher.publish(info)
 
 
 def main(args: list[str] | None = None) -> int:

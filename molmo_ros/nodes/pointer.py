@@ -18,6 +18,7 @@ from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
+from rclpy.callback_groups import CallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -26,6 +27,7 @@ from rclpy.qos import (
     QoSProfile,
     ReliabilityPolicy,
 )
+from rclpy.service import Service
 from rclpy.task import Future as RclpyFuture
 from rclpy.validate_topic_name import validate_topic_name
 from sensor_msgs.msg import CameraInfo as CameraInfoMsg
@@ -148,13 +150,18 @@ class PointerNode(LifecycleNode):
         self._target = self.create_lifecycle_publisher(PointStamped, "target", RESULTS_DEPTH)
         self._markers = self.create_lifecycle_publisher(MarkerArray, "markers", RESULTS_DEPTH)
         self._debug_image = self.create_lifecycle_publisher(Image, "debug_image", 1)
+        # Reentrant: a request awaiting the model must not keep the next request or a frame from being taken
+        # (a mutually exclusive group would hold its callbacks until the awaiting coroutine ends).
+        group = ReentrantCallbackGroup()
         entities = [
-            self.create_subscription(String, "query", self._on_standing_query, 10),
-            self.create_service(Point, "point", self._on_point, qos_profile=REQUEST_QOS),
-            self.create_service(Ask, "ask", self._on_ask, qos_profile=REQUEST_QOS),
+            self.create_subscription(String, "query", self._on_standing_query, 10, callback_group=group),
+            self.create_service(
+                Point, "point", self._on_point, qos_profile=REQUEST_QOS, callback_group=group
+            ),
+            self.create_service(Ask, "ask", self._on_ask, qos_profile=REQUEST_QOS, callback_group=group),
         ]
         for camera in self.cameras.values():
-            entities += self._subscribe_camera(camera, qos)
+            entities += self._subscribe_camera(camera, qos, group)
         self._action = ActionServer(
             self,
             PointAction,
@@ -165,6 +172,7 @@ class PointerNode(LifecycleNode):
             goal_service_qos_profile=REQUEST_QOS,
             result_service_qos_profile=REQUEST_QOS,
             cancel_service_qos_profile=REQUEST_QOS,
+            callback_group=group,
         )
         self._ros_entities = entities
         self.get_logger().info(
@@ -206,6 +214,8 @@ class PointerNode(LifecycleNode):
     def shut_down(self) -> None:
         """Answers every waiting and running request NOT_ACTIVE ("shutting down") and frees the model;
         requests arriving afterwards get the same answer while the node still spins."""
+        if self.pointing is not None and self.pointing.active:
+            self.get_logger().info("shutting down: every waiting and new request is answered NOT_ACTIVE")
         if self.pointing is not None:
             self._release_backend(self.pointing.stop())
 
@@ -226,7 +236,10 @@ class PointerNode(LifecycleNode):
             self.shut_down()
             self.pointing = None
         for entity in self._ros_entities:
-            entity.destroy()
+            if isinstance(entity, Service):
+                self.destroy_service(entity)
+            else:
+                self.destroy_subscription(entity)
         self._ros_entities = []
         self._action.destroy()
         for publisher in (self._points, self._target, self._markers, self._debug_image):
@@ -258,7 +271,7 @@ class PointerNode(LifecycleNode):
 
     # --- cameras ------------------------------------------------------------------------------------------
 
-    def _subscribe_camera(self, camera: CameraSettings, qos: QoSProfile) -> list[Any]:
+    def _subscribe_camera(self, camera: CameraSettings, qos: QoSProfile, group: CallbackGroup) -> list[Any]:
         message_type, to_frame = (
             (CompressedImage, frame_from_compressed) if camera.compressed else (Image, frame_from_image)
         )
@@ -279,11 +292,15 @@ class PointerNode(LifecycleNode):
                 self.frames.put_depth(messages.depth_frame(message, camera.name, scale))
 
         subscriptions = [
-            self.create_subscription(message_type, camera.image_topic(), on_frame, qos),
-            self.create_subscription(CameraInfoMsg, camera.info_topic(), on_camera_info, qos),
+            self.create_subscription(message_type, camera.image_topic(), on_frame, qos, callback_group=group),
+            self.create_subscription(
+                CameraInfoMsg, camera.info_topic(), on_camera_info, qos, callback_group=group
+            ),
         ]
         if camera.depth_topic:
-            subscriptions.append(self.create_subscription(Image, camera.depth_topic, on_depth, qos))
+            subscriptions.append(
+                self.create_subscription(Image, camera.depth_topic, on_depth, qos, callback_group=group)
+            )
         topics = ", ".join(s.topic_name for s in subscriptions)
         self.get_logger().info(f"camera {camera.name}: {topics} ({self.node_settings.qos})")
         return subscriptions

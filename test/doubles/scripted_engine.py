@@ -6,6 +6,7 @@ between decode steps, and it reports progress (vision, then one decoding step pe
 """
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ class ScriptedEngine:
 
     answer: Callable[[str, np.ndarray], str] = lambda prompt, image: "There are none."
     hold: bool = False
+    delay_s: float = 0.0  # how long each call "runs the model" (cancellable, like a real decode loop)
     name: str = "scripted"
     max_images: int = 1
     max_concurrent_calls: int = 1
@@ -58,6 +60,10 @@ class ScriptedEngine:
                 waited += HOLD_POLL_S
                 if waited > 30:
                     raise TimeoutError("ScriptedEngine was never released")
+        deadline = time.monotonic() + self.delay_s
+        while time.monotonic() < deadline:
+            control.raise_if_cancelled()
+            time.sleep(min(HOLD_POLL_S, max(0.0, deadline - time.monotonic())))
         texts = [self.answer(prompt, images[0]) for prompt in prompts]
         for step in range(1, max(len(text) for text in texts) + 1):
             control.raise_if_cancelled()

@@ -1,0 +1,65 @@
+"""Test double of a user's program: sends COUNT Point requests at once and reports what came back.
+
+    python test/doubles/burst_client.py COUNT WAIT_S QUERY_PREFIX [default|keep_all]
+
+Prints one JSON line: {"sent": .., "codes": {code name: count}, "messages": [...], "unanswered": ..}.
+The client's QoS matters for bursts: with rclpy's default (keep last 10) the client's own response reader
+may drop answers that arrive faster than its executor takes them, after the node has sent them all.
+`keep_all` is what the README recommends to clients that send more than ten requests at once.
+"""
+
+import collections
+import json
+import sys
+import threading
+import time
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import HistoryPolicy, QoSProfile, qos_profile_services_default
+
+from molmo_ros.pointing.errors import ErrorCode
+from molmo_ros.srv import Point
+
+
+def main() -> int:
+    count, wait_s = int(sys.argv[1]), float(sys.argv[2])
+    prefix = sys.argv[3]
+    qos = (
+        QoSProfile(history=HistoryPolicy.KEEP_ALL)
+        if sys.argv[4:] == ["keep_all"]
+        else qos_profile_services_default
+    )
+    rclpy.init()
+    node = rclpy.create_node("burst_client")
+    client = node.create_client(Point, "/molmo/point", qos_profile=qos)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    if not client.wait_for_service(timeout_sec=60):
+        print(json.dumps({"error": "no service"}), flush=True)
+        return 1
+    print("ready", flush=True)
+    sys.stdin.readline()  # the test says go, so that several clients send at the same moment
+    futures = [client.call_async(Point.Request(query=f"{prefix} {i}")) for i in range(count)]
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and not all(f.done() for f in futures):
+        time.sleep(0.01)
+    answered = [f.result() for f in futures if f.done()]
+    report = {
+        "sent": count,
+        "codes": dict(collections.Counter(ErrorCode(r.error_code).name for r in answered)),
+        "messages": sorted({r.message for r in answered if not r.success}),
+        "unanswered": count - len(answered),
+    }
+    print(json.dumps(report), flush=True)
+    executor.shutdown()
+    spinner.join(timeout=5)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
