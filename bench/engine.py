@@ -1,4 +1,5 @@
-"""Where the engine's time goes, stage by stage: prints figures, asserts nothing.
+"""Where the engine's time goes, stage by stage, eager reference and fast path side by side: prints
+figures, asserts nothing.
 
     .venv/bin/python bench/engine.py                 # (a) the tiny reference model on CPU
     .venv/bin/python bench/engine.py --full-random   # (b) real MolmoE-1B shape, random bf16 weights, CUDA
@@ -6,10 +7,18 @@
 
 For 640x480 and 1920x1080 frames it runs one prompt, then 8 prompts on the same frame, with every
 answer forced to --tokens tokens (EOS ignored), and prints the median over --runs timed runs (after
---warmup untimed ones) of preprocess, vision, prefill and decode time, the tokens generated and the
-decode time per step. (b) needs no weights: it builds the real configuration (real_config.json of
-the reference data, or --config) with random weights, so the figures are the real model's cost,
-not its answers. It refuses to run without CUDA: on CPU the full model would take minutes per frame.
+--warmup untimed ones) of preprocess, vision, prefix prefill (BOS + image block), prompt prefill and
+decode time, the decode time per token and the end-to-end time, for three paths:
+
+- eager: the reference loop (generation.greedy_generate: one prefill of everything, dynamic cache);
+- fast: what MolmoEngine.generate does, given a new frame each run (a fresh copy of the array);
+- fast, same frame: the same array object again, as a standing query and a service request on one
+  camera frame do; the engine reuses that frame's prefix and pays only for the prompts.
+
+(b) needs no weights: it builds the real configuration (real_config.json of the reference data, or
+--config) with random weights, so the figures are the real model's cost, not its answers. It also
+reports the warm-up (CUDA-graph capture) time and peak GPU memory per case. It refuses to run
+without CUDA: on CPU the full model would take minutes per frame.
 """
 
 import argparse
@@ -30,29 +39,42 @@ import transformers
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from molmo_ros.engine import EngineSettings, MolmoEngine  # noqa: E402
+from molmo_ros.backends.settings import BackendSettings  # noqa: E402
 from molmo_ros.engine.config import MolmoConfig  # noqa: E402
-from molmo_ros.engine.modeling import build_meta_model  # noqa: E402
+from molmo_ros.engine.engine import MolmoEngine  # noqa: E402
+from molmo_ros.engine.generation import greedy_generate  # noqa: E402
+from molmo_ros.engine.modeling import PADDING_ID, build_meta_model  # noqa: E402
 from molmo_ros.engine.preprocessing import MolmoPreprocessor  # noqa: E402
 
 FRAMES = ((640, 480), (1920, 1080))
 PROMPT = "Point to the red mug"
 PROMPTS_PER_FRAME = 8
+PATHS = ("eager", "fast", "fast, same frame")
+
+
+@dataclass(frozen=True)
+class Stages:
+    """Seconds per stage of one call; prefix_s is 0 where a path has no separate prefix prefill."""
+
+    preprocess_s: float
+    vision_s: float
+    prefix_s: float
+    prompt_s: float
+    decode_s: float
+    steps: int  # tokens per answer: the prefill's plus one per decode step
+
+    @property
+    def total_s(self) -> float:
+        return self.preprocess_s + self.vision_s + self.prefix_s + self.prompt_s + self.decode_s
 
 
 @dataclass(frozen=True)
 class Row:
     case: str
-    preprocess_s: float
-    vision_s: float
-    prefill_s: float
-    decode_s: float
-    new_tokens: int
-    decode_steps: int
-
-    @property
-    def total_s(self) -> float:
-        return self.preprocess_s + self.vision_s + self.prefill_s + self.decode_s
+    path: str
+    stages: Stages  # medians per stage
+    total_s: float  # median of the end-to-end times (not the sum of the medians)
+    peak_gib: float | None  # peak GPU memory of the case, CUDA only
 
 
 def default_reference_dir() -> Path:
@@ -60,15 +82,10 @@ def default_reference_dir() -> Path:
 
 
 def tiny_engine(reference_dir: Path, tokens: int) -> MolmoEngine:
-    settings = EngineSettings(
-        model=str(reference_dir / "tiny"),
-        device="cpu",
-        dtype="float32",
-        max_new_tokens=tokens,
-        cache_weights=False,
-        stop_at_eos=False,
+    settings = BackendSettings(
+        model=str(reference_dir / "tiny"), device="cpu", dtype="float32", max_new_tokens=tokens
     )
-    return MolmoEngine.load(settings)
+    return MolmoEngine.load(settings, cache_weights=False, stop_at_eos=False)
 
 
 def random_full_engine(
@@ -109,51 +126,100 @@ def frame(width: int, height: int) -> np.ndarray:
     return np.random.default_rng(width * height).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
 
 
-def measure(case: str, call: Callable[[], object], warmup: int, runs: int) -> Row:
-    for _ in range(warmup):
-        call()
-    results = [call() for _ in range(runs)]
-    timings = [result.timings for result in results]
-    tokens = timings[0].new_tokens
-    return Row(
-        case=case,
-        preprocess_s=statistics.median(t.preprocess_s for t in timings),
-        vision_s=statistics.median(t.vision_s for t in timings),
-        prefill_s=statistics.median(t.prefill_s for t in timings),
-        decode_s=statistics.median(t.decode_s for t in timings),
-        new_tokens=tokens,
-        # The prefill yields each row's first token; every further token is one batched decode step.
-        decode_steps=max(1, timings[0].steps - 1),
+def eager_call(engine: MolmoEngine, image: np.ndarray, prompts: list[str], tokens: int) -> Stages:
+    """The eager reference on the engine's model: preprocess, then one greedy_generate over everything."""
+    started = time.perf_counter()
+    inputs = engine.preprocessor.encode_image(image)
+    rows = [engine.preprocessor.build_input_ids(prompt, inputs) for prompt in prompts]
+    length = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), length), PADDING_ID, dtype=torch.long)
+    for index, row in enumerate(rows):
+        input_ids[index, : len(row)] = torch.from_numpy(row)
+    preprocess_s = time.perf_counter() - started
+    output = greedy_generate(
+        engine.model,
+        input_ids,
+        images=inputs.images[None],
+        image_masks=inputs.image_masks[None],
+        image_input_idx=inputs.image_input_idx[None],
+        max_new_tokens=tokens,
+        eos_token_id=None,
+    )
+    timings = output.timings
+    return Stages(preprocess_s, timings.vision_s, 0.0, timings.prefill_s, timings.decode_s, timings.steps)
+
+
+def fast_call(engine: MolmoEngine, image: np.ndarray, prompts: list[str]) -> Stages:
+    timings = engine.generate(image, prompts).timings
+    return Stages(
+        timings.preprocess_s,
+        timings.vision_s,
+        timings.prefix_prefill_s,
+        timings.prefill_s,
+        timings.decode_s,
+        timings.steps,
     )
 
 
-def run_cases(engine: MolmoEngine, label: str, warmup: int, runs: int) -> list[Row]:
+def measure(case: str, path: str, call: Callable[[], Stages], warmup: int, runs: int, cuda: bool) -> Row:
+    for _ in range(warmup):
+        call()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    results = [call() for _ in range(runs)]
+
+    def median(name: str) -> float:
+        return statistics.median(getattr(result, name) for result in results)
+
+    stages = Stages(
+        *(median(name) for name in ("preprocess_s", "vision_s", "prefix_s", "prompt_s", "decode_s")),
+        steps=results[0].steps,
+    )
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    return Row(case, path, stages, statistics.median(r.total_s for r in results), peak)
+
+
+def path_calls(
+    engine: MolmoEngine, image: np.ndarray, prompts: list[str], tokens: int
+) -> dict[str, Callable[[], Stages]]:
+    return {
+        "eager": lambda: eager_call(engine, image, prompts, tokens),
+        "fast": lambda: fast_call(engine, image.copy(), prompts),  # a new frame every run
+        "fast, same frame": lambda: fast_call(engine, image, prompts),
+    }
+
+
+def run_cases(engine: MolmoEngine, tokens: int, warmup: int, runs: int) -> list[Row]:
+    cuda = engine.device.type == "cuda"
     rows = []
     for width, height in FRAMES:
         image = frame(width, height)
-        for prompts in (1, PROMPTS_PER_FRAME):
-            batch = [PROMPT] * prompts
-
-            def call(image: np.ndarray = image, batch: list[str] = batch) -> object:
-                return engine.generate(image, batch)
-
-            rows.append(measure(f"{label} {width}x{height} x{prompts}", call, warmup, runs))
+        for count in (1, PROMPTS_PER_FRAME):
+            prompts = [PROMPT] * count
+            case = f"{width}x{height} x{count}"
+            calls = path_calls(engine, image, prompts, tokens)
+            rows.extend(measure(case, path, calls[path], warmup, runs, cuda) for path in PATHS)
     return rows
 
 
 def print_table(rows: list[Row]) -> None:
+    show_memory = any(row.peak_gib is not None for row in rows)
     header = (
-        f"{'case':<34}{'preproc ms':>11}{'vision ms':>11}{'prefill ms':>11}{'decode ms':>11}"
-        f"{'tokens':>8}{'ms/step':>9}{'total ms':>10}"
+        f"{'case':<18}{'path':<18}{'preproc':>9}{'vision':>9}{'prefix':>9}{'prompt':>9}{'decode':>9}"
+        f"{'ms/token':>10}{'total':>9}" + (f"{'peak GiB':>10}" if show_memory else "")
     )
+    print("milliseconds; prefix = BOS + image block prefill, prompt = the prompts' own tokens")
     print(header)
     print("-" * len(header))
     for row in rows:
-        stages_ms = (row.preprocess_s, row.vision_s, row.prefill_s, row.decode_s)
+        s = row.stages
+        per_token = s.decode_s * 1e3 / max(1, s.steps - 1)  # the prefill yields the first token
+        stages_ms = (s.preprocess_s, s.vision_s, s.prefix_s, s.prompt_s, s.decode_s)
         print(
-            f"{row.case:<34}"
-            + "".join(f"{seconds * 1e3:>11.1f}" for seconds in stages_ms)
-            + f"{row.new_tokens:>8d}{row.decode_s * 1e3 / row.decode_steps:>9.2f}{row.total_s * 1e3:>10.1f}"
+            f"{row.case:<18}{row.path:<18}"
+            + "".join(f"{seconds * 1e3:>9.1f}" for seconds in stages_ms)
+            + f"{per_token:>10.2f}{row.total_s * 1e3:>9.1f}"
+            + (f"{row.peak_gib:>10.2f}" if show_memory else "")
         )
 
 
@@ -249,7 +315,7 @@ def run_molmo2(tokens: int, warmup: int, runs: int) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -261,32 +327,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="timed runs per case (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per case first")
     parser.add_argument("--backend", choices=("molmoe", "molmo2"), default="molmoe", help="molmo2: (c)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def build_engine(args: argparse.Namespace) -> MolmoEngine | None:
+    """The engine the arguments ask for, or None (with the reason on stderr) where it cannot run here."""
+    if not args.full_random:
+        return tiny_engine(args.reference_dir, args.tokens)
+    if not torch.cuda.is_available():
+        print(
+            "bench/engine.py --full-random needs a CUDA GPU (the full model in bfloat16 takes ~15 GB "
+            "and minutes per frame on CPU); run it on a GPU machine, or drop --full-random for the "
+            "tiny model.",
+            file=sys.stderr,
+        )
+        return None
+    config = args.config or args.reference_dir / "real_config.json"
+    return random_full_engine(
+        config, args.reference_dir / "tiny", args.tokens, args.experts, torch.device("cuda")
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.backend == "molmo2":
         return run_molmo2(args.tokens, args.warmup, args.runs)
-
-    if args.full_random:
-        if not torch.cuda.is_available():
-            print(
-                "bench/engine.py --full-random needs a CUDA GPU (the full model in bfloat16 takes ~15 GB "
-                "and minutes per frame on CPU); run it on a GPU machine, or drop --full-random for the "
-                "tiny model.",
-                file=sys.stderr,
-            )
-            return 2
-        config = args.config or args.reference_dir / "real_config.json"
-        engine = random_full_engine(
-            config, args.reference_dir / "tiny", args.tokens, args.experts, torch.device("cuda")
-        )
-        label = "full-random"
-    else:
-        engine = tiny_engine(args.reference_dir, args.tokens)
-        label = "tiny"
+    engine = build_engine(args)
+    if engine is None:
+        return 2
     describe_environment(engine)
+    warm_up_s = engine.warm_up()
+    if warm_up_s is not None:
+        print(f"warm-up at load (static caches, CUDA-graph capture): {warm_up_s:.2f} s")
     print(f"median of {args.runs} runs after {args.warmup} warm-up runs; {args.tokens} tokens per answer\n")
-    print_table(run_cases(engine, label, args.warmup, args.runs))
+    print_table(run_cases(engine, args.tokens, args.warmup, args.runs))
     if engine.device.type == "cuda":
-        print(f"\npeak GPU memory: {torch.cuda.max_memory_allocated(engine.device) / 2**30:.2f} GiB")
+        print(f"\npeak GPU memory overall: {torch.cuda.max_memory_allocated(engine.device) / 2**30:.2f} GiB")
     return 0
 
 

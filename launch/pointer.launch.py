@@ -18,9 +18,12 @@ from launch_ros.substitutions import FindPackageShare
 OVERRIDES = {
     "image_topic": "cameras.camera.topic",
     "compressed": "cameras.camera.compressed",
+    "backend": "engine.backend",
     "model": "engine.model",
     "device": "engine.device",
+    "autostart": "autostart",
 }
+BOOLEAN_ARGUMENTS = ("compressed", "autostart")
 
 
 def _pointer_node(context: LaunchContext) -> list[Node]:
@@ -28,7 +31,7 @@ def _pointer_node(context: LaunchContext) -> list[Node]:
     for argument, parameter in OVERRIDES.items():
         value = LaunchConfiguration(argument).perform(context)
         if value:
-            overrides[parameter] = value.lower() == "true" if argument == "compressed" else value
+            overrides[parameter] = value.lower() == "true" if argument in BOOLEAN_ARGUMENTS else value
     return [
         Node(
             package="molmo_ros",
@@ -67,6 +70,11 @@ def generate_launch_description() -> LaunchDescription:
                 description="true if image_topic carries sensor_msgs/CompressedImage, else false.",
             ),
             DeclareLaunchArgument(
+                "backend",
+                default_value="",
+                description="molmoe (default), molmo2 or openai (an OpenAI-compatible server such as vLLM).",
+            ),
+            DeclareLaunchArgument(
                 "model",
                 default_value="",
                 description="Hugging Face model id or local checkpoint directory "
@@ -76,6 +84,12 @@ def generate_launch_description() -> LaunchDescription:
                 "device",
                 default_value="",
                 description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.",
+            ),
+            DeclareLaunchArgument(
+                "autostart",
+                default_value="",
+                description="true (params file default): configure and activate by itself; false: leave "
+                "the lifecycle to a lifecycle manager.",
             ),
             OpaqueFunction(function=_pointer_node),
         ]

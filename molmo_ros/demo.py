@@ -21,6 +21,7 @@ import rclpy
 from rclpy.client import Client
 from rclpy.node import Node
 
+from molmo_ros.backends.settings import BACKENDS, BackendSettings
 from molmo_ros.depth import camera_info_topic_beside
 from molmo_ros.msg import PointingResult
 from molmo_ros.nodes.image_folder_publisher import DEFAULT_DEPTH_TOPIC
@@ -77,6 +78,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="molmo-demo", description=__doc__.splitlines()[0])
     parser.add_argument("--query", default="red mug", help="what to point at (default: %(default)s)")
     parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=BackendSettings.backend,
+        help="molmoe (our engine), molmo2 (transformers' Molmo2) or openai (a server; see --url)",
+    )
+    parser.add_argument(
+        "--url", default=BackendSettings.url, help="openai: the server's base URL (%(default)s)"
+    )
+    parser.add_argument(
         "--model",
         default="",
         help="model id or local checkpoint directory (default: $MOLMO_MODEL, else allenai/MolmoE-1B-0924)",
@@ -99,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     pointer_args = [
         "--params-file",
         str(config),
+        "-p",
+        f"engine.backend:={args.backend}",
+        "-p",
+        f"engine.url:={args.url}",
         "-p",
         f"engine.device:={args.device}",
         "-p",

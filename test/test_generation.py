@@ -33,7 +33,7 @@ def processed(reference_dir: Path, case: str) -> dict[str, torch.Tensor]:
 
 
 def pad_to(tensor: torch.Tensor, length: int, dim: int = 0) -> torch.Tensor:
-    """Pad with -1 at the end of dim, as the reference batches prompts and crops (FACTS.md 5.4)."""
+    """Pad with -1 at the end of dim, as AI2's generate_from_batch batches prompts and crops."""
     padding = list(tensor.shape)
     padding[dim] = length - tensor.shape[dim]
     return torch.cat([tensor, torch.full(padding, -1, dtype=tensor.dtype)], dim=dim)

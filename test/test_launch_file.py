@@ -19,7 +19,16 @@ from molmo_ros.nodes.pointer import PointerNode
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LAUNCH_FILE = REPO_ROOT / "launch" / "pointer.launch.py"
-EXPECTED_ARGUMENTS = {"namespace", "params_file", "image_topic", "compressed", "model", "device"}
+EXPECTED_ARGUMENTS = {
+    "namespace",
+    "params_file",
+    "image_topic",
+    "compressed",
+    "backend",
+    "model",
+    "device",
+    "autostart",
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +37,19 @@ def tree() -> ast.Module:
 
 
 @pytest.fixture(scope="module")
-def declared_parameters():
+def declared_node():
     rclpy.init()
-    node = PointerNode(engine=ScriptedEngine())
+    node = PointerNode(backend_factory=lambda settings: ScriptedEngine())
     try:
-        yield {name for name in node._parameters}
+        yield node
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+@pytest.fixture(scope="module")
+def declared_parameters(declared_node):
+    return set(declared_node._parameters)
 
 
 def calls_named(tree: ast.Module, name: str) -> list[ast.Call]:
@@ -121,3 +135,18 @@ def test_every_parameter_in_the_shipped_params_file_is_declared(declared_paramet
     assert names <= declared_parameters, names - declared_parameters
     declared_without_sim_time = declared_parameters - {"use_sim_time", "start_type_description_service"}
     assert declared_without_sim_time <= names, f"undocumented: {declared_without_sim_time - names}"
+
+
+def test_the_shipped_params_file_holds_the_declared_defaults(declared_node):
+    """The settings dataclasses hold each default once; the file repeats them for users: they must agree."""
+    document = yaml.safe_load((REPO_ROOT / "config" / "pointer.yaml").read_text())["/**"]["ros__parameters"]
+
+    def values(parameters: dict, prefix: str = "") -> dict[str, object]:
+        flat = {}
+        for key, value in parameters.items():
+            flat |= values(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+        return flat
+
+    in_file = values(document)
+    declared = {name: declared_node.get_parameter(name).value for name in in_file}
+    assert in_file == declared

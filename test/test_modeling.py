@@ -1,9 +1,16 @@
 """The composed MolmoE model against the forward goldens of AI2's reference code (tiny model, fp32, CPU).
 
 Inputs are the reference processor's tensors from the golden files (not our preprocessing), so these tests
-check only the model. Tolerance: 1e-4 absolute as FACTS.md suggests, widened by 2e-6 of the tensor's
-largest magnitude: case_03's connector activations reach ~175, where fp32 ordering differences between
-the library ViT and the reference (~1e-5 at activations of ~16) grow to ~3e-4.
+check only the model. Tolerances come from measured error levels (docs/ENGINE.md, "Numerics"):
+- logits-scale tensors (logits, the final normalized hidden state, ViT block outputs) and text-only hidden
+  states: 1e-4 absolute, the bound suggested for an independent fp32 implementation; transformers' CLIP
+  and OLMoE modules were measured within 9.5e-6 (ViT blocks, values up to ~16) and 2.9e-6 (logits) of the
+  reference, and this engine's logits and final hidden state within 1.3e-5 of every golden, at 1 and 2
+  threads.
+- hidden states that carry image features (connector activations, block inputs at image positions):
+  2e-3 absolute, or 1e-5 of the tensor's largest magnitude where that is more. These reach ~175 in case_03,
+  where the reference's own fp32 result was measured up to 4.6e-4 from a float64 run, and a correct fp32
+  implementation 5.6e-4 (AMD EPYC) and 2.9e-4 (here) from the golden.
 """
 
 import json
@@ -19,9 +26,25 @@ from molmo_ros.engine.errors import IncompatibleCheckpointError
 from molmo_ros.engine.key_mapping import load_reference_model
 from molmo_ros.engine.modeling import MolmoEForPointing
 
+LOGITS_ATOL = 1e-4  # see the module docstring for the measurements behind each bound
+IMAGE_HIDDEN_ATOL = 2e-3
+IMAGE_HIDDEN_RELATIVE_TO_MAX = 1e-5
+# bf16 weights against the fp32 goldens. Measured with this engine: the tiny model is 0.029 off
+# logits_last8 of case_00 with 99.7 % top-1 agreement (0.11 and 94.9 % on the 13-crop case_03); at the real
+# widths 0.043 and 95.4 % (docs/ENGINE.md). The bounds leave about twice the worst measured logit error and
+# ask for the agreement measured at the real widths.
+BF16_LOGITS_ATOL = 0.25
+BF16_MIN_TOP1_AGREEMENT = 0.95
+
 
 def assert_matches(actual: torch.Tensor, expected: torch.Tensor, name: str = "") -> None:
-    atol = 1e-4 + 2e-6 * expected.abs().max().item()
+    """Logits-scale bound (LOGITS_ATOL)."""
+    torch.testing.assert_close(actual, expected, atol=LOGITS_ATOL, rtol=0, msg=lambda m: f"{name}: {m}")
+
+
+def assert_image_hidden_matches(actual: torch.Tensor, expected: torch.Tensor, name: str = "") -> None:
+    """Bound for hidden states that carry image features (IMAGE_HIDDEN_*)."""
+    atol = max(IMAGE_HIDDEN_ATOL, IMAGE_HIDDEN_RELATIVE_TO_MAX * expected.abs().max().item())
     torch.testing.assert_close(actual, expected, atol=atol, rtol=0, msg=lambda m: f"{name}: {m}")
 
 
@@ -46,7 +69,7 @@ def model_inputs(reference_dir: Path, case: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("case", ["00", "03", "06"])
-def test_forward_matches_reference(tiny_model, reference_dir, case):
+def test_forward_matches_reference(tiny_model, reference_dir, case, torch_threads):
     golden = load_file(reference_dir / "model" / f"forward_case_{case}.safetensors")
     captured: dict[str, torch.Tensor] = {}
 
@@ -75,40 +98,43 @@ def test_forward_matches_reference(tiny_model, reference_dir, case):
     assert_matches(logits.logsumexp(dim=-1), golden["logits_logsumexp"], "logits_logsumexp")
     as_f64 = logits.double()
     checksums = torch.stack([as_f64.sum(), as_f64.abs().sum(), as_f64.square().sum()])
+    # Sums over T x 50304 fp32 logits: 1e-6 relative is ~100 fp32 roundings of the total; the absolute 1.0
+    # covers the signed sum, whose terms cancel (its error is set by the sum of magnitudes, not by itself).
     torch.testing.assert_close(checksums, golden["logits_checksums_f64"], atol=1.0, rtol=1e-6)
 
     n_layers = tiny_model.config.n_layers
     block_inputs = torch.stack([hidden[0] for hidden in out.hidden_states[:n_layers]])
-    assert_matches(block_inputs, golden["block_inputs"], "block_inputs")
+    assert_image_hidden_matches(block_inputs, golden["block_inputs"], "block_inputs")
     assert_matches(out.last_hidden_state[0], golden["final_hidden_after_ln_f"], "final_hidden_after_ln_f")
 
     vision_goldens = sorted(name for name in golden if name.startswith(("pooling_", "vit_block_out_")))
     if case == "06":
         assert out.image_features is None and not captured
     else:
-        assert_matches(
+        assert_image_hidden_matches(
             out.image_features, golden["image_features_connector_out"], "image_features_connector_out"
         )
         assert vision_goldens, "image cases carry pooling goldens"
     for name in vision_goldens:
-        assert_matches(captured[name], golden[name], name)
+        check = assert_matches if name.startswith("vit_block_out_") else assert_image_hidden_matches
+        check(captured[name], golden[name], name)
 
 
 def test_bfloat16_weights_stay_close_to_fp32_reference(tiny_model_dir, reference_dir):
-    """bf16 weights; the pooling attention and RoPE tables stay fp32. Loose bounds: bf16 keeps ~3 digits."""
+    """bf16 weights; the pooling attention and RoPE tables stay fp32."""
     model = load_tiny(tiny_model_dir, torch.bfloat16)
     assert model.llm.rotary_emb.inv_freq.dtype == torch.float32
     golden = load_file(reference_dir / "model" / "forward_case_00.safetensors")
     with torch.inference_mode():
         logits = model(**model_inputs(reference_dir, "00")).logits[0].float()
-    assert (logits[-8:] - golden["logits_last8"]).abs().max() < 0.25
+    assert (logits[-8:] - golden["logits_last8"]).abs().max() < BF16_LOGITS_ATOL
     agreement = (logits.argmax(dim=-1) == golden["logits_top5_ids"][:, 0]).float().mean()
-    assert agreement > 0.95
+    assert agreement > BF16_MIN_TOP1_AGREEMENT
 
 
 @pytest.mark.parametrize("experts_implementation", ["eager", "batched_mm", "grouped_mm"])
 def test_every_experts_implementation_matches_reference(
-    tiny_model_dir, reference_dir, experts_implementation
+    tiny_model_dir, reference_dir, experts_implementation, torch_threads
 ):
     model = load_tiny(tiny_model_dir, torch.float32, experts_implementation=experts_implementation)
     assert model.llm.config._experts_implementation == experts_implementation

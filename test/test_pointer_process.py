@@ -90,7 +90,52 @@ def test_console_entry_point_with_params_file_and_tiny_model(ros, tiny_model_dir
         user.destroy_node()
         code, output = interrupt(node)
     assert code == 0, output
-    assert "model loaded on cpu" in output
+    assert "active: molmoe backend ready" in output
+
+
+def test_console_entry_point_with_the_tiny_molmo2_backend(ros, tmp_path):
+    """Proof of life of the molmo2 backend in the real node program: a tiny random Molmo2 built here."""
+    from molmo2_tiny import build_tiny_molmo2
+
+    checkpoint = build_tiny_molmo2(tmp_path / "tiny-molmo2")
+    node = start(
+        [
+            str(BIN / "pointer"),
+            "--ros-args",
+            "-p",
+            "engine.backend:=molmo2",
+            "-p",
+            f"engine.model:={checkpoint}",
+            "-p",
+            "engine.device:=cpu",
+            "-p",
+            "engine.max_new_tokens:=8",
+        ]
+    )
+    user = TestClient()
+    camera = user.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
+    spinner = Spinner(user)
+    try:
+        assert user.client.wait_for_service(timeout_sec=120), "the node never offered /molmo/point"
+        rgb = np.random.default_rng(5).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+        frame = image_message(rgb, user.get_clock().now().nanoseconds, "camera_optical_frame")
+        response = None
+
+        def answered() -> bool:
+            nonlocal response
+            response = user.point("red mug", timeout=120)
+            return response.error_code not in (response.NO_FRAME, response.NOT_ACTIVE)
+
+        assert publish_until(camera, lambda: frame, answered, timeout=120)
+        assert response.success, response.message
+        assert response.result.raw_text.strip(), "the model's raw text comes back"
+        assert response.result.header.stamp == frame.header.stamp
+    finally:
+        spinner.close()
+        user.destroy_node()
+        code, output = interrupt(node)
+    assert code == 0, output
+    assert "active: molmo2 backend ready" in output
 
 
 def test_missing_weights_stop_the_node_with_what_to_set(tmp_path):
@@ -135,7 +180,7 @@ def test_demo_without_weights_says_so_and_shows_no_points(tmp_path):
 @pytest.mark.parametrize(
     "parameter, fragment",
     [
-        ("max_frame_age:=2", "max_frame_age"),
+        ("max_frame_age:=-1.0", "max_frame_age"),
         ("queue_size:=0", "queue_size"),
         ("cameras.camera.topic:=/bad topic", "topic"),
         ("qos:=fast", "qos"),

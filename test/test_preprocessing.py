@@ -1,4 +1,4 @@
-"""MolmoPreprocessor against the official processor's goldens (reference FACTS.md sections 3 and 4)."""
+"""MolmoPreprocessor against the official processor's goldens (docs/ENGINE.md, "Preprocessing")."""
 
 import io
 import json
@@ -12,12 +12,12 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from molmo_ros.engine.errors import InvalidImageError
-from molmo_ros.engine.preprocessing import MolmoPreprocessor, select_tiling
+from molmo_ros.engine.errors import IncompatibleCheckpointError, InvalidImageError
+from molmo_ros.engine.preprocessing import DROPPED_SLOT, MolmoPreprocessor, select_tiling
 
 CASES = [f"case_{i:02d}" for i in range(7)]
 IMAGE_CASES = [case for case in CASES if case != "case_06"]
-# FACTS.md section 3, the token table.
+# The special-token table of docs/ENGINE.md, "Preprocessing".
 EXPECTED_TOKEN_IDS = {
     "eos": 50279,
     "pad": 1,
@@ -92,7 +92,7 @@ def test_tiling_and_size_match_sidecar(preprocessor, reference_dir, case):
     ],
 )
 def test_tiling_choice(height, width, expected):
-    # Margins of 8 patches of 14 px removed, windows of 16 patches (FACTS section 4.2).
+    # Margins of 8 patches of 14 px removed, windows of 16 patches (docs/ENGINE.md, "Preprocessing", step 2).
     assert select_tiling(height - 112, width - 112, 224, 12) == expected
 
 
@@ -111,7 +111,7 @@ def test_token_block_and_feature_positions_are_consistent(preprocessor, height, 
     # Every <im_patch> token receives exactly one pooled feature, and nothing else does.
     image_input_idx = encoded.image_input_idx.numpy()
     positions = image_input_idx[image_input_idx >= 0]
-    assert np.all(image_input_idx[image_input_idx < 0] == -100)
+    assert np.all(image_input_idx[image_input_idx < 0] == DROPPED_SLOT)
     assert len(np.unique(positions)) == len(positions)
     np.testing.assert_array_equal(
         np.sort(positions), np.flatnonzero(input_ids == preprocessor.image_patch_id)
@@ -156,7 +156,7 @@ def test_special_token_ids_match_the_reference_table(preprocessor):
 
 
 def test_prompt_template_example(preprocessor):
-    # FACTS section 3 spells out the tokens of this prompt.
+    # The tokens of this prompt as the reference tokenizer gives them.
     expected = [11447, 27, 3666, 19268, 436, 2460, 15, 17762, 27]
     assert preprocessor.prompt_token_ids("Describe this image.") == expected
 
@@ -260,3 +260,12 @@ def test_read_only_buffer_is_accepted_without_warnings(preprocessor):
 def test_invalid_images_are_rejected(preprocessor, bad_image):
     with pytest.raises(InvalidImageError):
         preprocessor.encode_image(bad_image)
+
+
+@pytest.mark.parametrize("content", ['{"version": "1.0", "trunc', "{}"], ids=["truncated", "no-model"])
+def test_corrupt_tokenizer_is_an_incompatible_checkpoint_naming_the_file(tmp_path, tiny_model_dir, content):
+    for name in ("preprocessor_config.json", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((tiny_model_dir / name).read_bytes())
+    (tmp_path / "tokenizer.json").write_text(content)
+    with pytest.raises(IncompatibleCheckpointError, match=str(tmp_path / "tokenizer.json")):
+        MolmoPreprocessor.from_pretrained(tmp_path)

@@ -1,70 +1,63 @@
-"""The executor the node programs run on: each ready callback is submitted once, errors still surface."""
+"""The node runner: plain messages when a node cannot start, and an orderly end on a signal."""
 
+import os
+import signal
 import threading
-import time
 
 import pytest
-import rclpy
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import Image
 
-from molmo_ros.nodes.runner import SubmitOnceExecutor
+from molmo_ros.nodes.runner import CONFIGURATION_ERRORS, run_node
 
 
-@pytest.fixture
-def node():
-    rclpy.init()
-    node = Node("runner_test")
-    yield node
-    node.destroy_node()
-    rclpy.try_shutdown()
+class RecordingNode(Node):
+    """A node with the runner's optional hooks, recording which were called."""
+
+    def __init__(self, starts: bool = True) -> None:
+        super().__init__("recording_node")
+        self.starts = starts
+        self.calls: list[str] = []
+
+    def start(self) -> bool:
+        self.calls.append("start")
+        return self.starts
+
+    def shut_down(self) -> None:
+        self.calls.append("shut_down")
 
 
-def spin_for(executor: SubmitOnceExecutor, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        executor.spin_once(timeout_sec=0.05)
+def test_a_node_that_cannot_be_built_is_reported_without_a_traceback(capsys):
+    def broken() -> Node:
+        raise ValueError("parameter qos must be one of sensor_data, reliable")
+
+    assert run_node("demo_program", broken, CONFIGURATION_ERRORS, []) == 1
+    assert "demo_program: cannot start: parameter qos" in capsys.readouterr().err
 
 
-def test_a_frame_stream_is_taken_without_flooding_the_thread_pool(node):
-    """With rclpy 9.1's own MultiThreadedExecutor this stream left over 100 submissions pending."""
-    received = []
-    node.create_subscription(Image, "/runner_test/image", received.append, qos_profile_sensor_data)
-    publisher = node.create_publisher(Image, "/runner_test/image", qos_profile_sensor_data)
-    frame = Image(height=480, width=640, encoding="rgb8", step=3 * 640, data=bytes(3 * 640 * 480))
-    stop = threading.Event()
-    sent = []
+def test_a_node_whose_start_fails_exits_with_1(capsys):
+    node = None
 
-    def stream() -> None:
-        while not stop.is_set():
-            publisher.publish(frame)
-            sent.append(1)
-            time.sleep(0.01)
+    def make() -> Node:
+        nonlocal node
+        node = RecordingNode(starts=False)
+        return node
 
-    executor = SubmitOnceExecutor(num_threads=8)
-    executor.add_node(node)
-    streamer = threading.Thread(target=stream)
-    streamer.start()
-    most_pending = 0
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:
-        executor.spin_once(timeout_sec=0.05)
-        most_pending = max(most_pending, len(executor._futures))
-    stop.set()
-    streamer.join()
-    executor.shutdown()
-    assert most_pending <= 8, f"{most_pending} submissions pending at once"
-    assert len(received) > 20, f"only {len(received)} of {len(sent)} frames taken"
+    assert run_node("demo_program", make, CONFIGURATION_ERRORS, []) == 1
+    assert node.calls == ["start"] and "cannot start" in capsys.readouterr().err
 
 
-def test_a_callback_exception_stops_spinning_as_in_rclpy(node):
-    def fail() -> None:
-        raise RuntimeError("callback bug")
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_shuts_the_node_down_before_leaving_ros(signal_number):
+    node = None
+    before = signal.getsignal(signal_number)
 
-    node.create_timer(0.01, fail)
-    executor = SubmitOnceExecutor(num_threads=2)
-    executor.add_node(node)
-    with pytest.raises(RuntimeError, match="callback bug"):
-        spin_for(executor, 2.0)
-    executor.shutdown()
+    def make() -> Node:
+        nonlocal node
+        node = RecordingNode()
+        # The signal arrives once the node spins; the runner then shuts it down and returns 0.
+        threading.Timer(0.5, os.kill, (os.getpid(), signal_number)).start()
+        return node
+
+    assert run_node("demo_program", make, CONFIGURATION_ERRORS, []) == 0
+    assert node.calls == ["start", "shut_down"]
+    assert signal.getsignal(signal_number) is before, "the previous handler is restored"

@@ -37,8 +37,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, StoppingCri
 from molmo_ros.backends.images import check_images
 from molmo_ros.backends.interface import BackendAnswer, GenerationControl, Stage
 from molmo_ros.backends.settings import BackendSettings
-from molmo_ros.engine.checkpoint import hub_cache_dir, hub_offline, out_of_memory_guard
-from molmo_ros.engine.engine import resolve_device, resolve_dtype
+from molmo_ros.engine.checkpoint_source import hub_cache_dir, hub_offline
+from molmo_ros.engine.device import out_of_memory_guard, resolve_device, resolve_dtype
 from molmo_ros.engine.errors import IncompatibleCheckpointError, WeightsNotFoundError
 
 log = logging.getLogger(__name__)

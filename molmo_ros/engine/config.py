@@ -48,6 +48,25 @@ _REQUIRED_VISION: tuple[tuple[str, Any], ...] = (
 )
 
 
+def check_model_family(d: dict[str, Any]) -> None:
+    """Recognise the other Molmo checkpoints by config.json's `model_type` and `architectures` and name the
+    backend that runs them, instead of failing later on a field this engine needs."""
+    model_type = str(d.get("model_type", ""))
+    architectures = [str(name) for name in d.get("architectures") or []]
+    if model_type.startswith("molmo2") or any(name.startswith("Molmo2") for name in architectures):
+        raise IncompatibleCheckpointError(
+            f"this is a Molmo2 checkpoint (model_type {model_type!r}, architectures {architectures}), which "
+            "the molmoe engine cannot run: use the molmo2 backend (setting engine.backend: molmo2)"
+        )
+    if model_type == "molmo" and d.get("block_type") != "moe" and "moe_num_experts" not in d:
+        raise IncompatibleCheckpointError(
+            f"this is a dense Molmo checkpoint such as Molmo-7B-D or Molmo-7B-O (model_type 'molmo', "
+            f"architectures {architectures}, no mixture of experts), which the molmoe engine cannot run: "
+            "serve it with vLLM and use the openai backend (settings engine.backend: openai and engine.url: "
+            "that server's OpenAI-compatible URL)"
+        )
+
+
 def _incompatible(field: str, problem: str) -> IncompatibleCheckpointError:
     return IncompatibleCheckpointError(
         f"checkpoint config field '{field}' {problem}; this engine supports MolmoE-1B"
@@ -100,6 +119,7 @@ class MolmoConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MolmoConfig:
+        check_model_family(d)
         for name, required in _REQUIRED_TOP_LEVEL:
             if _field(d, name) != required:
                 raise _incompatible(name, f"is {d[name]!r}, only {required!r} is supported")

@@ -4,7 +4,7 @@ import os
 
 DEFAULT_MODEL_ID = "allenai/MolmoE-1B-0924"
 # Pinned to the commit whose remote code (config_molmoe.py, modeling_molmoe.py, preprocessing
-# files) our goldens in molmo_reference were checked against: the hub tree at 03d86d0 is the
+# files) the reference behaviour in docs/ENGINE.md was checked against: the hub tree at 03d86d0 is the
 # "Update preprocessing_molmo.py (#13)" commit, after which only the model card changed. It ships
 # the weights as pytorch_model.bin (the repo is tagged PyTorch, not Safetensors), which
 # `checkpoint.find_weight_files` accepts. The other public commit, 9867b99, could not be matched to

@@ -1,9 +1,13 @@
 """The engine the ROS node and the CLI use: load MolmoE once, then answer prompts about images.
 
-One image with several prompts is preprocessed and run through the vision encoder once; the
-prompts are decoded together as one right-padded batch (greedy, KV cache, stop at EOS).
+One image with several prompts is preprocessed, run through the vision encoder and prefilled (BOS and
+image block) once; the prompts are then decoded together as one batch on the fast path
+(fast_generation.py: shared prefix, static cache, CUDA graphs on CUDA; greedy, stop at EOS). The last
+frame's prefix is kept, keyed by the identity of the image object, so a second request about the same
+frame skips all image work.
 """
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -13,53 +17,25 @@ import numpy as np
 import PIL.Image
 import torch
 
-from molmo_ros.engine.checkpoint import (
-    DEFAULT_MODEL_ID,
-    DEFAULT_REVISION,
-    load_checkpoint,
-    out_of_memory_guard,
-)
+from molmo_ros.backends.interface import GenerationControl, Stage
+from molmo_ros.backends.settings import BackendSettings
+from molmo_ros.engine.checkpoint import load_checkpoint
+from molmo_ros.engine.defaults import DEFAULT_REVISION, default_model
+from molmo_ros.engine.device import out_of_memory_guard, release_device_memory, resolve_device, resolve_dtype
 from molmo_ros.engine.errors import EngineError
-from molmo_ros.engine.generation import greedy_generate
-from molmo_ros.engine.modeling import PADDING_ID, MolmoEForPointing
-from molmo_ros.engine.preprocessing import ImageInputs, MolmoPreprocessor
+from molmo_ros.engine.fast_generation import FastGenerator, PrefixCache
+from molmo_ros.engine.modeling import MolmoEForPointing
+from molmo_ros.engine.preprocessing import MolmoPreprocessor
 
 Image = np.ndarray | PIL.Image.Image
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-}
+logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """What to load and how. `device`/`dtype` "auto": CUDA in bfloat16 if present, else CPU in float32."""
-
-    model: str = DEFAULT_MODEL_ID  # Hugging Face id or local checkpoint directory
-    revision: str = DEFAULT_REVISION  # commit of a hub id; ignored for a local directory
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    dtype: str = "auto"  # auto, float32, bfloat16, float16
-    max_new_tokens: int = 200
-    cache_dir: str | None = None  # converted-weights cache; see checkpoint.weights_cache_root
-    cache_weights: bool = True  # keep a one-time bfloat16/float16 conversion for fast later starts
-    stop_at_eos: bool = True  # False forces max_new_tokens tokens (benchmarks)
-
-    def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError("model is empty: give a Hugging Face model id or a checkpoint directory")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        if self.dtype != "auto" and self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be auto or one of {', '.join(_DTYPES)}, got {self.dtype!r}")
-        if self.device != "auto":
-            _parse_device(self.device)
+# The request shape warm_up prepares (CUDA graphs are per batch size and cache length): a 1080p frame,
+# one prompt and a batch of several prompts about it.
+WARM_UP_FRAME_SIZE = (1080, 1920)  # height, width
+WARM_UP_PROMPT = "Point to the red mug"
+WARM_UP_BATCHES = (1, 8)
 
 
 @dataclass(frozen=True)
@@ -69,7 +45,8 @@ class StageTimings:
     `new_tokens` counts the answer tokens of all prompts together (EOS not included); `steps` is the
     number of tokens generated per prompt: the longest answer plus its EOS, or max_new_tokens when that
     limit stopped generation first. The prefill yields the first token, so `decode_s` covers
-    `steps - 1` batched steps.
+    `steps - 1` batched steps. `prefill_s` is the prompts' own tokens; `prefix_prefill_s` the shared BOS
+    and image block. preprocess, vision and prefix prefill are 0 when the frame's prefix was cached.
     """
 
     preprocess_s: float
@@ -78,10 +55,20 @@ class StageTimings:
     decode_s: float
     new_tokens: int
     steps: int = 1
+    prefix_prefill_s: float = 0.0
 
     @property
     def total_s(self) -> float:
-        return self.preprocess_s + self.vision_s + self.prefill_s + self.decode_s
+        return self.preprocess_s + self.vision_s + self.prefix_prefill_s + self.prefill_s + self.decode_s
+
+
+@dataclass(frozen=True)
+class _FramePrefix:
+    """The last frame's prefill, reused while the caller passes the very same image object again."""
+
+    image: object  # the caller's object, compared with `is` (callers never modify a frame they passed)
+    prefix: PrefixCache
+    preprocess_s: float
 
 
 @dataclass(frozen=True)
@@ -91,40 +78,9 @@ class EngineResult:
     token_ids: list[list[int]]  # the generated ids per prompt, EOS and anything after it excluded
 
 
-def _parse_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as error:
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from error
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    return device
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = _parse_device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise EngineError(
-                f"device {name!r} was asked for but CUDA is not available here; use device cpu or auto"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise EngineError(
-                f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)"
-            )
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return _DTYPES[name]
-
-
 class MolmoEngine:
-    """Load once with `MolmoEngine.load`, then call `generate`; calls are serialized by a lock."""
+    """Load once with `MolmoEngine.load`, then call `generate`; calls are serialized by a lock.
+    `close` frees the model (and its GPU memory); the engine cannot answer afterwards."""
 
     def __init__(
         self,
@@ -134,10 +90,10 @@ class MolmoEngine:
         device: torch.device,
         dtype: torch.dtype,
         model_name: str,
-        max_new_tokens: int = 200,
+        max_new_tokens: int = BackendSettings.max_new_tokens,
         stop_at_eos: bool = True,
     ) -> None:
-        self.model = model
+        self._model: MolmoEForPointing | None = model
         self.preprocessor = preprocessor
         self._device = device
         self._dtype = dtype
@@ -145,29 +101,72 @@ class MolmoEngine:
         self.max_new_tokens = max_new_tokens
         self.stop_at_eos = stop_at_eos
         self._lock = threading.Lock()
+        self._fast: FastGenerator | None = FastGenerator(model)
+        self._last_frame: _FramePrefix | None = None
 
     @classmethod
-    def load(cls, settings: EngineSettings) -> "MolmoEngine":
+    def load(
+        cls, settings: BackendSettings, *, cache_weights: bool = True, stop_at_eos: bool = True
+    ) -> "MolmoEngine":
+        """Load the checkpoint `settings.model` names (empty: $MOLMO_MODEL, else MolmoE-1B at its pinned
+        revision). cache_weights keeps a one-time bfloat16/float16 conversion for fast later starts;
+        stop_at_eos False forces max_new_tokens tokens (benchmarks). A device or dtype this machine cannot
+        use raises InvalidSettingError before anything is read."""
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
+        model = settings.model or default_model()
         loaded = load_checkpoint(
-            settings.model,
-            settings.revision,
+            model,
+            settings.revision or DEFAULT_REVISION,
             device,
             dtype,
-            use_cache=settings.cache_weights,
-            cache_dir=settings.cache_dir,
+            use_cache=cache_weights,
+            cache_dir=settings.cache_dir or None,
         )
         preprocessor = MolmoPreprocessor.from_pretrained(loaded.files_dir, device=device)
-        return cls(
+        engine = cls(
             loaded.model,
             preprocessor,
             device=device,
             dtype=dtype,
             model_name=loaded.description,
             max_new_tokens=settings.max_new_tokens,
-            stop_at_eos=settings.stop_at_eos,
+            stop_at_eos=stop_at_eos,
         )
+        engine.warm_up()
+        return engine
+
+    @property
+    def model(self) -> MolmoEForPointing:
+        if self._model is None:
+            raise EngineError(
+                f"the engine for {self._model_name} is closed (its model was freed); load a new one"
+            )
+        return self._model
+
+    @property
+    def _generator(self) -> FastGenerator:
+        if self._fast is None:
+            raise EngineError(
+                f"the engine for {self._model_name} is closed (its model was freed); load a new one"
+            )
+        return self._fast
+
+    @property
+    def closed(self) -> bool:
+        return self._model is None
+
+    def close(self) -> None:
+        """Drop the model so its memory is given back (on CUDA, to the driver, visible in nvidia-smi).
+
+        Waits for a running generate call to finish. Whoever still holds the model object itself (not
+        this engine) keeps it alive. Closing twice is harmless."""
+        with self._lock:
+            if self._model is None:
+                return
+            # The fast path's caches, graphs and the last frame's prefix hold the model and device memory too.
+            self._model = self._fast = self._last_frame = None
+            release_device_memory(self._device)
 
     @property
     def device(self) -> torch.device:
@@ -182,91 +181,135 @@ class MolmoEngine:
         return self._model_name
 
     def generate(
-        self, image: Image, prompts: Sequence[str], max_new_tokens: int | None = None
+        self,
+        image: Image,
+        prompts: Sequence[str],
+        max_new_tokens: int | None = None,
+        control: GenerationControl | None = None,
     ) -> EngineResult:
-        """Answer every prompt about one image; the image is preprocessed and encoded once."""
+        """Answer every prompt about one image; the image is preprocessed, encoded and prefilled once.
+
+        Passing the same image object as the previous call reuses that frame's prefill: an image must
+        not be modified after it was passed in. `control` is told the stage (VISION, then DECODING with
+        the tokens so far) and checked for cancellation between decode steps (GenerationCancelledError).
+        """
         prompts = _check_prompts(prompts)
         with self._lock, torch.inference_mode(), out_of_memory_guard(self._device, "answering"):
-            started = time.perf_counter()
-            image_inputs = self.preprocessor.encode_image(image)
-            input_ids = [self.preprocessor.build_input_ids(prompt, image_inputs) for prompt in prompts]
-            preprocess_s = time.perf_counter() - started
-            return self._run([image_inputs], input_ids, preprocess_s, max_new_tokens)
+            if control is not None:
+                control.raise_if_cancelled()
+                control.report(Stage.VISION)
+            prompt_ids = [self.preprocessor.prompt_token_ids(prompt) for prompt in prompts]
+            frame = self._last_frame
+            if frame is None or frame.image is not image:
+                self._last_frame = None  # never keep a prefix beside a newer one: frees its memory first
+                frame = self._prefill_frame(image, prompts[0])
+                self._last_frame = frame
+                preprocess_s, prefix = frame.preprocess_s, frame.prefix
+                vision_s, prefix_prefill_s = prefix.vision_s, prefix.prefill_s
+            else:
+                prefix = frame.prefix
+                preprocess_s = vision_s = prefix_prefill_s = 0.0
+            return self._decode(
+                [prefix], prompt_ids, max_new_tokens, control, (preprocess_s, vision_s, prefix_prefill_s)
+            )
 
     def generate_batch(
-        self, images: Sequence[Image], prompts: Sequence[str], max_new_tokens: int | None = None
+        self,
+        images: Sequence[Image],
+        prompts: Sequence[str],
+        max_new_tokens: int | None = None,
+        control: GenerationControl | None = None,
     ) -> EngineResult:
-        """One prompt per image, all decoded as one batch."""
+        """One prompt per image, all decoded as one batch (each distinct image object prefilled once)."""
         prompts = _check_prompts(prompts)
         if len(images) != len(prompts):
             raise ValueError(
                 f"generate_batch needs one prompt per image: {len(images)} images, {len(prompts)} prompts"
             )
         with self._lock, torch.inference_mode(), out_of_memory_guard(self._device, "answering a batch"):
-            started = time.perf_counter()
-            image_inputs = [self.preprocessor.encode_image(image) for image in images]
-            input_ids = [
-                self.preprocessor.build_input_ids(p, inputs)
-                for p, inputs in zip(prompts, image_inputs, strict=True)
-            ]
-            preprocess_s = time.perf_counter() - started
-            return self._run(image_inputs, input_ids, preprocess_s, max_new_tokens)
+            if control is not None:
+                control.raise_if_cancelled()
+                control.report(Stage.VISION)
+            frames: dict[int, _FramePrefix] = {}
+            for image, prompt in zip(images, prompts, strict=True):
+                if id(image) not in frames:
+                    frames[id(image)] = self._prefill_frame(image, prompt)
+            prefixes = [frames[id(image)].prefix for image in images]
+            unique = frames.values()
+            stages = (
+                sum(frame.preprocess_s for frame in unique),
+                sum(frame.prefix.vision_s for frame in unique),
+                sum(frame.prefix.prefill_s for frame in unique),
+            )
+            prompt_ids = [self.preprocessor.prompt_token_ids(prompt) for prompt in prompts]
+            return self._decode(prefixes, prompt_ids, max_new_tokens, control, stages)
 
-    def _run(
-        self,
-        image_inputs: list[ImageInputs],
-        input_ids: list[np.ndarray],
-        preprocess_s: float,
-        max_new_tokens: int | None,
-    ) -> EngineResult:
-        """Encode the images (one per row, or one shared by all rows) and decode all rows together."""
-        images, masks, positions = self._stack_images(image_inputs)
-        output = greedy_generate(
-            self.model,
-            _right_pad(input_ids).to(self._device),
-            image_input_idx=positions,
-            images=images,
-            image_masks=masks,
-            max_new_tokens=self.max_new_tokens if max_new_tokens is None else max_new_tokens,
-            # argmax never yields -1, so with stop_at_eos off every answer runs to the limit.
-            eos_token_id=self.preprocessor.eos_token_id if self.stop_at_eos else PADDING_ID,
+    def warm_up(self) -> float | None:
+        """On CUDA, allocate the static caches and capture the decode graphs a 1080p request with 1 and 8
+        prompts uses, so the first real request is fast; logs and returns the seconds it took. Nothing
+        to prepare on CPU (returns None)."""
+        if self._device.type != "cuda":
+            return None
+        started = time.perf_counter()
+        frame = np.zeros((*WARM_UP_FRAME_SIZE, 3), dtype=np.uint8)
+        for batch in WARM_UP_BATCHES:
+            self.generate(frame, [WARM_UP_PROMPT] * batch)
+        with self._lock:
+            self._last_frame = None
+        seconds = time.perf_counter() - started
+        logger.info(
+            "engine warm-up (1080p frame, batches %s, %d CUDA graphs captured) took %.2f s",
+            WARM_UP_BATCHES,
+            self._generator.graphs_captured,
+            seconds,
         )
+        return seconds
+
+    def _prefill_frame(self, image: Image, prompt: str) -> _FramePrefix:
+        """Preprocess one image and prefill BOS + its image block (everything before the prompt's tokens)."""
+        started = time.perf_counter()
+        image_inputs = self.preprocessor.encode_image(image)
+        input_ids = self.preprocessor.build_input_ids(prompt, image_inputs)
+        prefix_ids = input_ids[: len(input_ids) - len(self.preprocessor.prompt_token_ids(prompt))]
+        preprocess_s = time.perf_counter() - started
+        prefix = self._generator.prefill_prefix(
+            torch.from_numpy(prefix_ids),
+            image_inputs.images,
+            image_inputs.image_masks,
+            image_inputs.image_input_idx,
+        )
+        return _FramePrefix(image=image, prefix=prefix, preprocess_s=preprocess_s)
+
+    def _decode(
+        self,
+        prefixes: list[PrefixCache],
+        prompt_ids: list[list[int]],
+        max_new_tokens: int | None,
+        control: GenerationControl | None,
+        image_stages: tuple[float, float, float],
+    ) -> EngineResult:
+        """Decode every prompt after its prefix; image_stages: preprocess, vision, prefix prefill seconds."""
+        if control is not None:
+            control.raise_if_cancelled()
+        output = self._generator.generate(
+            prefixes,
+            prompt_ids,
+            max_new_tokens=self.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            eos_token_id=self.preprocessor.eos_token_id if self.stop_at_eos else None,
+            control=control,
+        )
+        preprocess_s, vision_s, prefix_prefill_s = image_stages
         timings = StageTimings(
             preprocess_s=preprocess_s,
-            vision_s=output.timings.vision_s,
+            vision_s=vision_s,
             prefill_s=output.timings.prefill_s,
             decode_s=output.timings.decode_s,
             new_tokens=sum(len(row) for row in output.token_ids),
             steps=output.timings.steps,
+            prefix_prefill_s=prefix_prefill_s,
         )
         texts = [self.preprocessor.decode(row) for row in output.token_ids]
         return EngineResult(texts, timings, output.token_ids)
-
-    def _stack_images(
-        self, image_inputs: list[ImageInputs]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """[B, N, ...] tensors on the preprocessor's device. One image only gains the batch axis (no copy);
-        images with fewer crops are padded with -1, the reference's batch padding (an all -1 crop is
-        encoded like any other and its features zeroed, a -1 position receives no feature)."""
-        names = ("images", "image_masks", "image_input_idx")
-        if len(image_inputs) == 1:
-            images, masks, positions = (getattr(image_inputs[0], name)[None] for name in names)
-            return images, masks, positions
-        crops = max(inputs.images.shape[0] for inputs in image_inputs)
-
-        def stacked(name: str) -> torch.Tensor:
-            rows = [getattr(inputs, name) for inputs in image_inputs]
-            return torch.stack(
-                [
-                    row
-                    if row.shape[0] == crops
-                    else torch.cat([row, row.new_full((crops - row.shape[0], *row.shape[1:]), -1)])
-                    for row in rows
-                ]
-            )
-
-        images, masks, positions = (stacked(name) for name in names)
-        return images, masks, positions
 
 
 def _check_prompts(prompts: Sequence[str]) -> list[str]:
@@ -279,12 +322,3 @@ def _check_prompts(prompts: Sequence[str]) -> list[str]:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"every prompt must be a non-empty string, got {prompt!r}")
     return prompts
-
-
-def _right_pad(rows: list[np.ndarray]) -> torch.Tensor:
-    """[B, T] int64, shorter rows padded with -1 on the right (the reference treats -1 as padding)."""
-    length = max(len(row) for row in rows)
-    padded = np.full((len(rows), length), -1, dtype=np.int64)
-    for i, row in enumerate(rows):
-        padded[i, : len(row)] = row
-    return torch.from_numpy(padded)

@@ -16,6 +16,11 @@ class IncompatibleCheckpointError(EngineError):
     """The files were found but are not a MolmoE-1B checkpoint we can map (missing or unexpected keys)."""
 
 
+class InvalidSettingError(EngineError, ValueError):
+    """A setting names something this machine cannot use (a device it lacks, a dtype torch has not);
+    the message names the setting and the values it takes."""
+
+
 class InvalidImageError(EngineError, ValueError):
     """The image cannot be fed to the model (wrong shape, dtype, empty)."""
 

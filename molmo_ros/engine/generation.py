@@ -1,6 +1,7 @@
-"""Greedy decoding with a KV cache: one prefill over the prompt(s), then one token per step.
+"""Eager greedy decoding with a dynamic KV cache: the reference the fast path (fast_generation.py) is tested
+against. One prefill over the whole prompt(s), then one token per step.
 
-Semantics follow the reference `generate_from_batch` (FACTS.md 5.4): prompts are right-padded with -1,
+Semantics mirror AI2's `generate_from_batch` (MolmoE's modeling code): prompts are right-padded with -1,
 positions count only real tokens, the padding stays masked for the whole generation, images are only
 used in the prefill. Per step the only host synchronisation is the "all rows finished?" check.
 """
@@ -21,7 +22,7 @@ class GenerationTimings:
     """Seconds per stage, measured after a device synchronisation so GPU work is attributed correctly."""
 
     vision_s: float = 0.0  # 0 when the caller passed already-encoded image features
-    prefill_s: float = 0.0
+    prefill_s: float = 0.0  # the prompt prefill (the fast path times its shared image prefix apart)
     decode_s: float = 0.0
     steps: int = 0  # tokens generated per row: the prefill's token plus the decode steps run
 
@@ -33,7 +34,7 @@ class GenerationOutput:
     timings: GenerationTimings = field(default_factory=GenerationTimings)
 
 
-class _StageClock:
+class StageClock:
     """Wall-clock stage boundaries that wait for queued GPU work first."""
 
     def __init__(self, device: torch.device) -> None:
@@ -60,7 +61,7 @@ def greedy_generate(
     image_input_idx: torch.Tensor | None = None,
     *,
     max_new_tokens: int,
-    eos_token_id: int,
+    eos_token_id: int | None,
     images: torch.Tensor | None = None,
     image_masks: torch.Tensor | None = None,
 ) -> GenerationOutput:
@@ -69,6 +70,7 @@ def greedy_generate(
     Image input is either image_features [B or 1, N, tokens, d] from model.encode_images (a batch of 1 is
     one image shared by all B prompts, encoded once), or raw images/image_masks which are encoded here and
     timed as vision_s. image_input_idx [B or 1, N, tokens] says where features are added.
+    eos_token_id None never stops early: every row gets max_new_tokens tokens.
     """
     if image_features is not None and images is not None:
         raise ValueError("pass either image_features or images, not both")
@@ -77,7 +79,7 @@ def greedy_generate(
     device = model.device
     input_ids = input_ids.to(device=device, dtype=torch.long)
     batch, prompt_len = input_ids.shape
-    clock = _StageClock(device)
+    clock = StageClock(device)
     timings = GenerationTimings()
     if images is not None:
         image_features = model.encode_images(images.to(device), image_masks.to(device))
@@ -107,9 +109,9 @@ def greedy_generate(
     timings.prefill_s = clock.lap()
 
     generated = [next_tokens]
-    finished = next_tokens == eos_token_id
+    finished = _is_eos(next_tokens, eos_token_id)
     for step in range(1, max_new_tokens):
-        if bool(finished.all()):
+        if eos_token_id is not None and bool(finished.all()):
             break
         hidden = model.llm(
             inputs_embeds=model.embed_inputs(next_tokens.unsqueeze(-1)),
@@ -121,12 +123,24 @@ def greedy_generate(
         next_tokens = model.lm_head(hidden[:, -1]).argmax(dim=-1)
         next_positions = next_positions + 1
         generated.append(next_tokens)
-        finished = finished | (next_tokens == eos_token_id)
+        finished = finished | _is_eos(next_tokens, eos_token_id)
 
     tokens = torch.stack(generated, dim=1).tolist()
     timings.decode_s = clock.lap()
     timings.steps = len(generated)
-    token_ids = [row[: row.index(eos_token_id)] if eos_token_id in row else row for row in tokens]
-    return GenerationOutput(
-        token_ids=token_ids, finished=[eos_token_id in row for row in tokens], timings=timings
-    )
+    token_ids, finished_rows = trim_at_eos(tokens, eos_token_id)
+    return GenerationOutput(token_ids=token_ids, finished=finished_rows, timings=timings)
+
+
+def _is_eos(tokens: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    if eos_token_id is None:
+        return torch.zeros_like(tokens, dtype=torch.bool)
+    return tokens == eos_token_id
+
+
+def trim_at_eos(rows: list[list[int]], eos_token_id: int | None) -> tuple[list[list[int]], list[bool]]:
+    """Each row up to (not including) its first EOS, and whether it had one; None keeps every row whole."""
+    if eos_token_id is None:
+        return rows, [False] * len(rows)
+    trimmed = [row[: row.index(eos_token_id)] if eos_token_id in row else row for row in rows]
+    return trimmed, [eos_token_id in row for row in rows]

@@ -3,8 +3,8 @@
 The real checkpoint is 28.9 GB in fp32, so conversion streams: one rule at a time reads its reference
 tensors, builds our tensor(s) in the target dtype (and device) and yields them; nothing keeps a second
 copy of the model. The per-expert tensors are fused into transformers' OlmoeExperts layout
-(gate_up_proj [E, 2I, d] with gate rows first, down_proj [E, d, I]). The verified mapping is
-/work/shared/molmo_reference/native_compare/key_mapping.json (FACTS.md section 8).
+(gate_up_proj [E, 2I, d] with gate rows first, down_proj [E, d, I]). docs/ENGINE.md ("Checkpoint keys")
+lists the mapping and how it was verified.
 """
 
 from __future__ import annotations

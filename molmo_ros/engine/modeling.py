@@ -3,8 +3,9 @@
 Only what has no library counterpart is written here: the vision connector (ViT layer concat, CLS drop,
 invalid-crop zeroing, pad embeddings, 2x2 attention pooling, SwiGLU projector), the embedding of image
 features into the token sequence, the untied 50,304-row head and position ids that skip -1 padding.
-The semantics follow AI2's reference code; /work/shared/molmo_reference/FACTS.md sections 5 and 8 spell
-them out.
+The semantics follow AI2's MolmoE-1B remote code (modeling_molmoe.py): the connector mirrors
+`MolmoPretrainedVisionBackbone.forward`, the embedding of image features and the position ids
+`Molmo.forward`. docs/ENGINE.md ("The model") spells them out.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from transformers.models.olmoe.modeling_olmoe import OlmoeRotaryEmbedding
 from molmo_ros.engine.config import MolmoConfig
 
 PADDING_ID = -1  # fills prompts (right padding) and padded crops in a batch
+PADDING_EMBEDDING_ID = 0  # the token a PADDING_ID is embedded as (its value is masked out of attention)
+# Rows of the connector's pad_embed: added to patches with no real pixel / with some padding pixels.
+FULLY_PADDED_ROW, PARTIALLY_PADDED_ROW = 0, 1
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -80,7 +84,7 @@ class MolmoVisionConnector(nn.Module):
         super().__init__()
         self.config = config
         feature_dim = len(config.vit_layers) * config.vit_width
-        # Row 0 is added to fully padded patches, row 1 to partially padded ones.
+        # Two rows: FULLY_PADDED_ROW and PARTIALLY_PADDED_ROW.
         self.pad_embed = nn.Parameter(torch.zeros(2, feature_dim))
         self.pooling = MolmoAttentionPooling(feature_dim, config.vit_heads, config.vit_width)
         self.projector = MolmoImageProjector(config.vit_width, config.expert_hidden_size, config.d_model)
@@ -93,8 +97,8 @@ class MolmoVisionConnector(nn.Module):
         features = features * crop_is_valid[:, :, None, None].to(features.dtype)
         fully_padded = (image_masks == 0).to(features.dtype).unsqueeze(-1)
         partially_padded = ((image_masks < 1) & (image_masks != 0)).to(features.dtype).unsqueeze(-1)
-        features = features + self.pad_embed[0] * fully_padded
-        features = features + self.pad_embed[1] * partially_padded
+        features = features + self.pad_embed[FULLY_PADDED_ROW] * fully_padded
+        features = features + self.pad_embed[PARTIALLY_PADDED_ROW] * partially_padded
 
         grid, ph, pw = self.config.patches_per_side, self.config.pooling_h, self.config.pooling_w
         windows = features.reshape(batch * crops, grid // ph, ph, grid // pw, pw, channels)
@@ -169,16 +173,26 @@ class MolmoEForPointing(nn.Module):
     def encode_images(self, images: torch.Tensor, image_masks: torch.Tensor) -> torch.Tensor:
         """images [B, N, G*G, p*p*3], image_masks [B, N, G*G] -> image features [B, N, tokens_per_crop, d].
 
+        The ViT runs block by block (the model holds only the blocks up to the deepest one used) and keeps
+        only the outputs of the blocks the connector reads, not every block's output as
+        output_hidden_states would (about 350 MB at 13 crops of the real model).
+
         A crop counts as valid only if NONE of its values is exactly -1, as in AI2's MolmoE code
         (`torch.all(images != -1)`): batch-padding crops (all -1) are zeroed, but so is any real crop in
-        which one normalized value happens to be exactly -1.0 (golden case_00 has such crops). We keep
-        this quirk so outputs match the released model's behaviour.
+        which one normalized value happens to be exactly -1.0 (the reference data's first case has such
+        crops). We keep this quirk so outputs match the released model's behaviour.
         """
         batch, crops = images.shape[:2]
         pixel_values = patches_to_pixels(images.flatten(0, 1), self.config.patch_size).to(self.dtype)
-        vit = self.vision(pixel_values=pixel_values, output_hidden_states=True)
-        # hidden_states[0] is the embedding output, hidden_states[k + 1] the output of block k.
-        features = torch.cat([vit.hidden_states[k + 1] for k in self.config.vit_blocks_used], dim=-1)
+        vision = self.vision
+        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
+        wanted = set(self.config.vit_blocks_used)
+        kept: dict[int, torch.Tensor] = {}
+        for index, block in enumerate(vision.encoder.layers):
+            hidden = block(hidden, None)
+            if index in wanted:
+                kept[index] = hidden
+        features = torch.cat([kept[k] for k in self.config.vit_blocks_used], dim=-1)
         features = features[:, 1:].unflatten(0, (batch, crops))
         crop_is_valid = (images != PADDING_ID).flatten(2).all(dim=-1)
         return self.connector(features, crop_is_valid, image_masks)
@@ -189,12 +203,16 @@ class MolmoEForPointing(nn.Module):
         image_features: torch.Tensor | None = None,
         image_input_idx: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Token embeddings with image features ADDED at image_input_idx (slots < 0 are dropped).
+        """Token embeddings with image features ADDED at image_input_idx; negative slots (the
+        preprocessor's DROPPED_SLOT, PADDING_ID in a padded batch) are dropped.
 
-        input_ids [B, T] may hold -1 padding (embedded as id 0). image_features [B or 1, N, tokens, d] and
-        image_input_idx [B or 1, N, tokens]; a batch of 1 is shared by every row (one image, many prompts).
+        input_ids [B, T] may hold PADDING_ID (embedded as PADDING_EMBEDDING_ID). image_features
+        [B or 1, N, tokens, d] and image_input_idx [B or 1, N, tokens]; a batch of 1 is shared by every row
+        (one image, many prompts).
         """
-        embeddings = self.llm.embed_tokens(input_ids.masked_fill(input_ids == PADDING_ID, 0))
+        embeddings = self.llm.embed_tokens(
+            input_ids.masked_fill(input_ids == PADDING_ID, PADDING_EMBEDDING_ID)
+        )
         if image_features is None:
             return embeddings
         batch, width = input_ids.shape[0], embeddings.shape[-1]

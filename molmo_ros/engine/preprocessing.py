@@ -1,8 +1,11 @@
 """Molmo's multi-crop image preprocessing and prompt template, reproduced from the official processor.
 
-The model was trained on exactly these pixels and token layouts, so every quirk of the reference
-(float32 scale arithmetic, bilinear antialias resize of /255 floats, mask rows offset by one, EXIF
-orientation ignored) is kept on purpose; see the reference FACTS.md, sections 3 and 4.
+It mirrors `MolmoProcessor.process` (preprocessing_molmo.py) and `MolmoImageProcessor.
+image_to_patches_and_tokens` with its helpers `select_tiling` and `resize_and_pad`
+(image_preprocessing_molmo.py) of AI2's MolmoE-1B remote code. The model was trained on exactly these
+pixels and token layouts, so every quirk of the reference (float32 scale arithmetic, bilinear antialias
+resize of /255 floats, mask rows offset by one, EXIF orientation ignored) is kept on purpose; docs/ENGINE.md
+("Preprocessing") states them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ IMAGE_COL_TOKEN = "<im_col>"
 IMAGE_PROMPT_TOKEN = "<|image|>"
 _IMAGE_TOKENS = (IMAGE_START_TOKEN, IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_COL_TOKEN, IMAGE_PROMPT_TOKEN)
 
+# image_input_idx value of a pooled feature that is added nowhere (the overlap margin of inner crop edges).
+DROPPED_SLOT = -100
+# The reference appends one mask row of this value after the crop masks (its masks are offset by one row
+# from the crops); the connector counts it as partially padded.
+APPENDED_MASK_VALUE = -1.0
+# select_tiling: stands in for scales below 1 when some tiling needs no downscaling, so it is never chosen.
+_NOT_CHOSEN_SCALE = np.float32(1e10)
+
 _PREPROCESSOR_SETTINGS = (
     "max_crops",
     "overlap_margins",
@@ -52,8 +63,8 @@ class ImageInputs:
     """
 
     images: torch.Tensor  # float32 [N, patches per crop, pixels per patch]; N = 1 + rows * cols
-    image_masks: torch.Tensor  # float32 [N, patches per crop]; row t is crop t's mask, last row -1
-    image_input_idx: torch.Tensor  # int32 [N, pooled tokens per crop]; -100 where a slot is dropped
+    image_masks: torch.Tensor  # float32 [N, patches per crop]; row t is crop t's mask, last row appended
+    image_input_idx: torch.Tensor  # int32 [N, pooled tokens per crop]; DROPPED_SLOT where a slot is dropped
     image_token_ids: np.ndarray  # int64, the global block then the crop block
     tiling: tuple[int, int]  # (rows, cols) of crops
     original_size: tuple[int, int]  # (height, width) of the input image
@@ -81,7 +92,7 @@ def select_tiling(height: int, width: int, window: int, max_crops: int) -> tuple
     if np.all(scale < 1):
         best = int(np.argmax(scale))
     else:
-        best = int(np.argmin(np.where(scale < 1, np.float32(1e10), scale)))
+        best = int(np.argmin(np.where(scale < 1, _NOT_CHOSEN_SCALE, scale)))
     return int(tilings[best, 0]), int(tilings[best, 1])
 
 
@@ -200,7 +211,14 @@ class MolmoPreprocessor:
                 kwargs[name] = token
         if "clean_up_tokenization_spaces" in tokenizer_config:
             kwargs["clean_up_tokenization_spaces"] = bool(tokenizer_config["clean_up_tokenization_spaces"])
-        tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_file))
+        try:
+            tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_file))
+        # The tokenizers library raises a bare Exception for unreadable or malformed files.
+        except Exception as error:
+            raise IncompatibleCheckpointError(
+                f"{tokenizer_file} is not a readable tokenizer ({error}); restore it from the checkpoint "
+                "(delete the download or the converted-weights entry so it is fetched or copied again)"
+            ) from error
         try:
             return cls(tokenizer, device=device, **kwargs)
         except (ValueError, TypeError) as error:
@@ -284,7 +302,7 @@ class MolmoPreprocessor:
         image_masks = np.concatenate(
             [
                 crop_masks.reshape(n_crops, -1).astype(np.float32) / np.float32(patch * patch),
-                np.full((1, self.crop_patches**2), -1, dtype=np.float32),
+                np.full((1, self.crop_patches**2), APPENDED_MASK_VALUE, dtype=np.float32),
             ]
         )
         return ImageInputs(
@@ -360,7 +378,7 @@ class MolmoPreprocessor:
         return np.array(block(side, side) + block(*self._canvas_token_grid(rows, cols)), dtype=np.int64)
 
     def _image_input_idx(self, rows: int, cols: int) -> np.ndarray:
-        """Where each pooled feature is added in input_ids (BOS at 0), -100 for overlap slots.
+        """Where each pooled feature is added in input_ids (BOS at 0), DROPPED_SLOT for overlap slots.
 
         Inner crop edges drop half the overlap margin so every <im_patch> gets exactly one feature.
         """
@@ -372,7 +390,7 @@ class MolmoPreprocessor:
         window_tokens = self.window_patches // 2
         drop_before, drop_after = self.margins[0] // 2, self.margins[1] // 2
 
-        crop_idx = np.full((rows, cols, side * side), -100, dtype=np.int64)
+        crop_idx = np.full((rows, cols, side * side), DROPPED_SLOT, dtype=np.int64)
         for i in range(rows):
             y_lo, y_hi = (0 if i == 0 else drop_before), (side if i == rows - 1 else side - drop_after)
             for j in range(cols):

@@ -285,7 +285,7 @@ class PointerNode(LifecycleNode):
             if self.pointing is not None and self.pointing.active:
                 self.frames.put_camera_info(camera.name, messages.camera_info(message))
 
-        scale = camera.depth_scale or None
+        scale = camera.depth_scale
 
         def on_depth(message: Image) -> None:
             if self.pointing is not None and self.pointing.active:

@@ -79,9 +79,10 @@ class CameraSettings:
         "", "sensor_msgs/CameraInfo of the colour image; empty means camera_info beside the image topic."
     )
     depth_scale: float = setting(
-        0.0,
-        "Metres per unit of integer depth (16UC1/mono16); 0 means millimetres (0.001), the ROS convention.",
-        minimum=0.0,
+        0.001,
+        "Metres per unit of integer depth (16UC1/mono16): 0.001 for millimetres, the ROS convention; "
+        "32FC1 depth is in metres whatever this says.",
+        minimum=1e-6,
         maximum=1000.0,
     )
     depth_registered: bool = setting(

@@ -1,0 +1,207 @@
+"""Cold and warm load of a full-size MolmoE checkpoint: time and peak memory. Prints figures, asserts nothing.
+
+    .venv/bin/python bench/load.py            # full size: writes ~29 GB of fp32 shards, then ~14 GB of cache
+    .venv/bin/python bench/load.py --small    # the tiny model's shapes, to try the script in seconds
+
+It writes a random checkpoint in the released layout and dtype (reference key names and shapes from
+real_checkpoint_keys.json, fp32, `pytorch_model-*.bin` shards with an index, config from
+real_config.json) to a temporary directory, then runs in a fresh child process each:
+- cold: `load_checkpoint` in bfloat16 with an empty weights cache, i.e. the conversion into the cache
+  and the load from it, as the first start of the node does;
+- warm: the same call again, which loads straight from the cache.
+Each child samples its own /proc/self/status every few milliseconds and reports its wall time, its peak
+resident memory (VmHWM) and the peaks of anonymous and file-backed resident memory: the fp32 shards are
+memory-mapped, so their pages count as file-backed (the kernel may drop them at will), while the
+converted tensors are anonymous. The page cache is not dropped between steps (that needs root and would
+slow the other users of the machine), so the cold figure is for shards that may partly be in it.
+Everything is deleted at the end, also after an error or Ctrl-C.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+GIB = 2**30
+SAMPLE_INTERVAL_S = 0.005
+SHARD_BYTES = 5 * 10**9  # about the size of the released .bin shards
+DISK_MARGIN_BYTES = 4 * GIB  # left free for everyone else on the disk
+STATUS_FIELDS = ("VmHWM", "RssAnon", "RssFile")
+
+
+def default_reference_dir() -> Path:
+    return Path(os.environ.get("MOLMO_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "molmo_reference"))
+
+
+def reference_shapes(reference_dir: Path, small: bool) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    """(config.json content, reference tensor name -> shape) of the real model, or of the tiny one."""
+    from molmo_ros.engine.config import MolmoConfig
+    from molmo_ros.engine.key_mapping import expected_reference_shapes
+
+    if small:
+        config = json.loads((reference_dir / "tiny" / "config.json").read_text())
+        return config, expected_reference_shapes(MolmoConfig.from_dict(config))
+    config = json.loads((reference_dir / "real_config.json").read_text())
+    listed = json.loads((reference_dir / "real_checkpoint_keys.json").read_text())["keys"]
+    if any(entry["dtype"] != "float32" for entry in listed):
+        raise SystemExit("real_checkpoint_keys.json lists tensors that are not float32")
+    return config, {entry["key"]: tuple(entry["shape"]) for entry in listed}
+
+
+def write_checkpoint(
+    directory: Path, config: dict, shapes: dict[str, tuple[int, ...]], shard_bytes: int
+) -> int:
+    """Random fp32 `.bin` shards of about shard_bytes each plus their index; returns the bytes written."""
+    import torch
+
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps(config))
+    generator = torch.Generator().manual_seed(0)
+    groups: list[list[str]] = [[]]
+    group_bytes = 0
+    for name, shape in shapes.items():
+        size = 4 * int(torch.Size(shape).numel())
+        if groups[-1] and group_bytes + size > shard_bytes:
+            groups.append([])
+            group_bytes = 0
+        groups[-1].append(name)
+        group_bytes += size
+    weight_map, total = {}, 0
+    for index, names in enumerate(groups, start=1):
+        file = f"pytorch_model-{index:05d}-of-{len(groups):05d}.bin"
+        shard = {name: torch.empty(shapes[name]).normal_(0.0, 0.02, generator=generator) for name in names}
+        torch.save(shard, directory / file)
+        total += sum(tensor.numel() * 4 for tensor in shard.values())
+        weight_map.update(dict.fromkeys(names, file))
+        del shard
+        print(f"  wrote {file} ({(directory / file).stat().st_size / GIB:.2f} GiB)", flush=True)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    return total
+
+
+def _status_kib() -> dict[str, int]:
+    values = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            name, _, rest = line.partition(":")
+            if name in STATUS_FIELDS:
+                values[name] = int(rest.split()[0])
+    return values
+
+
+def child_load(checkpoint_dir: Path, cache_dir: Path) -> None:
+    """One load in this process; prints one JSON line with time and memory."""
+    import torch
+
+    from molmo_ros.engine.checkpoint import load_checkpoint
+
+    peaks = dict.fromkeys(STATUS_FIELDS, 0)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            for name, value in _status_kib().items():
+                peaks[name] = max(peaks[name], value)
+            time.sleep(SAMPLE_INTERVAL_S)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    loaded = load_checkpoint(
+        str(checkpoint_dir), None, torch.device("cpu"), torch.bfloat16, cache_dir=cache_dir
+    )
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    final = _status_kib()
+    parameters = sum(parameter.numel() for parameter in loaded.model.parameters())
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "parameters": parameters,
+                "peak_rss_gib": final["VmHWM"] / 2**20,
+                "peak_anon_gib": max(peaks["RssAnon"], final["RssAnon"]) / 2**20,
+                "peak_file_gib": max(peaks["RssFile"], final["RssFile"]) / 2**20,
+                "final_anon_gib": final["RssAnon"] / 2**20,
+                "from_cache": str(cache_dir) in loaded.description,
+            }
+        )
+    )
+
+
+def run_child(checkpoint_dir: Path, cache_dir: Path) -> dict:
+    command = [sys.executable, __file__, "--child", str(checkpoint_dir), str(cache_dir)]
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise SystemExit(f"the load failed:\n{completed.stderr[-4000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--reference-dir", type=Path, default=default_reference_dir())
+    parser.add_argument(
+        "--small", action="store_true", help="the tiny model's shapes instead of the real ones"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="where the temporary directory goes (default: system tmp)"
+    )
+    parser.add_argument("--shard-gb", type=float, default=SHARD_BYTES / 10**9, help="size of each .bin shard")
+    parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_load(*args.child)
+        return
+
+    config, shapes = reference_shapes(args.reference_dir, args.small)
+    import torch
+
+    fp32_bytes = sum(4 * int(torch.Size(shape).numel()) for shape in shapes.values())
+    workdir = Path(tempfile.mkdtemp(prefix="molmo_load_bench-", dir=args.workdir))
+    try:
+        needed = fp32_bytes * 3 // 2 + DISK_MARGIN_BYTES  # fp32 shards, the bf16 cache, a margin
+        free = shutil.disk_usage(workdir).free
+        if free < needed:
+            raise SystemExit(
+                f"{workdir} has {free / GIB:.1f} GiB free, this run needs {needed / GIB:.1f} GiB"
+            )
+        print(
+            f"{'tiny' if args.small else 'real'} shapes: {len(shapes)} tensors, "
+            f"{fp32_bytes / GIB:.2f} GiB in fp32"
+        )
+        print(f"host: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
+        started = time.perf_counter()
+        written = write_checkpoint(workdir / "checkpoint", config, shapes, int(args.shard_gb * 10**9))
+        print(f"writing the fp32 checkpoint: {time.perf_counter() - started:.1f} s, {written / GIB:.2f} GiB")
+        cache_dir = workdir / "cache"
+        for name in ("cold (convert to the bf16 cache, then load it)", "warm (load the bf16 cache)"):
+            figures = run_child(workdir / "checkpoint", cache_dir)
+            print(
+                f"{name}: {figures['seconds']:.1f} s, {figures['parameters'] / 1e9:.3f} B parameters; "
+                f"peak RSS {figures['peak_rss_gib']:.2f} GiB (anonymous {figures['peak_anon_gib']:.2f}, "
+                f"file-backed {figures['peak_file_gib']:.2f}); anonymous at the end "
+                f"{figures['final_anon_gib']:.2f} GiB"
+                + ("" if figures["from_cache"] else " (NOT through the cache: it could not be written)")
+            )
+        cache_bytes = sum(path.stat().st_size for path in cache_dir.rglob("*") if path.is_file())
+        print(f"bf16 cache on disk: {cache_bytes / GIB:.2f} GiB")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        print(f"removed {workdir}")
+
+
+if __name__ == "__main__":
+    main()

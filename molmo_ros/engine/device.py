@@ -1,0 +1,96 @@
+"""Where the model runs and in which dtype, and what an out-of-memory error tells the user.
+
+The settings hold plain strings (torch-free, see `molmo_ros.backends.settings`); they are turned into
+torch objects here, at load time, with an error that names the setting and the values it takes.
+"""
+
+import contextlib
+import gc
+from collections.abc import Iterator
+
+import torch
+
+from molmo_ros.backends.settings import DEVICES_HELP
+from molmo_ros.engine.errors import EngineOutOfMemoryError, InvalidSettingError
+
+AUTO = "auto"
+# The names the dtype setting accepts, with the common short spellings.
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def parse_device(name: str) -> torch.device:
+    """A cpu or cuda[:N] device from its name, without checking that it exists."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as error:
+        raise InvalidSettingError(f"engine.device must be {DEVICES_HELP}; got {name!r}") from error
+    if device.type not in ("cpu", "cuda"):
+        raise InvalidSettingError(f"engine.device must be {DEVICES_HELP}; got {name!r}")
+    return device
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" picks CUDA when present; a named CUDA device must exist on this machine."""
+    if name == AUTO:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = parse_device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidSettingError(
+                f"engine.device {name!r} was asked for but CUDA is not available here; use cpu or auto"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InvalidSettingError(
+                f"engine.device {name!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)"
+            )
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """ "auto" is bfloat16 on CUDA (half the memory, fast kernels) and float32 on CPU (exact)."""
+    if name == AUTO:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise InvalidSettingError(f"engine.dtype must be auto or one of {', '.join(DTYPES)}; got {name!r}")
+    return DTYPES[name]
+
+
+@contextlib.contextmanager
+def out_of_memory_guard(device: torch.device, activity: str) -> Iterator[None]:
+    """Turn torch's OOM into EngineOutOfMemoryError with the numbers and what to lower."""
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        raise EngineOutOfMemoryError(
+            f"out of memory on {device}{_memory_report(device)} while {activity}. Lower the memory use: "
+            "run in bfloat16 (dtype), send smaller images (fewer crops) or fewer prompts at once, lower "
+            "max_new_tokens, free the GPU of other processes, or use another GPU (device)."
+        ) from error
+
+
+def _memory_report(device: torch.device) -> str:
+    if device.type != "cuda":
+        return ""
+    try:
+        free, total = torch.cuda.mem_get_info(device)
+    except RuntimeError:
+        return ""
+    return f" ({free / 2**30:.2f} GiB free of {total / 2**30:.2f} GiB)"
+
+
+def release_device_memory(device: torch.device) -> None:
+    """Collect dropped tensors now and hand CUDA's cached blocks back to the driver, so other processes
+    (and nvidia-smi) see the memory as free; torch's caching allocator would otherwise keep it."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()

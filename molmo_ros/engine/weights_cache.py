@@ -1,0 +1,195 @@
+"""The converted-weights cache: the checkpoint in our key names and in bfloat16 (or float16), made once.
+
+Converting the released fp32 checkpoint costs time at every start, so the converted weights are kept
+and loaded directly afterwards. The cache lives in `cache_dir` if given, else `$MOLMO_CACHE_DIR`, else
+`$XDG_CACHE_HOME/molmo_ros` (normally `~/.cache/molmo_ros`); one subdirectory per source, revision and
+dtype, with the config/tokenizer files and a manifest saying what it was made from. Deleting it is
+always safe; the caller falls back to loading from the source when it cannot be written.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from molmo_ros.engine.checkpoint_reader import CheckpointReader
+from molmo_ros.engine.checkpoint_source import METADATA_FILES, CheckpointSource, is_commit, is_hub_id
+from molmo_ros.engine.config import MolmoConfig
+from molmo_ros.engine.defaults import DEFAULT_REVISION
+from molmo_ros.engine.device import out_of_memory_guard
+from molmo_ros.engine.errors import IncompatibleCheckpointError
+from molmo_ros.engine.key_mapping import convert_reference_state_dict
+from molmo_ros.engine.modeling import MolmoEForPointing, build_meta_model
+
+CACHE_DIR_ENV_VAR = "MOLMO_CACHE_DIR"
+CACHE_FORMAT_VERSION = 1
+CACHE_MANIFEST = "molmo_ros_manifest.json"
+CACHE_SHARD_BYTES = 2 * 1024**3
+CACHEABLE_DTYPES = (torch.bfloat16, torch.float16)
+_ENTRY_NAME_CHARS = 60  # the readable part of an entry's directory name
+_SHOWN = 5  # tensor names listed in an error message
+
+
+def weights_cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    if os.environ.get(CACHE_DIR_ENV_VAR):
+        return Path(os.environ[CACHE_DIR_ENV_VAR]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "molmo_ros"
+
+
+def pinned_hub_origin(model: str, revision: str | None) -> dict[str, object] | None:
+    """A hub id at a full commit names immutable files, so it identifies a cache entry by itself."""
+    revision = revision or DEFAULT_REVISION
+    if not is_hub_id(model) or not is_commit(revision):
+        return None
+    return {"model": model, "revision": revision}
+
+
+def source_origin(source: CheckpointSource) -> dict[str, object]:
+    """Where converted weights came from: a pinned commit, or else the names, sizes and times of the
+    weights and of the config/tokenizer files (the entry keeps copies of those, so edits must show)."""
+    pinned = pinned_hub_origin(source.model, source.revision) if source.revision else None
+    if pinned is not None:
+        return pinned
+    metadata = [source.directory / name for name in METADATA_FILES if (source.directory / name).is_file()]
+    files = sorted(source.weights.paths) + ([source.weights.index] if source.weights.index else []) + metadata
+    stats = [[path.name, path.stat().st_size, path.stat().st_mtime_ns] for path in files]
+    return {
+        "model": source.model,
+        "revision": source.revision,
+        "directory": str(source.directory),
+        "files": stats,
+    }
+
+
+def _identity(origin: dict[str, object], dtype: torch.dtype) -> dict[str, object]:
+    """What a cache entry must match: its origin, the dtype and the layout version of the cache."""
+    return {
+        "format_version": CACHE_FORMAT_VERSION,
+        "source": origin,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def cache_entry_dir(root: Path, origin: dict[str, object], dtype: torch.dtype) -> Path:
+    identity = _identity(origin, dtype)
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    readable = re.sub(r"[^\w.-]+", "--", str(origin["model"]).strip("/"))[-_ENTRY_NAME_CHARS:]
+    return root / f"{readable}-{identity['dtype']}-{digest}"
+
+
+def find_cache_entry(root: Path, origin: dict[str, object], dtype: torch.dtype) -> Path | None:
+    entry = cache_entry_dir(root, origin, dtype)
+    try:
+        manifest = _read_manifest(entry)
+    except (OSError, ValueError):
+        return None
+    return entry if manifest.get("identity") == _identity(origin, dtype) else None
+
+
+def _read_manifest(entry: Path) -> dict:
+    return json.loads((entry / CACHE_MANIFEST).read_text())
+
+
+def build_cache_entry(root: Path, source: CheckpointSource, dtype: torch.dtype) -> Path:
+    """Convert once into shards of our key names; the manifest is written last, the directory renamed
+    into place, so a crash leaves no entry that looks complete."""
+    origin = source_origin(source)
+    entry = cache_entry_dir(root, origin, dtype)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=root))
+    try:
+        config = MolmoConfig.from_json_file(source.directory / "config.json")
+        total = sum(1 for _ in build_meta_model(config).parameters())
+        for name in METADATA_FILES:
+            if (source.directory / name).is_file():
+                shutil.copyfile(source.directory / name, staging / name)
+        with (
+            CheckpointReader(source.weights) as reader,
+            tqdm(total=total, unit="tensor", desc=f"converting {source.describe()} to {dtype}") as progress,
+        ):
+            converted = convert_reference_state_dict(reader.get_tensor, reader.names, config, dtype)
+            shards = _write_shards(converted, staging, progress.update)
+        manifest = {"identity": _identity(origin, dtype), "shards": shards}
+        (staging / CACHE_MANIFEST).write_text(json.dumps(manifest, indent=1))
+        _move_into_place(staging, entry, origin, dtype)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return entry
+
+
+def _move_into_place(staging: Path, entry: Path, origin: dict[str, object], dtype: torch.dtype) -> None:
+    """Rename the finished staging directory to `entry`. Another process converting the same source may
+    have got there first: its complete entry is kept (it may be loading from it) and ours dropped."""
+    if find_cache_entry(entry.parent, origin, dtype) is not None:
+        return
+    if entry.exists():  # without a matching manifest: left over from something else, never complete
+        shutil.rmtree(entry, ignore_errors=True)
+    try:
+        staging.rename(entry)
+    except OSError:
+        if find_cache_entry(entry.parent, origin, dtype) is None:
+            raise
+
+
+def _write_shards(
+    tensors: Iterator[tuple[str, torch.Tensor]], directory: Path, advance: Callable[[int], object]
+) -> list[str]:
+    """safetensors files of about CACHE_SHARD_BYTES each, so at most one shard is held in memory."""
+    shards: list[str] = []
+    pending: dict[str, torch.Tensor] = {}
+    pending_bytes = 0
+
+    def flush() -> None:
+        name = f"model-{len(shards) + 1:05d}.safetensors"
+        save_file(pending, directory / name, metadata={"format": "pt"})
+        shards.append(name)
+        pending.clear()
+
+    for name, tensor in tensors:
+        pending[name] = tensor.detach().to("cpu").contiguous()
+        pending_bytes += tensor.numel() * tensor.element_size()
+        advance(1)
+        if pending_bytes >= CACHE_SHARD_BYTES:
+            flush()
+            pending_bytes = 0
+    if pending or not shards:
+        flush()
+    return shards
+
+
+def load_cached_model(entry: Path, device: torch.device) -> MolmoEForPointing:
+    """Load weights already in our key names and dtype, shard by shard, straight onto `device`."""
+    model = build_meta_model(MolmoConfig.from_json_file(entry / "config.json"))
+    expected = {name for name, _ in model.named_parameters()}
+    loaded: set[str] = set()
+    with out_of_memory_guard(device, f"loading the converted weights in {entry}"):
+        for shard in _read_manifest(entry)["shards"]:
+            tensors = load_file(entry / shard, device=str(device))
+            unexpected = set(tensors) - expected
+            if unexpected:
+                raise IncompatibleCheckpointError(
+                    f"the weights cache {entry} holds tensors this model does not have: "
+                    f"{sorted(unexpected)[:_SHOWN]}; "
+                    "delete that directory to rebuild it"
+                )
+            model.load_state_dict(tensors, strict=False, assign=True)
+            loaded.update(tensors)
+        model.init_non_persistent_buffers(device)
+    missing = expected - loaded
+    if missing:
+        raise IncompatibleCheckpointError(
+            f"the weights cache {entry} lacks {len(missing)} tensors (e.g. {sorted(missing)[:_SHOWN]}); "
+            "delete that directory to rebuild it"
+        )
+    return model
