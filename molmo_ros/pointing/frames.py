@@ -119,11 +119,12 @@ class LatestFrames:
             self._store(depth.camera).depth.append(depth)
 
     def nearest_depth(self, camera: str, stamp_ns: int) -> DepthFrame | None:
-        """The kept depth frame stamped nearest `stamp_ns` (None when there is none at all)."""
+        """The kept depth frame stamped nearest `stamp_ns`, the newest among equally near ones (a driver
+        may stamp frames alike); None when there is none at all."""
         with self._lock:
             store = self._cameras.get(camera)
-            candidates = list(store.depth) if store else []
-        return min(candidates, key=lambda depth: abs(depth.stamp_ns - stamp_ns), default=None)
+            newest_first = list(reversed(store.depth)) if store else []
+        return min(newest_first, key=lambda depth: abs(depth.stamp_ns - stamp_ns), default=None)
 
     def put_camera_info(self, camera: str, info: CameraInfo) -> None:
         with self._lock:

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -120,6 +120,8 @@ class PointingService:
         self._standing_seen: dict[str, int] = {}
         self._standing_next_camera = 0
         self._standing_busy = False
+        # The running standing-query generation, so that deactivate can stop it like a request.
+        self._standing_control: GenerationControl | None = None
         self._state = _State.INACTIVE
         self._inactive_reason = "the node is not active yet (lifecycle: configure and activate it)"
         self._backend: PointingBackend | None = None
@@ -162,6 +164,9 @@ class PointingService:
         with self._wake:
             if self._state is _State.STOPPED:
                 raise RuntimeError("the pointing service was stopped")
+            if self._state is _State.ACTIVE:
+                # A second set of workers would outlive deactivate() and use a backend being freed.
+                raise RuntimeError("the pointing service is already active; deactivate it first")
             self._backend = backend
             self._state = _State.ACTIVE
             self._workers = [
@@ -184,6 +189,11 @@ class PointingService:
             for ticket in self._running:
                 ticket.stop_reason = ticket.stop_reason or error
                 ticket.control.cancel()
+            if self._standing_control is not None:
+                self._standing_control.cancel()
+            # The frames are forgotten below and their counts restart: the standing query must take
+            # the first new frame as new, not wait for as many frames as it had seen.
+            self._standing_seen = {}
             backend, self._backend = self._backend, None
             workers, self._workers = self._workers, []
             self._wake.notify_all()
@@ -222,29 +232,24 @@ class PointingService:
                         "try again shortly",
                     )
                 self._jobs.append(ticket)
-                position = len(self._jobs) - 1
+                self._notify(ticket.control.report, Stage.QUEUED, len(self._jobs) - 1)
                 self._wake.notify_all()
         except PointingError as error:
             self._fail(ticket, error)
-            return ticket
-        self._notify(ticket.control.report, Stage.QUEUED, position)
         return ticket
 
     def cancel(self, ticket: Ticket) -> None:
         error = PointingError(ErrorCode.CANCELED, "the request was cancelled by its client")
         with self._wake:
-            if ticket in self._jobs:
-                self._jobs.remove(ticket)
-                waiting = None
-            elif ticket in self._running:
+            if ticket in self._running:
                 ticket.stop_reason = ticket.stop_reason or error
                 ticket.control.cancel()
                 return
-            else:
+            if ticket not in self._jobs:
                 return  # already answered
-            waiting = list(self._jobs)
+            self._jobs.remove(ticket)
+            self._report_positions()
         self._fail(ticket, error)
-        self._report_positions(waiting)
 
     def set_standing_query(self, query: str) -> None:
         """Points at every new frame while set; an empty query clears it. Invalid queries raise."""
@@ -318,18 +323,16 @@ class PointingService:
                 if self._jobs:
                     ticket = self._jobs.popleft()
                     self._running.add(ticket)
-                    waiting = list(self._jobs)
-                    break
+                    self._report_positions()
+                    return ticket, None, True
                 if not self._standing_busy:
                     camera = self._camera_with_new_frame()
                     if camera is not None:
                         self._standing_busy = True
+                        self._standing_control = GenerationControl()
                         return None, camera, True
                 self._wake.wait()
-            else:
-                return None, None, False
-        self._report_positions(waiting)
-        return ticket, None, True
+            return None, None, False
 
     def _camera_with_new_frame(self) -> str | None:
         if self._standing_query is None:
@@ -366,20 +369,24 @@ class PointingService:
                 self._answer_standing_query(standing_camera)
 
     def _answer_standing_query(self, camera: str) -> None:
+        control = self._standing_control
+        assert control is not None, "set with the lock held when the standing run was chosen"
         try:
             query = self._standing_query
             if query is None or self._frames.get(camera) is None:
                 return
             request = PointingRequest(query=query, cameras=(camera,))
             try:
-                outcome = self._answer_safely(request, GenerationControl())
+                outcome = self._answer_safely(request, control)
             except PointingError as error:
-                self._notify(self._on_error, error)
+                if not control.cancelled:  # stopped by deactivate: nobody asked, nothing to report
+                    self._notify(self._on_error, error)
             else:
                 self._notify(self._on_outcome, outcome)
         finally:
             with self._wake:
                 self._standing_busy = False
+                self._standing_control = None
                 self._wake.notify_all()
 
     def _fail(self, ticket: Ticket, error: PointingError) -> None:
@@ -387,8 +394,11 @@ class PointingService:
             ticket.future.set_exception(error)
         self._notify(self._on_error, error)
 
-    def _report_positions(self, waiting: Sequence[Ticket]) -> None:
-        for position, ticket in enumerate(waiting):
+    def _report_positions(self) -> None:
+        """Tells every waiting request its place. Called with the lock held, as is submit's first report,
+        so that each client hears its positions in the order the queue changed, and QUEUED before the
+        worker's VISION (a feedback publish only hands the message to DDS: it never waits)."""
+        for position, ticket in enumerate(list(self._jobs)):
             self._notify(ticket.control.report, Stage.QUEUED, position)
 
     @staticmethod
