@@ -3,6 +3,8 @@
 import ast
 import json
 import shutil
+import subprocess
+import sys
 import weakref
 from pathlib import Path
 
@@ -247,3 +249,13 @@ def test_unsupported_preprocessor_settings_are_an_incompatible_checkpoint(tmp_pa
     settings_file.write_text(json.dumps(settings))
     with pytest.raises(IncompatibleCheckpointError, match="preprocessor_config.json"):
         MolmoEngine.load(BackendSettings(model=str(directory), device="cpu"))
+
+
+def test_engine_package_errors_and_defaults_import_without_torch():
+    """Code that only catches engine errors (the pointing service, the CLI's argument parsing) stays light."""
+    code = (
+        "import sys; import molmo_ros.engine, molmo_ros.engine.errors, molmo_ros.engine.defaults; "
+        "heavy = {'torch', 'transformers'} & set(sys.modules); assert not heavy, heavy"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
