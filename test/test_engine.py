@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
+from molmo_ros.backends.settings import DTYPES as SETTING_DTYPES
 from molmo_ros.backends.settings import BackendSettings
-from molmo_ros.engine.device import resolve_device, resolve_dtype
+from molmo_ros.engine.device import DTYPES, resolve_device, resolve_dtype
 from molmo_ros.engine.engine import MolmoEngine
 from molmo_ros.engine.errors import (
     EngineError,
@@ -223,7 +224,8 @@ def test_close_frees_the_model_and_later_calls_say_the_engine_is_closed(tiny_mod
 def test_device_and_dtype_resolution():
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
-    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert {"auto", *DTYPES} == set(SETTING_DTYPES)  # every dtype the setting accepts resolves
     assert resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
         assert resolve_device("auto") == torch.device("cpu")
