@@ -9,6 +9,9 @@ real_config.json) to a temporary directory, then runs in a fresh child process e
 - cold: `load_checkpoint` in bfloat16 with an empty weights cache, i.e. the conversion into the cache
   and the load from it, as the first start of the node does;
 - warm: the same call again, which loads straight from the cache.
+After each load the child reads one value per memory page of every weight: on CPU the cache's tensors are
+memory-mapped by safetensors, so the load itself reads almost nothing and the disk reads happen on first
+use; the read shows that cost.
 Each child samples its own /proc/self/status every few milliseconds and reports its wall time, its peak
 resident memory (VmHWM) and the peaks of anonymous and file-backed resident memory: the fp32 shards are
 memory-mapped, so their pages count as file-backed (the kernel may drop them at will), while the
@@ -33,6 +36,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 GIB = 2**30
 SAMPLE_INTERVAL_S = 0.005
+PAGE_BYTES = 4096
 SHARD_BYTES = 5 * 10**9  # about the size of the released .bin shards
 DISK_MARGIN_BYTES = 4 * GIB  # left free for everyone else on the disk
 STATUS_FIELDS = ("VmHWM", "RssAnon", "RssFile")
@@ -121,6 +125,15 @@ def child_load(checkpoint_dir: Path, cache_dir: Path) -> None:
         str(checkpoint_dir), None, torch.device("cpu"), torch.bfloat16, cache_dir=cache_dir
     )
     seconds = time.perf_counter() - started
+    after_load = _status_kib()
+    # Tensors loaded from safetensors on CPU may be memory-mapped: their pages are read on first use, so
+    # the load alone can look free. Reading one value per page of every weight shows that cost.
+    started = time.perf_counter()
+    with torch.no_grad():
+        for parameter in loaded.model.parameters():
+            flat = parameter.detach().reshape(-1)
+            flat[:: max(1, PAGE_BYTES // flat.element_size())].float().sum().item()
+    touch_seconds = time.perf_counter() - started
     done.set()
     sampler.join()
     final = _status_kib()
@@ -133,7 +146,11 @@ def child_load(checkpoint_dir: Path, cache_dir: Path) -> None:
                 "peak_rss_gib": final["VmHWM"] / 2**20,
                 "peak_anon_gib": max(peaks["RssAnon"], final["RssAnon"]) / 2**20,
                 "peak_file_gib": max(peaks["RssFile"], final["RssFile"]) / 2**20,
+                "after_load_anon_gib": after_load["RssAnon"] / 2**20,
+                "after_load_file_gib": after_load["RssFile"] / 2**20,
+                "touch_seconds": touch_seconds,
                 "final_anon_gib": final["RssAnon"] / 2**20,
+                "final_file_gib": final["RssFile"] / 2**20,
                 "from_cache": str(cache_dir) in loaded.description,
             }
         )
@@ -190,11 +207,14 @@ def main() -> None:
         for name in ("cold (convert to the bf16 cache, then load it)", "warm (load the bf16 cache)"):
             figures = run_child(workdir / "checkpoint", cache_dir)
             print(
-                f"{name}: {figures['seconds']:.1f} s, {figures['parameters'] / 1e9:.3f} B parameters; "
-                f"peak RSS {figures['peak_rss_gib']:.2f} GiB (anonymous {figures['peak_anon_gib']:.2f}, "
-                f"file-backed {figures['peak_file_gib']:.2f}); anonymous at the end "
-                f"{figures['final_anon_gib']:.2f} GiB"
+                f"{name}: {figures['seconds']:.1f} s, {figures['parameters'] / 1e9:.3f} B parameters"
                 + ("" if figures["from_cache"] else " (NOT through the cache: it could not be written)")
+                + f"\n  resident right after the load: anonymous {figures['after_load_anon_gib']:.2f} GiB, "
+                f"file-backed {figures['after_load_file_gib']:.2f} GiB"
+                f"\n  first read of every weight page: {figures['touch_seconds']:.1f} s; then anonymous "
+                f"{figures['final_anon_gib']:.2f} GiB, file-backed {figures['final_file_gib']:.2f} GiB"
+                f"\n  peak over the load and the read: RSS {figures['peak_rss_gib']:.2f} GiB (anonymous "
+                f"{figures['peak_anon_gib']:.2f}, file-backed {figures['peak_file_gib']:.2f})"
             )
         cache_bytes = sum(path.stat().st_size for path in cache_dir.rglob("*") if path.is_file())
         print(f"bf16 cache on disk: {cache_bytes / GIB:.2f} GiB")

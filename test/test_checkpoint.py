@@ -266,7 +266,10 @@ def test_cache_root_defaults(monkeypatch, tmp_path):
 
 @pytest.fixture
 def hub_env(tmp_path, monkeypatch) -> None:
-    """An empty HF cache, online mode."""
+    """An empty HF cache, online mode, no proxy (a proxy would be probed instead of the endpoint)."""
+    for scheme in ("http", "https", "all"):
+        monkeypatch.delenv(f"{scheme}_proxy", raising=False)
+        monkeypatch.delenv(f"{scheme.upper()}_PROXY", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
@@ -390,6 +393,18 @@ def test_entry_completed_by_another_process_during_conversion_is_used(tmp_path, 
     assert second == first
     assert (first / weights_cache.CACHE_MANIFEST).stat().st_mtime_ns == manifest_before
     assert [path.name for path in cache_root.iterdir()] == [first.name]
+
+
+def test_hub_behind_a_proxy_is_probed_through_the_proxy(hub_env, monkeypatch):
+    """The hub client honours HTTPS_PROXY, so a hub reachable only through a proxy is not refused."""
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        assert checkpoint_source.hub_unreachable_reason("https://molmo-ros-test.invalid") is None
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{_closed_local_port()}")
+    reason = checkpoint_source.hub_unreachable_reason("https://molmo-ros-test.invalid")
+    assert reason is not None and "proxy" in reason and "ConnectionRefusedError" in reason
 
 
 # Hand-written excerpts of the config.json of the other public Molmo checkpoints (only the fields the

@@ -3,6 +3,8 @@
 import ast
 import json
 import shutil
+import subprocess
+import sys
 import weakref
 from pathlib import Path
 
@@ -12,8 +14,9 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
+from molmo_ros.backends.settings import DTYPES as SETTING_DTYPES
 from molmo_ros.backends.settings import BackendSettings
-from molmo_ros.engine.device import resolve_device, resolve_dtype
+from molmo_ros.engine.device import DTYPES, resolve_device, resolve_dtype
 from molmo_ros.engine.engine import MolmoEngine
 from molmo_ros.engine.errors import (
     EngineError,
@@ -227,7 +230,8 @@ def test_close_frees_the_model_and_later_calls_say_the_engine_is_closed(tiny_mod
 def test_device_and_dtype_resolution():
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
-    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert {"auto", *DTYPES} == set(SETTING_DTYPES)  # every dtype the setting accepts resolves
     assert resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
         assert resolve_device("auto") == torch.device("cpu")
@@ -253,3 +257,13 @@ def test_unsupported_preprocessor_settings_are_an_incompatible_checkpoint(tmp_pa
     settings_file.write_text(json.dumps(settings))
     with pytest.raises(IncompatibleCheckpointError, match="preprocessor_config.json"):
         MolmoEngine.load(BackendSettings(model=str(directory), device="cpu"))
+
+
+def test_engine_package_errors_and_defaults_import_without_torch():
+    """Code that only catches engine errors (the pointing service, the CLI's argument parsing) stays light."""
+    code = (
+        "import sys; import molmo_ros.engine, molmo_ros.engine.errors, molmo_ros.engine.defaults; "
+        "heavy = {'torch', 'transformers'} & set(sys.modules); assert not heavy, heavy"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr

@@ -11,6 +11,7 @@ error message.
 import os
 import re
 import socket
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -48,6 +49,7 @@ METADATA_FILES = (
 HUB_PROBE_TIMEOUT_S = 3.0  # one TCP connection to the hub; a reachable hub answers in far less
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # how huggingface_hub reads its boolean variables
 
 
@@ -111,17 +113,27 @@ def hub_unreachable_reason(endpoint: str) -> str | None:
     """Why the hub cannot be reached (name not resolved, connection refused or timed out), or None.
 
     One connection attempt, bounded by HUB_PROBE_TIMEOUT_S, so an offline machine gets its error at once
-    instead of after the hub client's retries."""
+    instead of after the hub client's retries. Where a proxy is configured for the endpoint (HTTPS_PROXY
+    and friends, which the hub's HTTP client honours), the proxy is what must be reachable."""
     url = urlsplit(endpoint)
-    host = url.hostname
-    if not host:
+    if not url.hostname:
         return f"HF_ENDPOINT {endpoint!r} is not a URL"
-    port = url.port or (443 if url.scheme == "https" else 80)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    target = urlsplit(proxy) if proxy and not urllib.request.proxy_bypass(url.hostname) else url
+    what = (
+        f"the proxy {proxy} for the Hugging Face hub"
+        if target is not url
+        else f"the Hugging Face hub {endpoint}"
+    )
+    if not target.hostname:
+        return f"{what} is not a URL"
+    port = target.port or _DEFAULT_PORTS.get(target.scheme, _DEFAULT_PORTS["http"])
     try:
-        with socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S):
+        with socket.create_connection((target.hostname, port), timeout=HUB_PROBE_TIMEOUT_S):
             return None
     except OSError as error:  # socket.gaierror (no DNS), ConnectionRefusedError, TimeoutError, ...
-        return f"the Hugging Face hub {endpoint} cannot be reached ({type(error).__name__}: {error})"
+        return f"{what} cannot be reached ({type(error).__name__}: {error})"
 
 
 def resolve_checkpoint(model: str, revision: str | None = DEFAULT_REVISION) -> CheckpointSource:

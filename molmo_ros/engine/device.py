@@ -14,17 +14,8 @@ from molmo_ros.backends.settings import DEVICES_HELP
 from molmo_ros.engine.errors import EngineOutOfMemoryError, InvalidSettingError
 
 AUTO = "auto"
-# The names the dtype setting accepts, with the common short spellings.
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-}
+# The torch dtype of each name the dtype setting accepts (besides "auto").
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def parse_device(name: str) -> torch.device:
