@@ -122,9 +122,13 @@ def test_service_and_topic_round_trip_with_the_generated_types(tmp_path: Path) -
 def test_share_files_are_installed_in_the_venv_prefix() -> None:
     index = Path(sys.prefix) / "share" / "ament_index" / "resource_index"
     assert (index / "packages" / "molmo_ros").is_file(), NOT_INSTALLED
-    assert (index / "rosidl_interfaces" / "molmo_ros").read_text().split() == sorted(
-        ["msg/PointingResult.idl", "msg/PointingResult.msg", "srv/Point.idl", "srv/Point.srv"]
-    )
+    interfaces = [
+        path.relative_to(REPO_ROOT).as_posix()
+        for folder in ("msg", "srv", "action")
+        for path in (REPO_ROOT / folder).iterdir()
+    ]
+    expected = interfaces + [name.rsplit(".", 1)[0] + ".idl" for name in interfaces]
+    assert (index / "rosidl_interfaces" / "molmo_ros").read_text().split() == sorted(expected)
     for folder in ("launch", "config", "samples"):
         source_files = sorted(path.name for path in (REPO_ROOT / folder).iterdir() if path.is_file())
         installed = sorted(path.name for path in (SHARE / folder).glob("*") if path.is_file())
