@@ -40,6 +40,7 @@ def tree() -> ast.Module:
 def declared_node():
     rclpy.init()
     node = PointerNode(backend_factory=lambda settings: ScriptedEngine())
+    node.trigger_configure()  # the cameras.<name>.* parameters are declared once camera_names is read
     try:
         yield node
     finally:

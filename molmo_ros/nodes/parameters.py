@@ -14,7 +14,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from molmo_ros.settings_fields import SettingSpec, setting, setting_specs
+from molmo_ros.settings_fields import SettingSpec, check_setting_bounds, setting, setting_specs
 
 SettingsT = TypeVar("SettingsT")
 QOS_CHOICES = ("sensor_data", "reliable")
@@ -35,6 +35,9 @@ class NodeSettings:
         "Configure and activate the node by itself at start (no lifecycle manager needed); false leaves "
         "it unconfigured for a lifecycle manager.",
     )
+
+    def __post_init__(self) -> None:
+        check_setting_bounds(self)
 
 
 def _descriptor(spec: SettingSpec, read_only: bool) -> ParameterDescriptor:

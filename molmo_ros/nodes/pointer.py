@@ -272,9 +272,11 @@ class PointerNode(LifecycleNode):
     def _check_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         """Validates a change without applying it (read-only parameters are refused by rclpy itself)."""
         try:
-            replace(
-                self.settings or read_settings(self, PointingSettings), **self._runtime_changes(parameters)
-            )
+            changes = self._runtime_changes(parameters)
+            if self.settings is None:  # not configured yet: the other parameters are checked at configure
+                read_settings(self, PointingSettings, **changes)
+            else:
+                replace(self.settings, **changes)
         except ValueError as error:
             return SetParametersResult(successful=False, reason=str(error))
         return SetParametersResult(successful=True)
