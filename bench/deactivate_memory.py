@@ -7,10 +7,10 @@ It writes a random MolmoE checkpoint with the released model's widths (config an
 real_config.json, vision encoder and embeddings in full) but only --llm-layers of its 16 LLM layers, so
 the weights are a few GB: big enough to see, small enough for a laptop. The tokenizer files come from the
 tiny reference model (same vocabulary). Then it starts the real pointer node program in its own process
-with autostart false and drives it through configure, activate, deactivate, activate, deactivate and
-cleanup with the lifecycle_msgs ChangeState service over DDS (this machine only, a random domain). Unless
---no-request, each activation also answers one Point request about a small image, so the engine's
-per-frame caches exist when it is freed.
+with autostart false and drives it through configure, activate, deactivate, activate, deactivate (more
+pairs with --cycles) and cleanup with the lifecycle_msgs ChangeState service over DDS (this machine
+only, a random domain). Unless --no-request, each activation also answers one Point request about a
+small image, so the engine's per-frame caches exist when it is freed.
 
 After each transition it reads the node process's /proc/PID/status: VmRSS is its resident memory,
 RssAnon the part the heap holds, RssFile the part mapped from files (shared libraries, and the
@@ -54,7 +54,7 @@ NODE_NAME = "/molmo/pointer"  # the lifecycle services are under the node's name
 POINT_SERVICE = "/molmo/point"
 DOMAIN_IDS = (1, 101)  # ROS_DOMAIN_ID range the tests use too
 TEXT_COLUMNS = 3  # after, ok, state
-STEPS = ("configure", "activate", "deactivate", "activate", "deactivate", "cleanup")
+CYCLES = 2  # activate + deactivate pairs
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,9 @@ def print_table(readings: list[Reading], gpu: bool) -> None:
         )
 
 
-def run(checkpoint_dir: Path, cache_dir: Path, device: str, request: bool, log_file: Path) -> list[Reading]:
+def run(
+    checkpoint_dir: Path, cache_dir: Path, device: str, request: bool, cycles: int, log_file: Path
+) -> list[Reading]:
     # This checkout's code, whatever the venv has installed (the generated messages come from the venv).
     env = {
         **os.environ,
@@ -239,7 +241,7 @@ def run(checkpoint_dir: Path, cache_dir: Path, device: str, request: bool, log_f
     driver = LifecycleDriver()
     try:
         readings = [measure(driver, node.pid, "start", True, 0.0)]
-        for step in STEPS:
+        for step in ("configure", *("activate", "deactivate") * cycles, "cleanup"):
             started = time.perf_counter()
             ok = driver.transition(step)
             seconds = time.perf_counter() - started
@@ -274,6 +276,7 @@ def main() -> None:
     parser.add_argument(
         "--llm-layers", type=int, default=LLM_LAYERS, help="LLM layers of the 16 (each ~1.6 GB fp32)"
     )
+    parser.add_argument("--cycles", type=int, default=CYCLES, help="activate + deactivate pairs")
     parser.add_argument("--device", default="cpu", help="engine.device for the node: cpu or cuda[:N]")
     parser.add_argument(
         "--no-request", dest="request", action="store_false", help="no Point request when active"
@@ -297,7 +300,7 @@ def main() -> None:
             f"{written / MIB:.0f} MiB fp32, written in {time.perf_counter() - started:.1f} s"
         )
         log_file = workdir / "node.log"
-        readings = run(checkpoint_dir, workdir / "cache", args.device, args.request, log_file)
+        readings = run(checkpoint_dir, workdir / "cache", args.device, args.request, args.cycles, log_file)
         print(
             f"node process memory after each step (engine.device {args.device}, ROS_DOMAIN_ID "
             f"{os.environ['ROS_DOMAIN_ID']}):"
