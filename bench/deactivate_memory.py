@@ -17,8 +17,8 @@ RssAnon the part the heap holds, RssFile the part mapped from files (shared libr
 memory-mapped `.bin` shards: in float32 on CPU the loaded tensors keep using those pages where no
 conversion was needed, so much of the model counts as file-backed). On CUDA it adds the GPU memory
 nvidia-smi reports for the node process (and for the whole GPU, which is all nvidia-smi shows when the
-process lives in another PID namespace). The checkpoint and the weights cache are deleted at the end,
-also after an error or Ctrl-C.
+process lives in another PID namespace); the CUDA context itself stays until the process ends.
+The checkpoint and the weights cache are deleted at the end, also after an error or Ctrl-C.
 """
 
 import argparse
@@ -122,6 +122,10 @@ def gpu_memory_mib(pid: int) -> tuple[int | None, int | None]:
     return process, (sum(used) if used else None)
 
 
+def is_cuda(device: str) -> bool:
+    return device.startswith("cuda")
+
+
 def node_command(checkpoint_dir: Path, cache_dir: Path, device: str) -> list[str]:
     parameters = {
         "autostart": "false",
@@ -196,9 +200,11 @@ class LifecycleDriver:
         self._rclpy.shutdown()
 
 
-def measure(driver: LifecycleDriver, node_pid: int, step: str, ok: bool, seconds: float) -> Reading:
+def measure(
+    driver: LifecycleDriver, node_pid: int, step: str, ok: bool, seconds: float, gpu: bool
+) -> Reading:
     time.sleep(SETTLE_S)
-    process_mib, total_mib = gpu_memory_mib(node_pid) if shutil.which("nvidia-smi") else (None, None)
+    process_mib, total_mib = gpu_memory_mib(node_pid) if gpu else (None, None)
     return Reading(step, ok, driver.state(), seconds, status_kib(node_pid), process_mib, total_mib)
 
 
@@ -239,8 +245,9 @@ def run(
             node_command(checkpoint_dir, cache_dir, device), stdout=log, stderr=log, env=env
         )
     driver = LifecycleDriver()
+    gpu = is_cuda(device)
     try:
-        readings = [measure(driver, node.pid, "start", True, 0.0)]
+        readings = [measure(driver, node.pid, "start", True, 0.0, gpu)]
         for step in ("configure", *("activate", "deactivate") * cycles, "cleanup"):
             started = time.perf_counter()
             ok = driver.transition(step)
@@ -249,12 +256,12 @@ def run(
                 raise SystemExit(
                     f"the node exited ({node.returncode}) at {step}:\n{log_file.read_text()[-4000:]}"
                 )
-            readings.append(measure(driver, node.pid, step, ok, seconds))
+            readings.append(measure(driver, node.pid, step, ok, seconds, gpu))
             if step == "activate" and ok and request:
                 started = time.perf_counter()
                 answer = driver.point_once()
                 seconds = time.perf_counter() - started
-                readings.append(measure(driver, node.pid, "point", answer == "answered", seconds))
+                readings.append(measure(driver, node.pid, "point", answer == "answered", seconds, gpu))
                 if answer != "answered":
                     print(f"the Point request {answer}")
         return readings
@@ -305,7 +312,7 @@ def main() -> None:
             f"node process memory after each step (engine.device {args.device}, ROS_DOMAIN_ID "
             f"{os.environ['ROS_DOMAIN_ID']}):"
         )
-        print_table(readings, gpu=args.device.startswith("cuda"))
+        print_table(readings, gpu=is_cuda(args.device))
         if not all(reading.ok for reading in readings):
             print("a step failed; the node's log:\n" + log_file.read_text()[-4000:])
     finally:
