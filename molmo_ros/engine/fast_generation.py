@@ -228,7 +228,8 @@ class FastGenerator:
             self._states.popitem(last=False)
         config = self.model.llm.config
         cache = StaticCache(config=config, max_cache_len=length)
-        head_dim = config.hidden_size // config.num_attention_heads
+        # As OlmoeAttention sizes its heads.
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         cache.early_initialization(batch, config.num_key_value_heads, head_dim, self.model.dtype, self.device)
         device = self.device
         state = _DecodeState(
