@@ -307,8 +307,13 @@ needs_cuda = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def cuda_model(tiny_model_dir: Path) -> MolmoEForPointing:
-    return load_tiny_model(tiny_model_dir, torch.float32, "cuda")
+def cuda_model(tiny_model_dir: Path):
+    """fp32 on the GPU with TF32 off: TF32 (cuDNN's default for convolutions) keeps ~10 mantissa bits,
+    too coarse for the goldens' 4.7e-3 smallest logit gap."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield load_tiny_model(tiny_model_dir, torch.float32, "cuda")
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def fast_ids(fast: FastGenerator, tensors_per_row: list[dict], eos: int | None = EOS) -> list[list[int]]:
