@@ -171,6 +171,26 @@ def test_no_eos_token_never_stops(tiny_model, reference_dir, goldens):
     assert eager(tiny_model, [tensors["input_ids"].tolist()], None, None) == [golden]
 
 
+def test_padded_batch_bucket_and_sparse_eos_checks_give_the_same_answers(tiny_model, reference_dir, goldens):
+    """The CUDA settings on a CPU: 3 rows padded to a bucket of 4 with a dummy row, and EOS checked every
+    8 steps. Row 0 stops after 2 tokens (case_06's third token declared EOS); the others run on."""
+    stop = goldens["case_06.generated_ids"][2].item()
+    fast = FastGenerator(tiny_model, batch_buckets=True, eos_check_interval=8)
+    reference = FastGenerator(tiny_model)
+    rows = [prefill(fast, processed(reference_dir, case)) for case in ("06", "00", "02")]
+    prefixes, prompts = [prefix for prefix, _ in rows], [prompt for _, prompt in rows]
+    bucketed = fast.generate(prefixes, prompts, max_new_tokens=MAX_NEW_TOKENS, eos_token_id=stop)
+    plain = reference.generate(prefixes, prompts, max_new_tokens=MAX_NEW_TOKENS, eos_token_id=stop)
+    assert bucketed.token_ids == plain.token_ids
+    assert bucketed.token_ids[0] == goldens["case_06.generated_ids"][:2].tolist()
+    assert bucketed.finished == plain.finished
+
+    alone = fast.generate(prefixes[:1], prompts[:1], max_new_tokens=MAX_NEW_TOKENS, eos_token_id=stop)
+    assert alone.token_ids == [goldens["case_06.generated_ids"][:2].tolist()]
+    assert alone.finished == [True]
+    assert alone.timings.steps == 3  # as the eager path counts, although 8 steps ran before the check
+
+
 def test_bad_requests_are_refused_with_the_reason(tiny_model, reference_dir):
     fast = FastGenerator(tiny_model)
     prefix, prompt = prefill(fast, processed(reference_dir, "06"))
@@ -182,6 +202,8 @@ def test_bad_requests_are_refused_with_the_reason(tiny_model, reference_dir):
         fast.generate([prefix], [[]], max_new_tokens=2, eos_token_id=EOS)
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         FastGenerator(tiny_model, use_cuda_graphs=True)
+    with pytest.raises(ValueError, match="eos_check_interval"):
+        FastGenerator(tiny_model, eos_check_interval=0)
 
 
 # ------------------------------------------------------------------ the engine
@@ -285,8 +307,13 @@ needs_cuda = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def cuda_model(tiny_model_dir: Path) -> MolmoEForPointing:
-    return load_tiny_model(tiny_model_dir, torch.float32, "cuda")
+def cuda_model(tiny_model_dir: Path):
+    """fp32 on the GPU with TF32 off: TF32 (cuDNN's default for convolutions) keeps ~10 mantissa bits,
+    too coarse for the goldens' 4.7e-3 smallest logit gap."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield load_tiny_model(tiny_model_dir, torch.float32, "cuda")
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def fast_ids(fast: FastGenerator, tensors_per_row: list[dict], eos: int | None = EOS) -> list[list[int]]:

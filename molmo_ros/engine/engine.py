@@ -199,19 +199,17 @@ class MolmoEngine:
                 control.raise_if_cancelled()
                 control.report(Stage.VISION)
             prompt_ids = [self.preprocessor.prompt_token_ids(prompt) for prompt in prompts]
-            frame = self._last_frame
-            if frame is None or frame.image is not image:
+            cached = self._last_frame is not None and self._last_frame.image is image
+            if not cached:
                 self._last_frame = None  # never keep a prefix beside a newer one: frees its memory first
-                frame = self._prefill_frame(image, prompts[0])
-                self._last_frame = frame
-                preprocess_s, prefix = frame.preprocess_s, frame.prefix
-                vision_s, prefix_prefill_s = prefix.vision_s, prefix.prefill_s
-            else:
-                prefix = frame.prefix
-                preprocess_s = vision_s = prefix_prefill_s = 0.0
-            return self._decode(
-                [prefix], prompt_ids, max_new_tokens, control, (preprocess_s, vision_s, prefix_prefill_s)
+                self._last_frame = self._prefill_frame(image, prompts[0])
+            frame = self._last_frame
+            image_stages = (
+                (0.0, 0.0, 0.0)
+                if cached
+                else (frame.preprocess_s, frame.prefix.vision_s, frame.prefix.prefill_s)
             )
+            return self._decode([frame.prefix], prompt_ids, max_new_tokens, control, image_stages)
 
     def generate_batch(
         self,

@@ -84,14 +84,29 @@ class FastGenerator:
     Not thread-safe: the engine serializes calls. `use_cuda_graphs` defaults to True on CUDA.
     """
 
-    def __init__(self, model: MolmoEForPointing, *, use_cuda_graphs: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: MolmoEForPointing,
+        *,
+        use_cuda_graphs: bool | None = None,
+        batch_buckets: bool | None = None,
+        eos_check_interval: int | None = None,
+    ) -> None:
+        """The defaults depend on the device: on CUDA, graphs, batches padded to a power of two (one graph
+        per bucket) and an EOS check every CUDA_EOS_CHECK_INTERVAL steps; elsewhere none of these and an
+        EOS check every step. Tests set them explicitly to run the CUDA logic on a CPU."""
         self.model = model
         self.device = model.device
         on_cuda = self.device.type == "cuda"
         self.use_cuda_graphs = on_cuda if use_cuda_graphs is None else use_cuda_graphs
         if self.use_cuda_graphs and not on_cuda:
             raise ValueError(f"CUDA graphs need a CUDA device; the model is on {self.device}")
-        self.eos_check_interval = CUDA_EOS_CHECK_INTERVAL if on_cuda else 1
+        self.batch_buckets = self.use_cuda_graphs if batch_buckets is None else batch_buckets
+        if eos_check_interval is None:
+            eos_check_interval = CUDA_EOS_CHECK_INTERVAL if on_cuda else 1
+        if eos_check_interval < 1:
+            raise ValueError(f"eos_check_interval must be at least 1, got {eos_check_interval}")
+        self.eos_check_interval = eos_check_interval
         self._states: OrderedDict[tuple[int, int], _DecodeState] = OrderedDict()
         self.graphs_captured = 0
         # One memory pool for all graphs: they never run at the same time, so their temporaries can share.
@@ -158,8 +173,8 @@ class FastGenerator:
         rows = len(prompts)
         prefixes = list(prefixes) * rows if len(prefixes) == 1 else list(prefixes)
         prompts = [list(prompt) for prompt in prompts]
-        batch = 1 << (rows - 1).bit_length() if self.use_cuda_graphs else rows
-        # Rows beyond the real ones (graph batch buckets) repeat the first request; their output is dropped.
+        batch = 1 << (rows - 1).bit_length() if self.batch_buckets else rows
+        # Rows beyond the real ones (batch buckets) repeat the first request; their output is dropped.
         prefixes += [prefixes[0]] * (batch - rows)
         prompts += [prompts[0]] * (batch - rows)
 
@@ -196,7 +211,7 @@ class FastGenerator:
         decode_s = clock.lap()
         token_ids, finished = trim_at_eos(tokens, eos_token_id)
         if eos_token_id is not None and all(finished):
-            # On CUDA the EOS check runs every few steps: count only the steps up to the last EOS.
+            # The EOS check may run only every few steps: count only the steps up to the last EOS.
             steps = max(len(row) for row in token_ids) + 1
         timings = GenerationTimings(prefill_s=prefill_s, decode_s=decode_s, steps=steps)
         return GenerationOutput(token_ids=token_ids, finished=finished, timings=timings)
@@ -213,7 +228,8 @@ class FastGenerator:
             self._states.popitem(last=False)
         config = self.model.llm.config
         cache = StaticCache(config=config, max_cache_len=length)
-        head_dim = config.hidden_size // config.num_attention_heads
+        # As OlmoeAttention sizes its heads.
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         cache.early_initialization(batch, config.num_key_value_heads, head_dim, self.model.dtype, self.device)
         device = self.device
         state = _DecodeState(
