@@ -1,18 +1,31 @@
 """What the ROS layer costs on top of the model: prints figures, asserts nothing.
 
-    .venv/bin/python bench/node_overhead.py [--calls 200] [--stream-seconds 10]
+    $MOLMO_ROS_VENV/bin/python bench/node_overhead.py [--calls 200] [--stream-seconds 10]
 
-The pointer node runs in its own process with a zero-cost engine (it answers at once), so every
-millisecond measured is node, DDS and conversion cost. For 640x480 and 1920x1080 rgb8 frames
-streamed at 30 Hz by a camera in a third process it prints the service round trip and the node
-overhead (round trip minus the engine's time) as p50/p95, then the CPU the node process spends
-just taking the stream, and how many frames it took of those sent.
-DDS stays on this machine; the shipped Fast DDS profile is used unless --no-profile.
+The pointer node runs in its own process, as its program runs it (lifecycle node on rclpy's stock
+single-threaded executor), and a camera streams at 30 Hz from a third process. Each row is one fresh
+node and camera:
+
+- colour only, 640x480 and 1920x1080 rgb8, with a zero-cost backend that answers at once: every
+  millisecond measured is node, DDS and conversion cost;
+- colour + depth at 1920x1080: the camera also publishes a 16UC1 depth image and a CameraInfo with the
+  colour frame's stamp and frame_id, the node has cameras.camera.depth_topic set, and each answer's one
+  point is lifted to 3D;
+- engine.backend openai against a local OpenAI-compatible server double (its own process, 127.0.0.1,
+  answering at once with a Molmo2 point): the cost of the HTTP hop beside the in-process backend. The
+  frames are random noise, the worst case for the JPEG the backend sends.
+
+For each it prints the service round trip and the node overhead (round trip minus the answer's
+model_seconds) as p50/p95, the CPU the node process spends just taking the stream, and how many frames
+the node took of those the camera sent. DDS stays on this machine in a random domain; the shipped Fast
+DDS profile is used unless --no-profile.
 """
 
 import argparse
+import importlib.util
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -24,38 +37,194 @@ from pathlib import Path
 
 import numpy as np
 
+from molmo_ros.backends.interface import BackendAnswer, GenerationControl
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CAMERA_HZ = 30.0
+CAMERA_NAME = "camera"  # the node's default camera: it listens on /camera/image_raw and /camera/camera_info
+IMAGE_TOPIC = f"/{CAMERA_NAME}/image_raw"
+CAMERA_INFO_TOPIC = f"/{CAMERA_NAME}/camera_info"
+DEPTH_TOPIC = f"/{CAMERA_NAME}/depth/image_raw"
+OPTICAL_FRAME = "camera_optical_frame"
+DEPTH_MM = 1500  # a flat scene 1.5 m away, well inside the node's default depth range
+FOCAL_PX = 1000.0  # a pinhole lens without distortion; only the lifting arithmetic depends on it
+WARM_UP_CALLS = 10  # first answers not counted: DDS discovery, first frame, first imports
+CALLS_DEADLINE_S = 180.0  # give up collecting calls after this long (figures then say how many were made)
+CALL_TIMEOUT_S = 10.0
+NO_FRAME_RETRY_S = 0.05  # pause after an unsuccessful answer (no frame has arrived yet)
+NODE_START_TIMEOUT_S = 60.0
+CHILD_EXIT_TIMEOUT_S = 20.0
+# Zero-cost answer: one point in the middle of the frame (Molmo 0924 markup, percent of the frame).
+ZERO_COST_ANSWER = '<point x="50.0" y="50.0" alt="thing">thing</point>'
+# What the OpenAI double answers: one Molmo2 point in the middle of the frame (per-mille).
+MOLMO2_ANSWER = '<points coords="1 1 500 500">thing</points>'
+# The frame the model saw goes over HTTP as the backend sends it by default (JPEG, not downscaled).
+OPENAI_DOUBLE_PATH = REPO_ROOT / "test" / "doubles" / "openai_server.py"
+COUNT_LABELS = ("colour frames sent:", "depth frames sent:", "colour frames taken:", "depth frames taken:")
+
+
+class ZeroCostBackend:
+    """A `PointingBackend` that answers at once with one point, so the node's own cost is all that is left."""
+
+    name = "zero-cost"
+    max_images = 1
+    max_concurrent_calls = 1
+
+    def generate(
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        control: GenerationControl | None = None,
+    ) -> BackendAnswer:
+        return BackendAnswer(texts=[ZERO_COST_ANSWER] * len(prompts))
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
-class ZeroCostAnswer:
-    texts: list[str]
+class Case:
+    """One row: a fresh node and camera."""
+
+    label: str
+    width: int
+    height: int
+    depth: bool = False
+    openai: bool = False
 
 
-class ZeroCostEngine:
-    """Answers at once with one point, so the node's own cost is all that is left."""
+CASES = (
+    Case("colour 640x480", 640, 480),
+    Case("colour 1920x1080", 1920, 1080),
+    Case("colour+depth 1920x1080", 1920, 1080, depth=True),
+    Case("openai double 640x480", 640, 480, openai=True),
+    Case("openai double 1920x1080", 1920, 1080, openai=True),
+)
 
-    def generate(self, image: np.ndarray, prompts: Sequence[str]) -> ZeroCostAnswer:
-        return ZeroCostAnswer(texts=['<point x="50.0" y="50.0" alt="thing">thing</point>'] * len(prompts))
 
+def serve(depth: bool, openai_url: str | None) -> None:
+    """Child process: the real pointer node, run as its program runs it, counting the frames it takes."""
+    from rclpy.parameter import Parameter
 
-def serve() -> None:
-    """Child process: the real pointer node, run as its program runs it, with the zero-cost engine."""
     from molmo_ros.nodes.pointer import PointerNode
     from molmo_ros.nodes.runner import run_node
+    from molmo_ros.pointing.frames import DepthFrame, LatestFrames
+
+    class CountingFrames(LatestFrames):
+        """Counts depth frames too (LatestFrames counts colour frames in `sequence`)."""
+
+        depth_taken = 0
+
+        def put_depth(self, depth: DepthFrame) -> None:
+            self.depth_taken += 1
+            super().put_depth(depth)
 
     class CountingPointerNode(PointerNode):
-        def destroy_node(self) -> None:
-            print(f"frames received: {self.frames.sequence('camera')}", flush=True)
-            super().destroy_node()
+        def __init__(self, **options: object) -> None:
+            super().__init__(**options)
+            self.frames = CountingFrames()  # before configure, which hands it to the pointing service
+            self._counted = False
 
+        def shut_down(self) -> None:
+            # Before the pointing service stops: stopping forgets the frames and their count.
+            if not self._counted:
+                self._counted = True
+                print(f"colour frames taken: {self.frames.sequence(CAMERA_NAME)}", flush=True)
+                print(f"depth frames taken: {self.frames.depth_taken}", flush=True)
+            super().shut_down()
+
+    overrides = []
+    if depth:
+        overrides.append(Parameter(f"cameras.{CAMERA_NAME}.depth_topic", value=DEPTH_TOPIC))
+    if openai_url:
+        overrides += [Parameter("engine.backend", value="openai"), Parameter("engine.url", value=openai_url)]
+    backend_factory = None if openai_url else (lambda settings: ZeroCostBackend())
     run_node(
         "pointer",
-        lambda: CountingPointerNode(engine=ZeroCostEngine()),
+        lambda: CountingPointerNode(backend_factory=backend_factory, parameter_overrides=overrides),
         (),
-        threads=lambda n: n.executor_threads,
     )
+
+
+def camera(width: int, height: int, depth: bool) -> None:
+    """Child process: a 30 Hz rgb8 camera (with depth and CameraInfo when asked), as a driver in its own
+    process would be, until SIGTERM. Depth and CameraInfo carry the colour frame's stamp and frame_id."""
+    import rclpy
+    from rclpy.qos import qos_profile_sensor_data
+    from rclpy.signals import SignalHandlerOptions
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_msgs.msg import Header
+
+    from molmo_ros.image_conversion import rgb_to_raw
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)  # rclpy's handler would end DDS mid-publish
+    node = rclpy.create_node("overhead_bench_camera")
+    colour_publisher = node.create_publisher(Image, IMAGE_TOPIC, qos_profile_sensor_data)
+    rgb = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    data, step = rgb_to_raw(rgb)
+    header = Header(frame_id=OPTICAL_FRAME)
+    colour = Image(height=height, width=width, encoding="rgb8", step=step, data=data, header=header)
+    messages = [(colour_publisher, colour)]
+    if depth:
+        depth_image = np.full((height, width), DEPTH_MM, dtype=np.uint16)
+        depth_message = Image(
+            height=height,
+            width=width,
+            encoding="16UC1",
+            step=width * depth_image.itemsize,
+            data=depth_image.tobytes(),
+            header=header,
+        )
+        cx, cy = width / 2, height / 2
+        info = CameraInfo(
+            header=header,
+            width=width,
+            height=height,
+            distortion_model="plumb_bob",
+            d=[0.0] * 5,
+            k=[FOCAL_PX, 0.0, cx, 0.0, FOCAL_PX, cy, 0.0, 0.0, 1.0],
+            r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+            p=[FOCAL_PX, 0.0, cx, 0.0, 0.0, FOCAL_PX, cy, 0.0, 0.0, 0.0, 1.0, 0.0],
+        )
+        messages += [
+            (node.create_publisher(Image, DEPTH_TOPIC, qos_profile_sensor_data), depth_message),
+            (node.create_publisher(CameraInfo, CAMERA_INFO_TOPIC, qos_profile_sensor_data), info),
+        ]
+    sent = 0
+    next_time = time.monotonic()
+    while not stop.is_set():
+        stamp = node.get_clock().now().to_msg()
+        for publisher, message in messages:
+            message.header.stamp = stamp
+            publisher.publish(message)
+        # Counted once the node subscribes: frames sent before it exists are not the node's loss.
+        sent += colour_publisher.get_subscription_count() > 0
+        next_time += 1 / CAMERA_HZ
+        time.sleep(max(0.0, next_time - time.monotonic()))
+    print(f"colour frames sent: {sent}", flush=True)
+    print(f"depth frames sent: {sent if depth else 0}", flush=True)
+    node.destroy_node()
+    rclpy.try_shutdown()
+
+
+def openai_double(lifetime_s: float) -> None:
+    """Child process: the OpenAI-compatible server double on 127.0.0.1, until SIGTERM; prints its URL.
+
+    It is a test double (test/doubles/), not a product feature; bench/ and test/ are not packages, so it
+    is imported by its path.
+    """
+    spec = importlib.util.spec_from_file_location("openai_server_double", OPENAI_DOUBLE_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with module.OpenAIServerDouble(answers=[MOLMO2_ANSWER], lifetime_s=lifetime_s) as server:
+        print(f"url: {server.url}", flush=True)
+        stop.wait()
+        print(f"requests answered: {len(server.requests)}", flush=True)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -68,47 +237,28 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def camera(width: int, height: int) -> None:
-    """Child process: a 30 Hz rgb8 camera, as a driver in its own process would be, until SIGTERM."""
-    import signal
-
-    import rclpy
-    from rclpy.qos import qos_profile_sensor_data
-    from sensor_msgs.msg import Image
-    from std_msgs.msg import Header
-
-    from molmo_ros.image_conversion import rgb_to_raw
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    rclpy.init()
-    node = rclpy.create_node("overhead_bench_camera")
-    publisher = node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
-    rgb = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
-    data, step = rgb_to_raw(rgb)
-    message = Image(
-        height=height, width=width, encoding="rgb8", step=step, data=data, header=Header(frame_id="cam")
-    )
-    sent = 0
-    next_time = time.monotonic()
-    while not stop.is_set():
-        message.header.stamp = node.get_clock().now().to_msg()
-        publisher.publish(message)
-        sent += 1
-        next_time += 1 / 30
-        time.sleep(max(0.0, next_time - time.monotonic()))
-    print(f"frames sent: {sent}", flush=True)
-    node.destroy_node()
-    rclpy.try_shutdown()
-
-
 def _count(output: str, label: str) -> int:
     return int(output.rsplit(label, 1)[1].split()[0]) if label in output else -1
 
 
-def measure(
-    width: int, height: int, calls: int, stream_seconds: float, env: dict[str, str]
-) -> dict[str, object]:
+@dataclass(frozen=True)
+class Figures:
+    calls: int
+    round_trip_ms: list[float]
+    overhead_ms: list[float]
+    model_ms: list[float]
+    lifted: int  # answers whose point got a valid 3D position
+    stream_cpu_percent: float
+    counts: dict[str, int]
+
+    def p50(self, values: list[float]) -> float:
+        return statistics.median(values)
+
+    def p95(self, values: list[float]) -> float:
+        return percentile(values, 0.95)
+
+
+def measure(case: Case, calls: int, stream_seconds: float, env: dict[str, str]) -> Figures:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
@@ -117,69 +267,145 @@ def measure(
     def child(*args: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, __file__, *args], env=env, stdout=subprocess.PIPE, text=True)
 
-    node = child("--serve")
-    stream = child("--camera", str(width), str(height))
+    children = []
+    serve_args = ["--serve"] + (["--depth"] if case.depth else [])
+    if case.openai:
+        double = child("--openai-double", str(CALLS_DEADLINE_S + stream_seconds + NODE_START_TIMEOUT_S * 2))
+        children.append(double)
+        announced = double.stdout.readline()
+        if "url:" not in announced:
+            raise RuntimeError(f"the OpenAI server double ({OPENAI_DOUBLE_PATH}) did not start; see above")
+        url = announced.split("url:", 1)[1].strip()
+        serve_args += ["--openai-url", url]
+    node = child(*serve_args)
+    stream = child("--camera", str(case.width), str(case.height), *(["--depth"] if case.depth else []))
+    children += [node, stream]
     rclpy.init()
     client_node = rclpy.create_node("overhead_bench")
     client = client_node.create_client(Point, "/molmo/point")
     executor = SingleThreadedExecutor()
     executor.add_node(client_node)
-    round_trips, overheads = [], []
+    round_trips, overheads, model_times = [], [], []
+    lifted = 0
+    warm_up = WARM_UP_CALLS
+    counts = {}
     try:
-        if not client.wait_for_service(timeout_sec=60):
+        if not client.wait_for_service(timeout_sec=NODE_START_TIMEOUT_S):
             raise RuntimeError("the pointer node did not come up")
-        warm_up = 10
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + CALLS_DEADLINE_S
         while len(round_trips) < calls and time.monotonic() < deadline:
             started = time.perf_counter()
             future = client.call_async(Point.Request(query="thing"))
-            executor.spin_until_future_complete(future, timeout_sec=10)
+            executor.spin_until_future_complete(future, timeout_sec=CALL_TIMEOUT_S)
             elapsed = time.perf_counter() - started
             response = future.result()
             if response is None or not response.success:
-                time.sleep(0.05)  # no frame has arrived yet
+                time.sleep(NO_FRAME_RETRY_S)
                 continue
             if warm_up:
                 warm_up -= 1
                 continue
+            model_seconds = response.result.model_seconds
             round_trips.append(elapsed * 1000)
-            overheads.append((elapsed - response.result.model_seconds) * 1000)
+            overheads.append((elapsed - model_seconds) * 1000)
+            model_times.append(model_seconds * 1000)
+            lifted += any(response.result.depth_valid)
         before = cpu_seconds(node.pid)
         time.sleep(stream_seconds)
         cpu = (cpu_seconds(node.pid) - before) / stream_seconds * 100
     finally:
-        for process in (stream, node):
+        output = ""
+        for process in reversed(children):  # the camera ends first, so every frame sent could be taken
             process.terminate()
-        sent = _count(stream.communicate(timeout=20)[0], "frames sent:")
-        taken = _count(node.communicate(timeout=20)[0], "frames received:")
+            output += process.communicate(timeout=CHILD_EXIT_TIMEOUT_S)[0]
+        counts = {label: _count(output, label) for label in COUNT_LABELS}
         client_node.destroy_node()
         rclpy.try_shutdown()
     if not round_trips:
-        raise RuntimeError(f"no successful call at {width}x{height}: did any frame reach the node?")
-    return {
-        "calls": len(round_trips),
-        "rt_p50": statistics.median(round_trips),
-        "rt_p95": percentile(round_trips, 0.95),
-        "ov_p50": statistics.median(overheads),
-        "ov_p95": percentile(overheads, 0.95),
-        "stream_cpu_percent": cpu,
-        "frames": f"{taken}/{sent}",
-    }
+        raise RuntimeError(f"no successful call for {case.label}: did any frame reach the node?")
+    return Figures(len(round_trips), round_trips, overheads, model_times, lifted, cpu, counts)
+
+
+def _frames(figures: Figures, kind: str) -> str:
+    taken, sent = figures.counts[f"{kind} frames taken:"], figures.counts[f"{kind} frames sent:"]
+    if sent <= 0:
+        return "-"
+    return f"{taken}/{sent} ({100 * taken / sent:.1f} %)"
+
+
+def _pair(figures: Figures, values: list[float]) -> str:
+    return f"{figures.p50(values):.2f} / {figures.p95(values):.2f}"
+
+
+def report(results: dict[Case, Figures]) -> None:
+    print(
+        f"{'case':<24} {'calls':>5} {'round trip':>15} {'node overhead':>15} {'backend time':>15} "
+        f"{'node CPU':>8} {'colour frames':>20} {'depth frames':>20} {'3D':>7}"
+    )
+    print(f"{'':<24} {'':>5} {'p50 / p95 ms':>15} {'p50 / p95 ms':>15} {'p50 / p95 ms':>15} {'% core':>8}")
+    for case, f in results.items():
+        lifted = f"{f.lifted}/{f.calls}" if case.depth else "-"
+        print(
+            f"{case.label:<24} {f.calls:>5} {_pair(f, f.round_trip_ms):>15} {_pair(f, f.overhead_ms):>15} "
+            f"{_pair(f, f.model_ms):>15} {f.stream_cpu_percent:>8.0f} {_frames(f, 'colour'):>20} "
+            f"{_frames(f, 'depth'):>20} {lifted:>7}"
+        )
+    print(
+        "round trip: Point service call to answer, seen by a client in this process; node overhead: round "
+        "trip minus\nthe answer's model_seconds (time inside the backend's generate); node CPU: the node "
+        "process while it\nonly takes the 30 Hz stream (no calls); frames taken/sent: counted in the node / "
+        "in the camera\n(from when the node subscribed); 3D: answers whose point was lifted to a valid 3D "
+        "position."
+    )
+    by_label = {case.label: figures for case, figures in results.items()}
+    colour, depth = by_label["colour 1920x1080"], by_label["colour+depth 1920x1080"]
+    print()
+    print(
+        f"1080p colour only (issue 10: no worse than 1.25 / 6.2 ms p50 / p95 as measured 2026-11-22, frames "
+        f"taken >= 98 %): "
+        f"overhead {_pair(colour, colour.overhead_ms)} ms, round trip {_pair(colour, colour.round_trip_ms)} "
+        f"ms, colour frames {_frames(colour, 'colour')}"
+    )
+    print(
+        f"1080p depth added (issue 7: <= 2 ms p50 above colour only): overhead p50 "
+        f"{depth.p50(depth.overhead_ms):.2f} ms vs {colour.p50(colour.overhead_ms):.2f} ms colour only, "
+        f"+{depth.p50(depth.overhead_ms) - colour.p50(colour.overhead_ms):.2f} ms "
+        f"(p95 {depth.p95(depth.overhead_ms):.2f} vs {colour.p95(colour.overhead_ms):.2f} ms)"
+    )
+    print(
+        "HTTP hop: the frames are random noise, the worst case for JPEG (a camera image encodes smaller and "
+        "faster);\nbackend time = JPEG encoding, base64, HTTP to the double on 127.0.0.1 and its JSON reply."
+    )
+    for size in ("640x480", "1920x1080"):
+        local, remote = by_label[f"colour {size}"], by_label[f"openai double {size}"]
+        print(
+            f"HTTP hop at {size} (issue 9): round trip p50 / p95 {_pair(remote, remote.round_trip_ms)} ms "
+            f"with the openai backend vs {_pair(local, local.round_trip_ms)} ms in process: "
+            f"+{remote.p50(remote.round_trip_ms) - local.p50(local.round_trip_ms):.2f} ms p50, "
+            f"+{remote.p95(remote.round_trip_ms) - local.p95(local.round_trip_ms):.2f} ms p95 "
+            f"(backend time p50 {remote.p50(remote.model_ms):.2f} ms)"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--depth", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--openai-url", help=argparse.SUPPRESS)
     parser.add_argument("--camera", nargs=2, type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--stream-seconds", type=float, default=10.0)
+    parser.add_argument("--openai-double", type=float, metavar="LIFETIME_S", help=argparse.SUPPRESS)
+    parser.add_argument("--calls", type=int, default=200, help="counted calls per case")
+    parser.add_argument("--stream-seconds", type=float, default=10.0, help="how long node CPU is sampled")
     parser.add_argument("--no-profile", action="store_true", help="leave Fast DDS at its defaults")
     args = parser.parse_args()
     if args.serve:
-        serve()
+        serve(args.depth, args.openai_url)
         return
     if args.camera:
-        camera(*args.camera)
+        camera(*args.camera, args.depth)
+        return
+    if args.openai_double:
+        openai_double(args.openai_double)
         return
     env = dict(
         os.environ,
@@ -191,19 +417,14 @@ def main() -> None:
         env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(REPO_ROOT / "config" / "fastdds_large_images.xml")
     os.environ.update(env)
     print(
-        f"node overhead, zero-cost engine, {os.cpu_count()} CPUs, "
-        f"Fast DDS profile: {env.get('FASTDDS_DEFAULT_PROFILES_FILE', 'none')}"
+        f"node overhead: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start, "
+        f"{args.calls} calls per case after {WARM_UP_CALLS} warm-up calls, camera at {CAMERA_HZ:.0f} Hz "
+        f"in its own process,\nROS_DOMAIN_ID {env['ROS_DOMAIN_ID']} on localhost, Fast DDS profile: "
+        f"{env.get('FASTDDS_DEFAULT_PROFILES_FILE', 'none')}"
     )
-    print(
-        f"{'frame':>10} {'calls':>5} {'round trip p50/p95 ms':>22} {'overhead p50/p95 ms':>20} "
-        f"{'30 Hz stream CPU':>17} {'frames taken/sent':>18}"
-    )
-    for width, height in ((640, 480), (1920, 1080)):
-        r = measure(width, height, args.calls, args.stream_seconds, env)
-        print(
-            f"{width}x{height:<5} {r['calls']:>5} {r['rt_p50']:>10.2f} / {r['rt_p95']:<9.2f} "
-            f"{r['ov_p50']:>9.2f} / {r['ov_p95']:<8.2f} {r['stream_cpu_percent']:>13.0f} %  {r['frames']:>18}"
-        )
+    results = {case: measure(case, args.calls, args.stream_seconds, env) for case in CASES}
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+    report(results)
 
 
 if __name__ == "__main__":
