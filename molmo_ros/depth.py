@@ -215,7 +215,34 @@ class LiftedPoint:
         return self.xyz is not None
 
 
-def depth_to_metres(
+class DepthImage:
+    """A depth image in its message's own buffer, converted to metres only where it is read.
+
+    Converting a whole 1080p frame takes several milliseconds, and lifting a point reads a few small
+    windows of it, so slicing (`image[top:bottom, left:right]`) converts just that slice (NaN where there
+    is no depth). `read_depth` checks the image when it builds one.
+    """
+
+    def __init__(self, values: np.ndarray, metres_per_unit: float | None) -> None:
+        self._values = values  # HxW, the message's own dtype and byte order
+        self._metres_per_unit = metres_per_unit  # None: the values are metres already (float depth)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._values.shape
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        values = self._values[key]
+        metres = values.astype(np.float32)
+        if self._metres_per_unit is None:
+            metres[~np.isfinite(metres) | (metres == 0)] = np.nan
+        else:
+            metres *= np.float32(self._metres_per_unit)
+            metres[values == 0] = np.nan
+        return metres
+
+
+def read_depth(
     data: bytes | bytearray | memoryview | np.ndarray,
     encoding: str,
     height: int,
@@ -223,8 +250,8 @@ def depth_to_metres(
     step: int,
     is_bigendian: bool,
     scale: float | None = None,
-) -> np.ndarray:
-    """HxW float32 metres from the fields of a sensor_msgs/Image; NaN where there is no depth.
+) -> DepthImage:
+    """The depth image in the fields of a sensor_msgs/Image, checked, without converting it.
 
     16UC1 and mono16 are millimetres unless `scale` (metres per unit) says otherwise; 32FC1 is metres and
     ignores `scale`. 0, NaN and +-inf mean "no depth", as in depth_image_proc.
@@ -257,15 +284,21 @@ def depth_to_metres(
         )
     order = ">" if is_bigendian else "<"
     dtype = np.dtype(f"{order}f4" if is_float else f"{order}u2")
-    rows = buffer[: step * height].reshape(height, step)[:, :row_bytes]
-    values = np.ascontiguousarray(rows).view(dtype)
-    if is_float:
-        metres = values.astype(np.float32)
-        metres[~np.isfinite(metres) | (metres == 0)] = np.nan
-        return metres
-    metres = values.astype(np.float32) * np.float32(MILLIMETRES if scale is None else scale)
-    metres[values == 0] = np.nan
-    return metres
+    values = buffer[: step * height].reshape(height, step)[:, :row_bytes].view(dtype)
+    return DepthImage(values, None if is_float else (MILLIMETRES if scale is None else scale))
+
+
+def depth_to_metres(
+    data: bytes | bytearray | memoryview | np.ndarray,
+    encoding: str,
+    height: int,
+    width: int,
+    step: int,
+    is_bigendian: bool,
+    scale: float | None = None,
+) -> np.ndarray:
+    """HxW float32 metres from the fields of a sensor_msgs/Image (all of it; see read_depth)."""
+    return read_depth(data, encoding, height, width, step, is_bigendian, scale)[:, :]
 
 
 def check_depth_geometry(
@@ -291,7 +324,7 @@ def check_depth_geometry(
 def lift_points(
     points_px: Sequence[tuple[float, float]] | np.ndarray,
     image_size: tuple[int, int],
-    depth_m: np.ndarray,
+    depth_m: np.ndarray | DepthImage,
     camera: CameraModel,
     settings: DepthSettings,
 ) -> list[LiftedPoint]:
@@ -334,7 +367,7 @@ def camera_info_topic_beside(image_topic: str) -> str:
 
 
 def _sample_depth(
-    depth_m: np.ndarray, x: float, y: float, settings: DepthSettings
+    depth_m: np.ndarray | DepthImage, x: float, y: float, settings: DepthSettings
 ) -> tuple[float, float, float]:
     """(depth, spread, search distance) at depth-image point (x, y); NaN depth when none is valid."""
     rows, columns = depth_m.shape
@@ -363,7 +396,9 @@ def _sample_depth(
     return depth, _median_absolute_deviation(around, float(np.median(around))), float(nearest)
 
 
-def _window_values(depth_m: np.ndarray, x: float, y: float, settings: DepthSettings) -> np.ndarray:
+def _window_values(
+    depth_m: np.ndarray | DepthImage, x: float, y: float, settings: DepthSettings
+) -> np.ndarray:
     """Valid depths of the depth_window-sided window centred nearest (x, y), clipped to the image."""
     side = settings.depth_window
     left = math.floor(x - (side - 1) / 2)

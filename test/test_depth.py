@@ -26,6 +26,7 @@ from molmo_ros.depth import (
     camera_info_topic_beside,
     depth_to_metres,
     lift_points,
+    read_depth,
 )
 
 REL = 1e-6
@@ -447,3 +448,23 @@ def test_points_projected_through_a_random_lens_lift_back_to_themselves(f, lens,
     (lifted,) = lift_points([(u + 0.5, v + 0.5)], (WIDTH, HEIGHT), depth, camera, DEFAULTS)
     # float32 depth (REL) plus the undistortion residual (PIXEL_TOL px, i.e. PIXEL_TOL / f of the ray)
     np.testing.assert_allclose(lifted.xyz, xyz, rtol=REL, atol=PIXEL_TOL * z / f)
+
+
+@pytest.mark.parametrize("encoding, big_endian", [("16UC1", False), ("16UC1", True), ("32FC1", False)])
+def test_a_slice_of_a_depth_image_equals_the_same_slice_of_the_whole_conversion(encoding, big_endian):
+    """The node reads a depth frame only where a point needs it; that must give the same metres."""
+    rng = np.random.default_rng(7)
+    if encoding == "16UC1":
+        raw = rng.integers(0, 5000, (48, 64)).astype(">u2" if big_endian else "<u2")
+        raw[5:9, 10:20] = 0
+    else:
+        raw = rng.uniform(0.2, 5.0, (48, 64)).astype("<f4")
+        raw[5, 10], raw[6, 11], raw[7, 12] = np.nan, np.inf, 0.0
+    data = raw.tobytes()
+    args = (data, encoding, 48, 64, 64 * raw.itemsize, big_endian)
+    whole = depth_to_metres(*args)
+    image = read_depth(*args)
+    assert image.shape == (48, 64)
+    np.testing.assert_array_equal(image[3:12, 8:25], whole[3:12, 8:25])
+    np.testing.assert_array_equal(image[:, :], whole)
+    assert np.isnan(image[5:6, 10:11]).all(), "no depth stays NaN in a slice"

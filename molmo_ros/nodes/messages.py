@@ -10,7 +10,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from molmo_ros.depth import depth_to_metres
+from molmo_ros.depth import read_depth
 from molmo_ros.msg import CameraView, PointingResult
 from molmo_ros.pointing.frames import CameraInfo, DepthFrame
 from molmo_ros.pointing.outcomes import PointingOutcome, View
@@ -159,14 +159,14 @@ def camera_info(message: CameraInfoMsg) -> CameraInfo:
 
 
 def depth_frame(message: Image, camera: str, scale: float | None) -> DepthFrame:
-    """Kept undecoded: most depth frames are never used."""
+    """Kept undecoded: most depth frames are never used, and the one used is read only where needed."""
     return DepthFrame(
         camera=camera,
         stamp_ns=stamp_ns(message.header.stamp),
         frame_id=message.header.frame_id,
         width=message.width,
         height=message.height,
-        decode=lambda: depth_to_metres(
+        decode=lambda: read_depth(
             message.data,
             message.encoding,
             message.height,

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from molmo_ros.depth import DepthImage
+
 DEPTH_FRAMES_KEPT = 30  # one second of a 30 Hz depth stream: more than any sensible max_depth_skew
 
 
@@ -52,14 +54,14 @@ class Frame:
 
 @dataclass(frozen=True)
 class DepthFrame:
-    """One depth image, decoded on demand into metres (NaN where there is no depth)."""
+    """One depth image; `decode` checks it and returns a `molmo_ros.depth.DepthImage` (metres where read)."""
 
     camera: str
     stamp_ns: int
     frame_id: str
     width: int
     height: int
-    decode: Callable[[], np.ndarray]  # raises DepthError for an unreadable image
+    decode: Callable[[], DepthImage | np.ndarray]  # raises DepthError for an unreadable image
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decode", _DecodeOnce(self.decode))
