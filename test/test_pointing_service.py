@@ -1030,3 +1030,11 @@ def test_ask_prompt_is_checked_like_a_query(make_harness):
     harness.put(make_frame("front", harness.clock.now_ns))
     error = failure(harness, "  ", ask=True)
     assert error.code == ErrorCode.INVALID_QUERY and "prompt is empty" in str(error)
+
+
+def test_ask_about_every_camera_is_refused_as_unsupported(make_harness):
+    harness = make_harness(ScriptedEngine(max_images=2))
+    harness.put(make_frame("front", harness.clock.now_ns))
+    harness.put(make_frame("wrist", harness.clock.now_ns))
+    error = failure(harness, "What is on the table?", camera="*", ask=True)
+    assert error.code == ErrorCode.UNSUPPORTED and "one camera" in str(error)

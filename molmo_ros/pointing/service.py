@@ -282,6 +282,10 @@ class PointingService:
         if request.image is not None:
             return request
         cameras = self._requested_cameras(request)
+        if request.ask and len(cameras) > 1:
+            raise PointingError(
+                ErrorCode.UNSUPPORTED, "Ask answers about one frame: name one camera, or leave camera empty"
+            )
         assert self._backend is not None
         if len(cameras) > self._backend.max_images:
             raise PointingError(
