@@ -27,17 +27,19 @@ import PIL.Image
 import torch
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import (
-    GatedRepoError,
     LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
 )
 from transformers import AutoModelForImageTextToText, AutoProcessor, StoppingCriteria, StoppingCriteriaList
 
 from molmo_ros.backends.images import check_images
 from molmo_ros.backends.interface import BackendAnswer, GenerationControl, Stage
 from molmo_ros.backends.settings import BackendSettings
-from molmo_ros.engine.checkpoint_source import hub_cache_dir, hub_offline
+from molmo_ros.engine.checkpoint_source import (
+    download_failure_reason,
+    hub_cache_dir,
+    hub_endpoint,
+    hub_unavailable_reason,
+)
 from molmo_ros.engine.device import out_of_memory_guard, resolve_device, resolve_dtype
 from molmo_ros.engine.errors import IncompatibleCheckpointError, WeightsNotFoundError
 
@@ -228,23 +230,22 @@ def resolve_checkpoint(model_id: str, revision: str) -> Path:
         )
     except (LocalEntryNotFoundError, OSError):
         pass
-    if hub_offline():
+    unavailable = hub_unavailable_reason(model_id, revision, cache_dir)
+    if unavailable is not None:
         raise WeightsNotFoundError(
-            f"No Molmo2 weights found: {model_id} at revision {revision} is not in the Hugging Face cache "
-            f"{cache_dir}, and HF_HUB_OFFLINE is set so nothing can be downloaded. "
-            + _fix_hint(model_id, revision)
+            f"No Molmo2 weights found: {unavailable}. " + _fix_hint(model_id, revision)
         )
+    endpoint = hub_endpoint()
     try:
         snapshot = snapshot_download(
-            model_id, revision=revision, cache_dir=cache_dir, allow_patterns=list(DOWNLOAD_PATTERNS)
+            model_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=list(DOWNLOAD_PATTERNS),
+            endpoint=endpoint,
         )
-    except (RepositoryNotFoundError, GatedRepoError) as error:
-        reason = f"the Hugging Face repository {model_id} does not exist or needs access rights ({error})"
-    except RevisionNotFoundError as error:
-        reason = f"{model_id} has no revision {revision} ({error})"
-    # Anything else is the network or the disk failing; its types vary with huggingface_hub versions.
     except Exception as error:
-        reason = f"{model_id} at revision {revision} could not be downloaded: {type(error).__name__}: {error}"
+        reason = download_failure_reason(error, model_id, revision)
     else:
         return Path(snapshot)
     raise WeightsNotFoundError(f"No Molmo2 weights found: {reason}. {_fix_hint(model_id, revision)}")

@@ -165,18 +165,10 @@ def _hub_checkpoint(model_id: str, revision: str) -> CheckpointSource:
     cached = _cached_snapshot(model_id, revision, cache_dir)
     if cached is not None:
         return cached
-    not_cached = f"{model_id} at revision {revision} is not in the Hugging Face cache {cache_dir}"
-    if hub_offline():
-        raise WeightsNotFoundError(
-            f"No MolmoE weights found: {not_cached}, and HF_HUB_OFFLINE is set so nothing can be downloaded. "
-            + fix_hint(model_id, revision)
-        )
+    unavailable = hub_unavailable_reason(model_id, revision, cache_dir)
+    if unavailable is not None:
+        raise WeightsNotFoundError(f"No MolmoE weights found: {unavailable}. " + fix_hint(model_id, revision))
     endpoint = hub_endpoint()
-    unreachable = hub_unreachable_reason(endpoint)
-    if unreachable is not None:
-        raise WeightsNotFoundError(
-            f"No MolmoE weights found: {not_cached}, and {unreachable}. " + fix_hint(model_id, revision)
-        )
     try:
         files = HfApi(endpoint=endpoint).list_repo_files(model_id, revision=revision)
         snapshot = snapshot_download(
@@ -186,20 +178,36 @@ def _hub_checkpoint(model_id: str, revision: str) -> CheckpointSource:
             allow_patterns=_download_patterns(files),
             endpoint=endpoint,
         )
-    except (RepositoryNotFoundError, GatedRepoError) as error:
-        reason = f"the Hugging Face repository {model_id} does not exist or needs access rights ({error})"
-    except RevisionNotFoundError as error:
-        reason = f"{model_id} has no revision {revision} ({error})"
-    # Anything else is the network or the disk failing (DNS, timeouts, refused connections from the
-    # hub's HTTP client, HTTP errors, disk full); its types vary with huggingface_hub versions.
     except Exception as error:
-        reason = f"{model_id} at revision {revision} could not be downloaded: {type(error).__name__}: {error}"
+        reason = download_failure_reason(error, model_id, revision)
     else:
         source = _snapshot_source(model_id, revision, Path(snapshot))
         if source is not None:
             return source
         reason = f"the download of {model_id} at revision {revision} has no config.json or no weight files"
     raise WeightsNotFoundError(f"No MolmoE weights found: {reason}. {fix_hint(model_id, revision)}")
+
+
+def hub_unavailable_reason(model_id: str, revision: str, cache_dir: Path) -> str | None:
+    """Why a model that is not in the Hugging Face cache cannot be downloaded now (offline mode, or the hub
+    is unreachable: found with one short connection attempt instead of the hub client's retries), or None.
+    Shared by every backend that loads from the hub."""
+    not_cached = f"{model_id} at revision {revision} is not in the Hugging Face cache {cache_dir}"
+    if hub_offline():
+        return f"{not_cached}, and HF_HUB_OFFLINE is set so nothing can be downloaded"
+    unreachable = hub_unreachable_reason(hub_endpoint())
+    return None if unreachable is None else f"{not_cached}, and {unreachable}"
+
+
+def download_failure_reason(error: Exception, model_id: str, revision: str) -> str:
+    """Why a hub download failed, in words for the user."""
+    if isinstance(error, RepositoryNotFoundError | GatedRepoError):
+        return f"the Hugging Face repository {model_id} does not exist or needs access rights ({error})"
+    if isinstance(error, RevisionNotFoundError):
+        return f"{model_id} has no revision {revision} ({error})"
+    # Anything else is the network or the disk failing (DNS, timeouts, refused connections from the
+    # hub's HTTP client, HTTP errors, disk full); its types vary with huggingface_hub versions.
+    return f"{model_id} at revision {revision} could not be downloaded: {type(error).__name__}: {error}"
 
 
 def _cached_snapshot(model_id: str, revision: str, cache_dir: Path) -> CheckpointSource | None:
