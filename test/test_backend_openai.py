@@ -4,6 +4,7 @@ import base64
 import io
 import logging
 import socket
+import threading
 
 import numpy as np
 import PIL.Image
@@ -197,10 +198,15 @@ def test_cancel_before_sending_sends_nothing(server):
 
 def test_cancel_during_the_request_raises_before_returning(server):
     stages = []
-    control = GenerationControl(lambda stage, tokens: (stages.append(stage), control.cancel()))
+    def cancel_once_answered(stage: Stage, tokens: int) -> None:
+        stages.append(stage)
+        if stage is Stage.DECODING:
+            control.cancel()
+
+    control = GenerationControl(cancel_once_answered)
     with pytest.raises(GenerationCancelledError):
         backend_for(server).generate([frame()], ["first", "second"], control)
-    # Cancelled as the first request went out: its answer is dropped and the second prompt never sent.
+    # Cancelled as the first answer came back: it is dropped and the second prompt never sent.
     assert [request.texts() for request in server.requests] == [["first"]]
     assert stages == [Stage.VISION, Stage.DECODING]
 
@@ -229,3 +235,16 @@ def test_bad_images_are_refused_before_sending(server, images, error):
     with pytest.raises(error):
         backend_for(server).generate(images, ["p"])
     assert server.requests == []
+
+
+def test_cancel_during_a_retry_backoff_stops_before_the_next_attempt(server):
+    """Deactivate and shutdown cancel a running call: a failing server must not hold them for every retry."""
+    server.misbehave("error", times=10)
+    control = GenerationControl()
+    # The first attempt fails at once; its backoff (FIRST_RETRY_DELAY_S) is where the cancel lands.
+    timer = threading.Timer(0.05, control.cancel)
+    timer.start()
+    with pytest.raises(GenerationCancelledError):
+        backend_for(server, max_retries=10).generate([frame()], ["p"], control)
+    timer.join()
+    assert len(server.requests) == 1, "no attempt after the cancel"

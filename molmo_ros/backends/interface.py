@@ -46,6 +46,10 @@ class GenerationControl:
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
+    def wait(self, seconds: float) -> None:
+        """Sleeps `seconds` (a retry's backoff), returning at once when the call is cancelled."""
+        self._cancelled.wait(seconds)
+
     def raise_if_cancelled(self) -> None:
         if self._cancelled.is_set():
             raise GenerationCancelledError("generation was cancelled")

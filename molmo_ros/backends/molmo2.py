@@ -12,7 +12,6 @@ which transformers' generation accepts for this purpose. The processor still pre
 prompt (it expands the image placeholders of that prompt's text), which is CPU work only.
 """
 
-import gc
 import json
 import logging
 import os
@@ -40,7 +39,7 @@ from molmo_ros.engine.checkpoint_source import (
     hub_endpoint,
     hub_unavailable_reason,
 )
-from molmo_ros.engine.device import out_of_memory_guard, resolve_device, resolve_dtype
+from molmo_ros.engine.device import out_of_memory_guard, release_device_memory, resolve_device, resolve_dtype
 from molmo_ros.engine.errors import IncompatibleCheckpointError, WeightsNotFoundError
 
 log = logging.getLogger(__name__)
@@ -85,7 +84,9 @@ class _CancelAndReport(StoppingCriteria):
         if self.first_step_at is None:
             self.first_step_at = time.perf_counter()
         self._control.report(Stage.DECODING, input_ids.shape[1] - self._prompt_tokens)
-        return torch.full((input_ids.shape[0],), self._control.cancelled, dtype=torch.bool)
+        return torch.full(
+            (input_ids.shape[0],), self._control.cancelled, dtype=torch.bool, device=input_ids.device
+        )
 
 
 class Molmo2Backend:
@@ -163,12 +164,13 @@ class Molmo2Backend:
         return BackendAnswer(texts=texts)
 
     def close(self) -> None:
+        """Frees the model (and its GPU memory) as the molmoe engine does; closing twice is harmless."""
         with self._lock:
+            if self.model is None:
+                return
             device = self.model.device
-            del self.model
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            self.model = None
+            release_device_memory(device)
 
     def _prompt_inputs(self, pictures: list[PIL.Image.Image], prompt: str) -> dict[str, torch.Tensor]:
         content = [{"type": "image", "image": picture} for picture in pictures]

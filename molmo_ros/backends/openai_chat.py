@@ -13,7 +13,6 @@ the Authorization header, and every message this module writes has it removed.
 import base64
 import io
 import os
-import time
 from collections.abc import Sequence
 
 import httpx
@@ -87,7 +86,8 @@ class OpenAIChatBackend:
                     ],
                     "max_tokens": self._settings.max_new_tokens,
                     "temperature": 0.0,  # greedy, as the local backends decode
-                }
+                },
+                control,
             )
             text, tokens = self._answer_text(reply)
             control.report(Stage.DECODING, tokens)
@@ -115,12 +115,16 @@ class OpenAIChatBackend:
         encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
         return f"data:{_MIME_TYPES[image_format]};base64,{encoded}"
 
-    def _post(self, body: dict) -> httpx.Response:
-        """The server's 2xx reply; retries connection errors and 5xx up to `engine.max_retries` times."""
+    def _post(self, body: dict, control: GenerationControl) -> httpx.Response:
+        """The server's 2xx reply; retries connection errors and 5xx up to `engine.max_retries` times.
+
+        A cancelled call stops before its next attempt and during a backoff; an attempt already sent
+        waits for the server's answer, at most engine.request_timeout."""
         endpoint = self.url + CHAT_COMPLETIONS_PATH
         delay = FIRST_RETRY_DELAY_S
         attempts = self._settings.max_retries + 1
         for attempt in range(1, attempts + 1):
+            control.raise_if_cancelled()
             last_try = attempt == attempts
             try:
                 response = self._client.post(CHAT_COMPLETIONS_PATH, json=body)
@@ -139,7 +143,7 @@ class OpenAIChatBackend:
             else:
                 if response.status_code < _RETRIED_STATUS or last_try:
                     break
-            time.sleep(delay)
+            control.wait(delay)
             delay *= 2
         if response.is_success:
             return response

@@ -14,7 +14,6 @@ from molmo_ros.depth import read_depth
 from molmo_ros.msg import CameraView, PointingResult
 from molmo_ros.pointing.frames import CameraInfo, DepthFrame
 from molmo_ros.pointing.outcomes import PointingOutcome, View
-from molmo_ros.pointing.service import NO_DEPTH_TOPIC
 
 NANOSECONDS = 1_000_000_000
 MARKER_DIAMETER_M = 0.03
@@ -77,13 +76,9 @@ def result_message(outcome: PointingOutcome) -> PointingResult:
 
 def summary(outcome: PointingOutcome) -> str:
     parts = [f"{len(outcome.points)} point(s)"]
-    if any(not view.depth_status.startswith(NO_DEPTH_TOPIC) for view in outcome.views):
+    if any(view.depth_configured for view in outcome.views):
         parts.append(f"{sum(point.position_m is not None for point in outcome.points)} with depth")
-    statuses = {
-        view.depth_status
-        for view in outcome.views
-        if view.depth_status and not view.depth_status.startswith(NO_DEPTH_TOPIC)
-    }
+    statuses = {view.depth_status for view in outcome.views if view.depth_status and view.depth_configured}
     if statuses:
         parts.append("no depth: " + "; ".join(sorted(statuses)))
     if outcome.points_outside_image:

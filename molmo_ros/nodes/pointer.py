@@ -94,6 +94,7 @@ class PointerNode(LifecycleNode):
         self.pointing: PointingService | None = None
         self._ros_entities: list[Any] = []
         self._goal_tickets: dict[bytes, Ticket] = {}
+        self._action: ActionServer | None = None
         self.frames = LatestFrames()
         for settings_class, prefix in SETTINGS:
             declare_setting_parameters(self, settings_class, prefix)
@@ -144,6 +145,9 @@ class PointerNode(LifecycleNode):
             self._read_parameters()
         except CONFIGURATION_ERRORS as error:
             self.get_logger().error(f"cannot configure: {error}")
+            return TransitionCallbackReturn.FAILURE
+        except Exception as error:  # rclpy would turn it into ERROR without a word
+            self.get_logger().error(f"cannot configure: {type(error).__name__}: {error}")
             return TransitionCallbackReturn.FAILURE
         qos = QoSProfile(
             depth=1,
@@ -208,6 +212,9 @@ class PointerNode(LifecycleNode):
         except (EngineError, ValueError) as error:
             self.get_logger().error(f"cannot activate: {error}")
             return TransitionCallbackReturn.FAILURE
+        except Exception as error:  # a missing library, a CUDA that cannot start: said, never swallowed
+            self.get_logger().error(f"cannot activate: {type(error).__name__}: {error}")
+            return TransitionCallbackReturn.FAILURE
         self.pointing.activate(backend)
         self.get_logger().info(f"active: {backend.name} backend ready")
         return super().on_activate(state)
@@ -217,6 +224,12 @@ class PointerNode(LifecycleNode):
         self._release_backend(self.pointing.deactivate())
         self.get_logger().info("inactive: the model was freed")
         return super().on_deactivate(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """After an error the node goes back to unconfigured: remove what configure created, so the next
+        configure starts clean."""
+        self._destroy_interfaces()
+        return super().on_error(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._destroy_interfaces()
@@ -250,6 +263,8 @@ class PointerNode(LifecycleNode):
         if self.pointing is not None:
             self.shut_down()
             self.pointing = None
+        if self._action is None:
+            return  # not configured
         for entity in self._ros_entities:
             if isinstance(entity, Service):
                 self.destroy_service(entity)
@@ -257,6 +272,7 @@ class PointerNode(LifecycleNode):
                 self.destroy_subscription(entity)
         self._ros_entities = []
         self._action.destroy()
+        self._action = None
         for publisher in (self._points, self._target, self._markers, self._debug_image):
             self.destroy_lifecycle_publisher(publisher)
 
@@ -273,10 +289,10 @@ class PointerNode(LifecycleNode):
         """Validates a change without applying it (read-only parameters are refused by rclpy itself)."""
         try:
             changes = self._runtime_changes(parameters)
-            if self.settings is None:  # not configured yet: the other parameters are checked at configure
+            if self.pointing is None:  # not configured yet: the other parameters are checked at configure
                 read_settings(self, PointingSettings, **changes)
             else:
-                replace(self.settings, **changes)
+                self.pointing.checked_settings(**changes)
         except ValueError as error:
             return SetParametersResult(successful=False, reason=str(error))
         return SetParametersResult(successful=True)
@@ -363,10 +379,13 @@ class PointerNode(LifecycleNode):
         finally:
             if goal is not None:
                 self._goal_tickets.pop(bytes(goal.goal_id.uuid), None)
+        try:
+            response.message = messages.summary(outcome)
+            response.result = messages.result_message(outcome)
+        except Exception as error:  # the answer must still go out
+            return _failed(response, _unconvertible(error))
         response.success = True
         response.error_code = Point.Response.OK
-        response.message = messages.summary(outcome)
-        response.result = messages.result_message(outcome)
         return response
 
     async def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
@@ -380,9 +399,12 @@ class PointerNode(LifecycleNode):
             outcome: AskOutcome = await self._answer_of(ticket.future)
         except PointingError as error:
             return _failed(response, error)
+        try:
+            response.header = messages.view_header(outcome.view)
+        except Exception as error:  # the answer must still go out
+            return _failed(response, _unconvertible(error))
         response.success = True
         response.error_code = Ask.Response.OK
-        response.header = messages.view_header(outcome.view)
         response.camera = outcome.view.camera
         response.text = outcome.text
         response.model_seconds = outcome.model_seconds
@@ -395,7 +417,14 @@ class PointerNode(LifecycleNode):
         image = frame_from_image(request.image, "", now_ns) if len(request.image.data) else None
         depth = None
         info = None
-        if image is not None and len(request.depth.data) and request.camera_info.width:
+        if len(request.depth.data):
+            if image is None:
+                raise PointingError(
+                    ErrorCode.BAD_IMAGE,
+                    "the request carries a depth image but no image: its depth goes with its own image "
+                    "(a camera's depth comes from its depth topic)",
+                )
+            # An unusable CameraInfo (all zeros, wrong size) is reported by the lifting, with its reason.
             depth = messages.depth_frame(request.depth, "", None)
             info = messages.camera_info(request.camera_info)
         return PointingRequest(
@@ -502,6 +531,13 @@ def _failed(response: Any, error: PointingError) -> Any:
     response.error_code = int(error.code)
     response.message = str(error)
     return response
+
+
+def _unconvertible(error: Exception) -> PointingError:
+    return PointingError(
+        ErrorCode.ENGINE_ERROR,
+        f"the answer could not be turned into a message: {type(error).__name__}: {error}",
+    )
 
 
 def _not_configured() -> PointingError:

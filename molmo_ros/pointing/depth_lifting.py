@@ -17,10 +17,11 @@ class ViewDepth:
     stamp_ns: int  # of the depth frame used; 0 when none was
     status: str  # empty when depth was used, else why not
     points: tuple[LiftedPoint | None, ...]  # one per pixel; None when the view has no usable depth
+    configured: bool = True  # False: the camera has no depth source at all (not an error of its depth)
 
     @classmethod
-    def unavailable(cls, count: int, status: str) -> "ViewDepth":
-        return cls(stamp_ns=0, status=status, points=(None,) * count)
+    def unavailable(cls, count: int, status: str, configured: bool = True) -> "ViewDepth":
+        return cls(stamp_ns=0, status=status, points=(None,) * count, configured=configured)
 
 
 def lift_view(

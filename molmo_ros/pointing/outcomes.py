@@ -16,6 +16,7 @@ class View:
     height: int
     depth_stamp_ns: int = 0  # 0: no depth frame was used
     depth_status: str = ""  # empty when depth was used, else why not
+    depth_configured: bool = True  # False when the camera has no depth source, so 2D is all it can give
 
 
 @dataclass(frozen=True)

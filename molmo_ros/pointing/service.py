@@ -39,12 +39,12 @@ from molmo_ros.pointing.frames import CameraInfo, DepthFrame, Frame, LatestFrame
 from molmo_ros.pointing.outcomes import AskOutcome, OutcomePoint, PointingOutcome, View
 from molmo_ros.pointing.settings import ALL_CAMERAS, CameraSettings, PointingSettings
 from molmo_ros.prompts import make_point_prompt
+from molmo_ros.settings_fields import setting_specs
 
 log = logging.getLogger(__name__)
 
-RUNTIME_SETTINGS = frozenset({"prompt_template", "max_query_length", "max_frame_age_s", "require_depth"})
+RUNTIME_SETTINGS = frozenset(spec.field_name for spec in setting_specs(PointingSettings) if spec.info.runtime)
 SHUTTING_DOWN = "the node is shutting down"
-NO_DEPTH_TOPIC = "no depth topic configured"
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,7 @@ class PointingService:
         self._jobs: deque[Ticket] = deque()
         self._running: set[Ticket] = set()
         self._standing_query: str | None = None
+        self._standing_query_as_given = ""  # what the outcomes carry as their query
         self._standing_seen: dict[str, int] = {}
         self._standing_next_camera = 0
         self._standing_busy = False
@@ -258,6 +259,7 @@ class PointingService:
             if cleaned == self._standing_query:
                 return  # a planner re-publishing its query must not get the same frame answered again
             self._standing_query = cleaned
+            self._standing_query_as_given = query
             # The frame already there counts as new, so a standing query answers without waiting.
             self._standing_seen = {
                 camera: max(self._frames.sequence(camera) - 1, 0) for camera in self._settings.cameras
@@ -376,10 +378,11 @@ class PointingService:
         control = self._standing_control
         assert control is not None, "set with the lock held when the standing run was chosen"
         try:
-            query = self._standing_query
+            with self._wake:
+                query, as_given = self._standing_query, self._standing_query_as_given
             if query is None or self._frames.get(camera) is None:
                 return
-            request = PointingRequest(query=query, cameras=(camera,))
+            request = PointingRequest(query=as_given, cameras=(camera,))
             try:
                 outcome = self._answer_safely(request, control)
             except PointingError as error:
@@ -514,7 +517,12 @@ class PointingService:
                 raise PointingError(
                     ErrorCode.NO_DEPTH, f"no usable depth for camera {view.camera!r}: {depth.status}"
                 )
-            views[index] = replace(view, depth_stamp_ns=depth.stamp_ns, depth_status=depth.status)
+            views[index] = replace(
+                view,
+                depth_stamp_ns=depth.stamp_ns,
+                depth_status=depth.status,
+                depth_configured=depth.configured,
+            )
             for pixel, lifted in zip(pixels.inside, depth.points, strict=True):
                 points.append(
                     OutcomePoint(
@@ -557,7 +565,9 @@ class PointingService:
         camera = self._cameras.get(frame.camera) or CameraSettings(name=frame.camera)
         if not camera.depth_topic:
             return ViewDepth.unavailable(
-                len(pixels), f"{NO_DEPTH_TOPIC} (parameter cameras.{frame.camera}.depth_topic)"
+                len(pixels),
+                f"no depth topic configured (parameter cameras.{frame.camera}.depth_topic)",
+                configured=False,
             )
         info = self._frames.camera_info(frame.camera)
         if info is None:

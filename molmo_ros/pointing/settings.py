@@ -3,7 +3,7 @@ default written once (see `molmo_ros.settings_fields`)."""
 
 from dataclasses import dataclass, field
 
-from molmo_ros.depth import camera_info_topic_beside
+from molmo_ros.depth import MILLIMETRES, camera_info_topic_beside
 from molmo_ros.prompts import POINT_ALL_TEMPLATE, POINT_TEMPLATE, QUERY_PLACEHOLDER, make_point_prompt
 from molmo_ros.settings_fields import check_setting_bounds, setting
 
@@ -79,7 +79,7 @@ class CameraSettings:
         "", "sensor_msgs/CameraInfo of the colour image; empty means camera_info beside the image topic."
     )
     depth_scale: float = setting(
-        0.001,
+        MILLIMETRES,
         "Metres per unit of integer depth (16UC1/mono16): 0.001 for millimetres, the ROS convention; "
         "32FC1 depth is in metres whatever this says.",
         minimum=1e-6,
