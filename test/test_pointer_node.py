@@ -720,3 +720,19 @@ def test_the_requests_own_image_with_its_depth_and_camera_info(make_rig):
     rig.send_front(3)
     no_image = rig.user.call(Point.Request(query="mug", depth=depth, camera_info=info))
     assert no_image.error_code == Point.Response.BAD_IMAGE and "no image" in no_image.message
+
+
+def test_an_unexpected_error_while_loading_fails_activate_with_its_message(make_rig, capfd):
+    rig = make_rig(autostart=False)
+
+    def broken_backend(settings):
+        raise RuntimeError("CUDA driver initialization failed")
+
+    rig.node._backend_factory = broken_backend
+    lifecycle = LifecycleClient(rig)
+    assert lifecycle.transition(Transition.TRANSITION_CONFIGURE)
+    assert not lifecycle.transition(Transition.TRANSITION_ACTIVATE)
+    assert lifecycle.state() == State.PRIMARY_STATE_INACTIVE
+    logged = capfd.readouterr().err
+    assert "cannot activate: RuntimeError: CUDA driver initialization failed" in logged, logged
+    assert rig.user.point("cup").error_code == Point.Response.NOT_ACTIVE, "still answered"
