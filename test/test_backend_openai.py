@@ -198,6 +198,7 @@ def test_cancel_before_sending_sends_nothing(server):
 
 def test_cancel_during_the_request_raises_before_returning(server):
     stages = []
+
     def cancel_once_answered(stage: Stage, tokens: int) -> None:
         stages.append(stage)
         if stage is Stage.DECODING:

@@ -25,11 +25,10 @@ from molmo_ros.srv import Point
 def main() -> int:
     count, wait_s = int(sys.argv[1]), float(sys.argv[2])
     prefix = sys.argv[3]
-    qos = (
-        QoSProfile(history=HistoryPolicy.KEEP_ALL)
-        if sys.argv[4:] == ["keep_all"]
-        else qos_profile_services_default
-    )
+    qos = {
+        "keep_all": QoSProfile(history=HistoryPolicy.KEEP_ALL),
+        "deep": QoSProfile(depth=1000),
+    }.get(sys.argv[4] if len(sys.argv) > 4 else "", qos_profile_services_default)
     rclpy.init()
     node = rclpy.create_node("burst_client")
     client = node.create_client(Point, "/molmo/point", qos_profile=qos)
