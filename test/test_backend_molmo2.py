@@ -144,7 +144,7 @@ def test_model_comes_from_the_environment_when_the_setting_is_empty(tiny_molmo2_
     loaded = Molmo2Backend.load(BackendSettings(backend="molmo2", device="cpu"))
     assert loaded.model_name == str(tiny_molmo2_dir)
     loaded.close()
-    assert not hasattr(loaded, "model")
+    assert loaded.model is None, "close() frees the model"
 
 
 def test_molmoe_checkpoint_names_the_molmoe_backend(tiny_model_dir):
