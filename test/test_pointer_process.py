@@ -47,10 +47,24 @@ def interrupt(process: subprocess.Popen) -> tuple[int, str]:
 WAITING_FOR_THE_NODE = (Point.Response.NO_FRAME, Point.Response.STALE_FRAME, Point.Response.NOT_ACTIVE)
 
 
-def fresh_frame(user: TestClient, rgb: np.ndarray, sent: list[Image]) -> Image:
-    frame = image_message(rgb, user.get_clock().now().nanoseconds, "camera_optical_frame")
-    sent.append(frame)
-    return frame
+def point_once_ready(user: TestClient, rgb: np.ndarray) -> tuple[object, list[Image]]:
+    """Streams fresh frames of `rgb` and asks until the node is ready; returns the answer and the frames."""
+    camera = user.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
+    assert user.client.wait_for_service(timeout_sec=120), "the node never offered /molmo/point"
+    sent, response = [], None
+
+    def fresh_frame() -> Image:
+        frame = image_message(rgb, user.get_clock().now().nanoseconds, "camera_optical_frame")
+        sent.append(frame)
+        return frame
+
+    def answered() -> bool:
+        nonlocal response
+        response = user.point("red mug", timeout=120)
+        return response.error_code not in WAITING_FOR_THE_NODE
+
+    assert publish_until(camera, fresh_frame, answered, timeout=120)
+    return response, sent
 
 
 @pytest.fixture
@@ -76,19 +90,10 @@ def test_console_entry_point_with_params_file_and_tiny_model(ros, tiny_model_dir
         ]
     )
     user = TestClient()
-    camera = user.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
     spinner = Spinner(user)
     try:
-        assert user.client.wait_for_service(timeout_sec=120), "the node never offered /molmo/point"
         rgb = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
-        sent, response = [], None
-
-        def answered() -> bool:
-            nonlocal response
-            response = user.point("red mug", timeout=60)
-            return response.error_code not in WAITING_FOR_THE_NODE
-
-        assert publish_until(camera, lambda: fresh_frame(user, rgb, sent), answered, timeout=120)
+        response, sent = point_once_ready(user, rgb)
         assert response.success, response.message
         result = response.result
         assert result.raw_text.strip(), "the model's raw text comes back"
@@ -126,19 +131,10 @@ def test_console_entry_point_with_the_tiny_molmo2_backend(ros, tmp_path):
         ]
     )
     user = TestClient()
-    camera = user.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
     spinner = Spinner(user)
     try:
-        assert user.client.wait_for_service(timeout_sec=120), "the node never offered /molmo/point"
         rgb = np.random.default_rng(5).integers(0, 255, (60, 80, 3), dtype=np.uint8)
-        sent, response = [], None
-
-        def answered() -> bool:
-            nonlocal response
-            response = user.point("red mug", timeout=120)
-            return response.error_code not in WAITING_FOR_THE_NODE
-
-        assert publish_until(camera, lambda: fresh_frame(user, rgb, sent), answered, timeout=120)
+        response, sent = point_once_ready(user, rgb)
         assert response.success, response.message
         assert response.result.raw_text.strip(), "the model's raw text comes back"
         assert response.result.header.stamp in [frame.header.stamp for frame in sent]

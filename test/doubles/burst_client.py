@@ -30,7 +30,7 @@ def main() -> int:
         "deep": QoSProfile(depth=1000),
     }.get(sys.argv[4] if len(sys.argv) > 4 else "", qos_profile_services_default)
     rclpy.init()
-    node = rclpy.create_node("burst_client")
+    node = rclpy.create_node(f"burst_client_{prefix}")
     client = node.create_client(Point, "/molmo/point", qos_profile=qos)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
