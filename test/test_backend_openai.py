@@ -10,7 +10,9 @@ import numpy as np
 import PIL.Image
 import pytest
 from doubles.openai_server import OpenAIServerDouble
+from ros_helpers import wait_until
 
+from molmo_ros.backends import openai_chat
 from molmo_ros.backends.interface import GenerationControl, Stage
 from molmo_ros.backends.openai_chat import OpenAIChatBackend
 from molmo_ros.backends.settings import BackendSettings
@@ -238,14 +240,21 @@ def test_bad_images_are_refused_before_sending(server, images, error):
     assert server.requests == []
 
 
-def test_cancel_during_a_retry_backoff_stops_before_the_next_attempt(server):
+def test_cancel_during_a_retry_backoff_stops_before_the_next_attempt(server, monkeypatch):
     """Deactivate and shutdown cancel a running call: a failing server must not hold them for every retry."""
+    # A long backoff: the cancel surely lands in it, and a backoff that ignored the cancel would make a
+    # second attempt after it.
+    monkeypatch.setattr(openai_chat, "FIRST_RETRY_DELAY_S", 30.0)
     server.misbehave("error", times=10)
     control = GenerationControl()
-    # The first attempt fails at once; its backoff (FIRST_RETRY_DELAY_S) is where the cancel lands.
-    timer = threading.Timer(0.05, control.cancel)
-    timer.start()
+
+    def cancel_once_the_first_attempt_failed() -> None:
+        assert wait_until(lambda: len(server.requests) >= 1, timeout=30)
+        control.cancel()
+
+    canceller = threading.Thread(target=cancel_once_the_first_attempt_failed)
+    canceller.start()
     with pytest.raises(GenerationCancelledError):
         backend_for(server, max_retries=10).generate([frame()], ["p"], control)
-    timer.join()
+    canceller.join()
     assert len(server.requests) == 1, "no attempt after the cancel"
