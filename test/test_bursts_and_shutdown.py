@@ -43,7 +43,8 @@ def start_node(model_seconds: float, queue_size: int) -> subprocess.Popen:
     )
 
 
-def start_clients(count: int, requests: int, wait_s: float) -> list[subprocess.Popen]:
+def start_clients(count: int, requests: int, wait_s: float, name: str = "c") -> list[subprocess.Popen]:
+    """Client processes, each with its own node name (shared names made DDS lose answers more often)."""
     clients = [
         spawn(
             [
@@ -51,7 +52,8 @@ def start_clients(count: int, requests: int, wait_s: float) -> list[subprocess.P
                 str(TEST_DIR / "doubles" / "burst_client.py"),
                 str(requests),
                 str(wait_s),
-                f"c{i}",
+                f"{name}{i}",
+                "keep_all",  # the client QoS the README recommends to clients that burst
             ],
             stdin=subprocess.PIPE,
         )
@@ -102,16 +104,13 @@ def test_a_burst_of_100_requests_is_answered_in_full(camera, clients, requests):
     taken, answered = node_counts(output)
     print(f"burst {clients}x{requests}: {total}; node took {taken} and answered {answered}")  # for the note
     assert code == 0 and "Traceback" not in output, output
-    # Every request reached the node and the node answered every one (each client's probe call included).
+    # Every request reached the node and the node answered every one (each client's probe call included),
+    # and every answer reached its client.
     assert taken == answered == total["sent"] + clients, (taken, answered, total)
-    received = sum(count for name, count in total.items() if name not in ("sent", "unanswered"))
-    assert received == total["sent"] - total["unanswered"]
-    assert set(total) <= {"sent", "unanswered", "OK", "BUSY"}, "every answer is OK or BUSY"
-    assert total.get("OK", 0) >= 5, "the running request and the queue are answered with points"
+    assert total["unanswered"] == 0, total
+    assert total.get("OK", 0) + total.get("BUSY", 0) == total["sent"], "every answer is OK or BUSY"
+    assert total["OK"] >= 5, "the running request and the queue are answered with points"
     assert all("queue_size" in message for report in reports for message in report["messages"])
-    # Answers the node sent can still fail to reach a client: DDS occasionally did not deliver some of a
-    # multi-client burst's answers to the clients within the wait, although the node had sent them all
-    # (README, "Known limits"). That is measured and printed above, not asserted.
 
 
 def node_counts(output: str) -> tuple[int, int]:
@@ -123,8 +122,8 @@ def node_counts(output: str) -> tuple[int, int]:
 def test_shutdown_answers_every_waiting_and_new_request_and_exits_promptly(camera):
     node = start_node(model_seconds=2.0, queue_size=4)
     try:
-        before = start_clients(1, 6, wait_s=30)
-        after = start_clients(1, 5, wait_s=30)
+        before = start_clients(1, 6, wait_s=30, name="before")
+        after = start_clients(1, 5, wait_s=30, name="after")
         wait_for_frames(camera)
         before[0].stdin.write("go\n")
         before[0].stdin.flush()

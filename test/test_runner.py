@@ -17,9 +17,13 @@ class RecordingNode(Node):
         super().__init__("recording_node")
         self.starts = starts
         self.calls: list[str] = []
+        self.signal_after_start: int | None = None
 
     def start(self) -> bool:
         self.calls.append("start")
+        if self.signal_after_start is not None:
+            # Once the node spins (a moment after start returns), the signal asks the runner to stop.
+            threading.Timer(0.3, os.kill, (os.getpid(), self.signal_after_start)).start()
         return self.starts
 
     def shut_down(self) -> None:
@@ -54,8 +58,7 @@ def test_a_signal_shuts_the_node_down_before_leaving_ros(signal_number):
     def make() -> Node:
         nonlocal node
         node = RecordingNode()
-        # The signal arrives once the node spins; the runner then shuts it down and returns 0.
-        threading.Timer(0.5, os.kill, (os.getpid(), signal_number)).start()
+        node.signal_after_start = signal_number
         return node
 
     assert run_node("demo_program", make, CONFIGURATION_ERRORS, []) == 0
