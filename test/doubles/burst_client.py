@@ -39,9 +39,9 @@ def main() -> int:
     if not client.wait_for_service(timeout_sec=60):
         print(json.dumps({"error": "no service"}), flush=True)
         return 1
-    # wait_for_service only says the node's request reader is matched; its response writer may not be
-    # matched to this client yet, and DDS drops answers sent before that. One answered call (an empty
-    # query, refused at once) proves both directions, as any client's first call would.
+    # wait_for_service only says the node's request reader is matched, not that its answers can reach
+    # this client yet. As a precaution, one answered call (an empty query, refused at once) proves both
+    # directions before the burst.
     probe = client.call_async(Point.Request(query=""))
     deadline = time.monotonic() + 60
     while not probe.done() and time.monotonic() < deadline:
