@@ -5,7 +5,6 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from builtin_interfaces.msg import Time
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.publisher import Publisher
@@ -14,6 +13,7 @@ from std_msgs.msg import Header
 
 from molmo_ros.image_conversion import rgb_to_raw
 from molmo_ros.msg import PointingResult
+from molmo_ros.nodes.messages import stamp
 from molmo_ros.srv import Point
 
 
@@ -24,11 +24,6 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, interval: f
             return True
         time.sleep(interval)
     return condition()
-
-
-def stamp(nanoseconds: int) -> Time:
-    seconds, rest = divmod(nanoseconds, 1_000_000_000)
-    return Time(sec=seconds, nanosec=rest)
 
 
 def image_message(rgb: np.ndarray, stamp_ns: int, frame_id: str, encoding: str = "rgb8") -> Image:

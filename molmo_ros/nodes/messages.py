@@ -1,18 +1,14 @@
-"""Pointing outcomes to ROS messages, and ROS messages to the service's inputs; no node state here."""
+"""Pointing outcomes to ROS messages; no node state here (messages to inputs: image_messages.py)."""
 
 import math
 
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point as PointMsg
 from geometry_msgs.msg import PointStamped, Pose, Vector3
-from sensor_msgs.msg import CameraInfo as CameraInfoMsg
-from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from molmo_ros.depth import read_depth
 from molmo_ros.msg import CameraView, PointingResult
-from molmo_ros.pointing.frames import CameraInfo, DepthFrame
 from molmo_ros.pointing.outcomes import PointingOutcome, View
 
 NANOSECONDS = 1_000_000_000
@@ -139,35 +135,3 @@ def _pose_at(x: float, y: float, z: float) -> Pose:
     pose.position = PointMsg(x=x, y=y, z=z)
     pose.orientation.w = 1.0
     return pose
-
-
-def camera_info(message: CameraInfoMsg) -> CameraInfo:
-    return CameraInfo(
-        frame_id=message.header.frame_id,
-        width=message.width,
-        height=message.height,
-        distortion_model=message.distortion_model,
-        d=tuple(float(value) for value in message.d),
-        k=tuple(float(value) for value in message.k),
-        p=tuple(float(value) for value in message.p),
-    )
-
-
-def depth_frame(message: Image, camera: str, scale: float | None) -> DepthFrame:
-    """Kept undecoded: most depth frames are never used, and the one used is read only where needed."""
-    return DepthFrame(
-        camera=camera,
-        stamp_ns=stamp_ns(message.header.stamp),
-        frame_id=message.header.frame_id,
-        width=message.width,
-        height=message.height,
-        decode=lambda: read_depth(
-            message.data,
-            message.encoding,
-            message.height,
-            message.width,
-            message.step,
-            bool(message.is_bigendian),
-            scale,
-        ),
-    )

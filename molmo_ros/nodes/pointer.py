@@ -44,7 +44,7 @@ from molmo_ros.engine.errors import EngineError
 from molmo_ros.image_conversion import rgb_to_raw
 from molmo_ros.msg import PointingResult
 from molmo_ros.nodes import messages
-from molmo_ros.nodes.image_messages import frame_from_compressed, frame_from_image
+from molmo_ros.nodes.image_messages import camera_info, depth_frame, frame_from_compressed, frame_from_image
 from molmo_ros.nodes.parameters import (
     NodeSettings,
     declare_setting_parameters,
@@ -100,9 +100,7 @@ class PointerNode(LifecycleNode):
             declare_setting_parameters(self, settings_class, prefix)
         self.settings: PointingSettings | None = None  # read at configure
         self._runtime = runtime_specs(PointingSettings)
-        float_names = float_parameter_names(
-            (PointingSettings, ""), (DepthSettings, ""), (BackendSettings, "engine.")
-        )
+        float_names = float_parameter_names(*SETTINGS)
         self.add_pre_set_parameters_callback(lambda parameters: to_float_parameters(parameters, float_names))
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
@@ -318,13 +316,13 @@ class PointerNode(LifecycleNode):
 
         def on_camera_info(message: CameraInfoMsg) -> None:
             if self.pointing is not None and self.pointing.active:
-                self.frames.put_camera_info(camera.name, messages.camera_info(message))
+                self.frames.put_camera_info(camera.name, camera_info(message))
 
         scale = camera.depth_scale
 
         def on_depth(message: Image) -> None:
             if self.pointing is not None and self.pointing.active:
-                self.frames.put_depth(messages.depth_frame(message, camera.name, scale))
+                self.frames.put_depth(depth_frame(message, camera.name, scale))
 
         subscriptions = [
             self.create_subscription(message_type, camera.image_topic(), on_frame, qos, callback_group=group),
@@ -425,8 +423,8 @@ class PointerNode(LifecycleNode):
                     "(a camera's depth comes from its depth topic)",
                 )
             # An unusable CameraInfo (all zeros, wrong size) is reported by the lifting, with its reason.
-            depth = messages.depth_frame(request.depth, "", None)
-            info = messages.camera_info(request.camera_info)
+            depth = depth_frame(request.depth, "", None)
+            info = camera_info(request.camera_info)
         return PointingRequest(
             query=request.query,
             camera=request.camera,
