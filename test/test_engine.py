@@ -198,7 +198,7 @@ def test_a_device_torch_cannot_use_is_refused_at_load_naming_the_setting(tmp_pat
 
 def test_empty_model_and_revision_mean_the_default_model_at_its_pinned_revision(monkeypatch):
     from molmo_ros.backends.molmoe import engine as engine_module
-    from molmo_ros.backends.molmoe.defaults import DEFAULT_MODEL
+    from molmo_ros.backends.molmoe.defaults import MOLMOE_DEFAULT
     from molmo_ros.backends.settings import MODEL_ENV_VAR
 
     asked = {}
@@ -212,7 +212,7 @@ def test_empty_model_and_revision_mean_the_default_model_at_its_pinned_revision(
     with pytest.raises(BackendError, match="stop after"):
         MolmoEngine.load(BackendSettings(device="cpu"), cache_weights=False)
     assert asked == dict(
-        model=DEFAULT_MODEL.model_id, revision=DEFAULT_MODEL.revision, use_cache=False, cache_dir=None
+        model=MOLMOE_DEFAULT.model_id, revision=MOLMOE_DEFAULT.revision, use_cache=False, cache_dir=None
     )
     monkeypatch.setenv(MODEL_ENV_VAR, "acme/other-molmo")
     with pytest.raises(BackendError, match="stop after"):

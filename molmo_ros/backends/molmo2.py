@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 # commit of the Molmo2 repositories could be verified from where this was written (no network to the
 # hub, and no public source named one), so the default follows the repository's main branch; pin the
 # revision setting to a commit for reproducible answers.
-DEFAULT_MODEL = DefaultModel(family="Molmo2", model_id="allenai/Molmo2-4B", revision="main")
+MOLMO2_DEFAULT = DefaultModel(family="Molmo2", model_id="allenai/Molmo2-4B", revision="main")
 SUPPORTED = "allenai/Molmo2-4B, -8B or -O-7B"
 # Molmo2 was trained on multi-image inputs. 8 frames covers a robot's camera set, and even 8 frames of
 # 1920x1080 (9 crops, 1162 image tokens each with the processor's defaults) stay near 9,300 tokens, well
@@ -108,8 +108,8 @@ class Molmo2Backend:
 
     @classmethod
     def load(cls, settings: BackendSettings) -> "Molmo2Backend":
-        model_id = chosen_model(settings.model, DEFAULT_MODEL)
-        revision = settings.revision or DEFAULT_MODEL.revision
+        model_id = chosen_model(settings.model, MOLMO2_DEFAULT)
+        revision = settings.revision or MOLMO2_DEFAULT.revision
         directory = resolve_checkpoint(model_id, revision)
         check_model_type(directory, model_id)
         device = resolve_device(settings.device)
@@ -125,7 +125,7 @@ class Molmo2Backend:
             model = model.to(device).eval()
         name = (
             model_id
-            if revision == DEFAULT_MODEL.revision or Path(model_id).is_dir()
+            if revision == MOLMO2_DEFAULT.revision or Path(model_id).is_dir()
             else f"{model_id}@{revision}"
         )
         log.info("molmo2: loaded %s on %s in %s", name, device, dtype)
@@ -203,7 +203,7 @@ def resolve_checkpoint(model_id: str, revision: str) -> Path:
     if path.is_dir():
         if not _is_complete(path):
             raise weights_not_found(
-                DEFAULT_MODEL,
+                MOLMO2_DEFAULT,
                 f"the directory {path} lacks config.json or *{WEIGHT_SUFFIX} weights",
                 model_id,
                 None,
@@ -211,7 +211,7 @@ def resolve_checkpoint(model_id: str, revision: str) -> Path:
         return path.resolve()
     if path.exists() or model_id.count("/") != 1 or model_id.startswith((".", "/", "~")):
         raise weights_not_found(
-            DEFAULT_MODEL,
+            MOLMO2_DEFAULT,
             f"{model_id!r} is neither a checkpoint directory nor a Hugging Face model id (owner/name)",
             model_id,
             None,
@@ -219,7 +219,7 @@ def resolve_checkpoint(model_id: str, revision: str) -> Path:
     return fetch_snapshot(
         model_id,
         revision,
-        DEFAULT_MODEL,
+        MOLMO2_DEFAULT,
         patterns=lambda files: list(DOWNLOAD_PATTERNS),
         is_complete=_is_complete,
     )

@@ -26,7 +26,7 @@ from molmo_ros.backends.device import (
 from molmo_ros.backends.errors import BackendError
 from molmo_ros.backends.interface import GenerationControl, Stage
 from molmo_ros.backends.molmoe.checkpoint import load_checkpoint
-from molmo_ros.backends.molmoe.defaults import DEFAULT_MODEL
+from molmo_ros.backends.molmoe.defaults import MOLMOE_DEFAULT
 from molmo_ros.backends.molmoe.fast_generation import FastGenerator, PrefixCache
 from molmo_ros.backends.molmoe.modeling import MolmoEForPointing
 from molmo_ros.backends.molmoe.preprocessing import MolmoPreprocessor
@@ -120,8 +120,8 @@ class MolmoEngine:
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
         loaded = load_checkpoint(
-            chosen_model(settings.model, DEFAULT_MODEL),
-            settings.revision or DEFAULT_MODEL.revision,
+            chosen_model(settings.model, MOLMOE_DEFAULT),
+            settings.revision or MOLMOE_DEFAULT.revision,
             device,
             dtype,
             use_cache=cache_weights,

@@ -26,7 +26,7 @@ from molmo_ros.backends.hub import is_commit, is_hub_id
 from molmo_ros.backends.molmoe.checkpoint_reader import CheckpointReader
 from molmo_ros.backends.molmoe.checkpoint_source import METADATA_FILES, CheckpointSource
 from molmo_ros.backends.molmoe.config import MolmoConfig
-from molmo_ros.backends.molmoe.defaults import DEFAULT_MODEL
+from molmo_ros.backends.molmoe.defaults import MOLMOE_DEFAULT
 from molmo_ros.backends.molmoe.key_mapping import convert_reference_state_dict
 from molmo_ros.backends.molmoe.modeling import MolmoEForPointing, build_meta_model
 
@@ -50,7 +50,7 @@ def weights_cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def pinned_hub_origin(model: str, revision: str | None) -> dict[str, object] | None:
     """A hub id at a full commit names immutable files, so it identifies a cache entry by itself."""
-    revision = revision or DEFAULT_MODEL.revision
+    revision = revision or MOLMOE_DEFAULT.revision
     if not is_hub_id(model) or not is_commit(revision):
         return None
     return {"model": model, "revision": revision}
