@@ -15,15 +15,16 @@ from molmo2_tiny import AUTO_MAP, REMOTE_CODE_MARKER, WEIGHTS_FILE, build_native
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, dynamic_module_utils
 
-from molmo_ros.backends.interface import GenerationControl, Stage
-from molmo_ros.backends.molmo2 import DEFAULT_REVISION, Molmo2Backend
-from molmo_ros.backends.settings import BackendSettings
-from molmo_ros.engine.errors import (
+from molmo_ros.backends.errors import (
     GenerationCancelledError,
     IncompatibleCheckpointError,
     UnsupportedRequestError,
     WeightsNotFoundError,
 )
+from molmo_ros.backends.interface import GenerationControl, Stage
+from molmo_ros.backends.molmo2 import MOLMO2_DEFAULT, Molmo2Backend
+from molmo_ros.backends.settings import BackendSettings
+from molmo_ros.nodes.parameters import with_parameter_names
 
 MAX_NEW_TOKENS = 5
 COMPARED_TOKENS = 12  # greedy tokens compared between two saves of the same weights
@@ -265,8 +266,9 @@ def test_model_comes_from_the_environment_when_the_setting_is_empty(tiny_molmo2_
 
 
 def test_molmoe_checkpoint_names_the_molmoe_backend(tiny_model_dir):
-    with pytest.raises(IncompatibleCheckpointError, match="engine.backend molmoe"):
+    with pytest.raises(IncompatibleCheckpointError, match="molmoe backend") as failure:
         Molmo2Backend.load(BackendSettings(backend="molmo2", model=str(tiny_model_dir), device="cpu"))
+    assert "(parameter engine.backend)" in with_parameter_names(failure.value)
 
 
 def test_molmo_7b_checkpoint_names_the_openai_backend(tmp_path):
@@ -274,15 +276,16 @@ def test_molmo_7b_checkpoint_names_the_openai_backend(tmp_path):
         json.dumps({"model_type": "molmo", "architectures": ["MolmoForCausalLM"]})
     )
     (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(IncompatibleCheckpointError, match="MolmoForCausalLM.*engine.backend openai"):
+    with pytest.raises(IncompatibleCheckpointError, match="MolmoForCausalLM.*openai backend") as failure:
         Molmo2Backend.load(BackendSettings(backend="molmo2", model=str(tmp_path), device="cpu"))
+    assert "(parameter engine.backend, engine.url)" in with_parameter_names(failure.value)
 
 
 def test_missing_directory_names_what_to_set(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(WeightsNotFoundError) as failure:
         Molmo2Backend.load(BackendSettings(backend="molmo2", model=str(missing)))
-    message = str(failure.value)
+    message = with_parameter_names(failure.value)
     assert str(missing) in message
     assert all(name in message for name in ("engine.model", "MOLMO_MODEL", "HF_HOME"))
 
@@ -299,6 +302,6 @@ def test_uncached_hub_model_offline_names_model_revision_and_fix(tmp_path, monke
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     with pytest.raises(WeightsNotFoundError) as failure:
         Molmo2Backend.load(BackendSettings(backend="molmo2", model="allenai/Molmo2-8B"))
-    message = str(failure.value)
-    assert "allenai/Molmo2-8B" in message and f"revision {DEFAULT_REVISION}" in message
+    message = with_parameter_names(failure.value)
+    assert "allenai/Molmo2-8B" in message and f"revision {MOLMO2_DEFAULT.revision}" in message
     assert all(name in message for name in ("engine.model", "MOLMO_MODEL", "HF_HOME", "HF_HUB_OFFLINE"))

@@ -9,15 +9,15 @@ lists the mapping and how it was verified.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from molmo_ros.engine.config import MolmoConfig
-from molmo_ros.engine.errors import IncompatibleCheckpointError
-from molmo_ros.engine.modeling import MolmoEForPointing, build_meta_model
+from molmo_ros.backends.errors import IncompatibleCheckpointError
+from molmo_ros.backends.molmoe.config import MolmoConfig
+from molmo_ros.backends.molmoe.modeling import MolmoEForPointing, build_meta_model
 
 GetTensor = Callable[[str], torch.Tensor]
 _LLM = "model.transformer"
@@ -108,19 +108,6 @@ def check_reference_keys(names: Iterable[str], config: MolmoConfig) -> None:
     if problems:
         raise IncompatibleCheckpointError(
             "checkpoint does not match the MolmoE config; " + "; ".join(problems)
-        )
-
-
-def check_reference_shapes(shapes: Mapping[str, Sequence[int]], config: MolmoConfig) -> None:
-    """Check a checkpoint's keys and shapes up front (e.g. from safetensors headers), before any load."""
-    check_reference_keys(shapes.keys(), config)
-    expected = expected_reference_shapes(config)
-    wrong = {name: tuple(shape) for name, shape in shapes.items() if tuple(shape) != expected[name]}
-    if wrong:
-        details = ", ".join(f"{name} {wrong[name]} != {expected[name]}" for name in sorted(wrong)[:_SHOWN])
-        more = f" ... and {len(wrong) - _SHOWN} more" if len(wrong) > _SHOWN else ""
-        raise IncompatibleCheckpointError(
-            f"checkpoint tensors have unexpected shapes: {details}{more} ({len(wrong)} in all)"
         )
 
 

@@ -8,13 +8,15 @@ named instead of producing wrong answers.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import CLIPVisionConfig, OlmoeConfig
 
-from molmo_ros.engine.errors import IncompatibleCheckpointError
+from molmo_ros.backends.errors import IncompatibleCheckpointError
+from molmo_ros.backends.families import MOLMOE, check_family
 
 # Settings whose other values would change inference numerics; (field, required value).
 _REQUIRED_TOP_LEVEL: tuple[tuple[str, Any], ...] = (
@@ -48,28 +50,47 @@ _REQUIRED_VISION: tuple[tuple[str, Any], ...] = (
 )
 
 
-def check_model_family(d: dict[str, Any]) -> None:
-    """Recognise the other Molmo checkpoints by config.json's `model_type` and `architectures` and name the
-    backend that runs them, instead of failing later on a field this engine needs."""
-    model_type = str(d.get("model_type", ""))
-    architectures = [str(name) for name in d.get("architectures") or []]
-    if model_type.startswith("molmo2") or any(name.startswith("Molmo2") for name in architectures):
-        raise IncompatibleCheckpointError(
-            f"this is a Molmo2 checkpoint (model_type {model_type!r}, architectures {architectures}), which "
-            "the molmoe engine cannot run: use the molmo2 backend (setting engine.backend: molmo2)"
-        )
-    if model_type == "molmo" and d.get("block_type") != "moe" and "moe_num_experts" not in d:
-        raise IncompatibleCheckpointError(
-            f"this is a dense Molmo checkpoint such as Molmo-7B-D or Molmo-7B-O (model_type 'molmo', "
-            f"architectures {architectures}, no mixture of experts), which the molmoe engine cannot run: "
-            "serve it with vLLM and use the openai backend (settings engine.backend: openai and engine.url: "
-            "that server's OpenAI-compatible URL)"
-        )
-
-
 def _incompatible(field: str, problem: str) -> IncompatibleCheckpointError:
     return IncompatibleCheckpointError(
         f"checkpoint config field '{field}' {problem}; this engine supports MolmoE-1B"
+    )
+
+
+def _vision_shapes(d: dict[str, Any], vision_field: Callable[[str], Any]) -> dict[str, Any]:
+    """The ViT's and the pooling connector's shapes, checked against each other."""
+    vit_width, vit_heads = int(vision_field("image_emb_dim")), int(vision_field("image_num_heads"))
+    if vision_field("image_num_key_value_heads") != vit_heads:
+        raise _incompatible("vision_backbone.image_num_key_value_heads", "must equal image_num_heads")
+    if int(vision_field("image_head_dim")) * vit_heads != vit_width:
+        raise _incompatible(
+            "vision_backbone.image_head_dim", "times image_num_heads must equal image_emb_dim"
+        )
+    height, width = vision_field("image_default_input_size")
+    patch = int(vision_field("image_patch_size"))
+    if height != width or height % patch:
+        raise _incompatible(
+            "vision_backbone.image_default_input_size", "must be square and a multiple of the patch"
+        )
+    if vision_field("image_pos_patch_size") != patch:
+        raise _incompatible("vision_backbone.image_pos_patch_size", "must equal image_patch_size")
+    if vision_field("image_num_pos") != (height // patch) ** 2 + 1:
+        raise _incompatible("vision_backbone.image_num_pos", "must be the patch count plus one (CLS)")
+    vit_num_layers = int(vision_field("image_num_layers"))
+    vit_layers = tuple(int(i) for i in _field(d, "vit_layers"))
+    if not vit_layers or any(not -vit_num_layers <= i < vit_num_layers for i in vit_layers):
+        raise _incompatible("vit_layers", f"must name blocks of the {vit_num_layers}-block ViT")
+    pooling_h, pooling_w = int(_field(d, "image_pooling_h")), int(_field(d, "image_pooling_w"))
+    if (height // patch) % pooling_h or (width // patch) % pooling_w:
+        raise _incompatible("image_pooling_h", "must divide the patch grid")
+    return dict(
+        vit_width=vit_width,
+        vit_heads=vit_heads,
+        vit_num_layers=vit_num_layers,
+        vit_layers=vit_layers,
+        image_size=int(height),
+        patch_size=patch,
+        pooling_h=pooling_h,
+        pooling_w=pooling_w,
     )
 
 
@@ -119,7 +140,7 @@ class MolmoConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MolmoConfig:
-        check_model_family(d)
+        check_family(d, MOLMOE, "the checkpoint")
         for name, required in _REQUIRED_TOP_LEVEL:
             if _field(d, name) != required:
                 raise _incompatible(name, f"is {d[name]!r}, only {required!r} is supported")
@@ -141,30 +162,7 @@ class MolmoConfig:
             raise _incompatible("head_dim", "must be d_model / n_heads")
         mlp_hidden = d.get("mlp_hidden_size") or int(_field(d, "mlp_ratio")) * d_model
 
-        vit_width, vit_heads = int(vision_field("image_emb_dim")), int(vision_field("image_num_heads"))
-        if vision_field("image_num_key_value_heads") != vit_heads:
-            raise _incompatible("vision_backbone.image_num_key_value_heads", "must equal image_num_heads")
-        if int(vision_field("image_head_dim")) * vit_heads != vit_width:
-            raise _incompatible(
-                "vision_backbone.image_head_dim", "times image_num_heads must equal image_emb_dim"
-            )
-        height, width = vision_field("image_default_input_size")
-        patch = int(vision_field("image_patch_size"))
-        if height != width or height % patch:
-            raise _incompatible(
-                "vision_backbone.image_default_input_size", "must be square and a multiple of the patch"
-            )
-        if vision_field("image_pos_patch_size") != patch:
-            raise _incompatible("vision_backbone.image_pos_patch_size", "must equal image_patch_size")
-        if vision_field("image_num_pos") != (height // patch) ** 2 + 1:
-            raise _incompatible("vision_backbone.image_num_pos", "must be the patch count plus one (CLS)")
-        vit_num_layers = int(vision_field("image_num_layers"))
-        vit_layers = tuple(int(i) for i in _field(d, "vit_layers"))
-        if not vit_layers or any(not -vit_num_layers <= i < vit_num_layers for i in vit_layers):
-            raise _incompatible("vit_layers", f"must name blocks of the {vit_num_layers}-block ViT")
-        pooling_h, pooling_w = int(_field(d, "image_pooling_h")), int(_field(d, "image_pooling_w"))
-        if (height // patch) % pooling_h or (width // patch) % pooling_w:
-            raise _incompatible("image_pooling_h", "must divide the patch grid")
+        vision_shapes = _vision_shapes(d, vision_field)
 
         return cls(
             d_model=d_model,
@@ -179,16 +177,9 @@ class MolmoConfig:
             rope_theta=float(_field(d, "rope_theta")),
             max_position_embeddings=int(_field(d, "max_position_embeddings")),
             pad_token_id=int(_field(d, "pad_token_id")),
-            vit_width=vit_width,
-            vit_heads=vit_heads,
             vit_mlp_dim=int(vision_field("image_mlp_dim")),
-            vit_num_layers=vit_num_layers,
-            vit_layers=vit_layers,
             vit_norm_eps=float(vision_field("image_norm_eps")),
-            image_size=int(height),
-            patch_size=patch,
-            pooling_h=pooling_h,
-            pooling_w=pooling_w,
+            **vision_shapes,
         )
 
     @property
