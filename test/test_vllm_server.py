@@ -52,9 +52,11 @@ CAMERA_HZ = 10.0
 IMAGE_LOGPROB_DIFFERENCE = 0.043
 TEXT_LOGPROB_TOLERANCE = 1e-4  # measured 1e-6 (fp32 on both sides); 100 times that
 CONCURRENT = 8
-# The request the server is killed in: about 4 s of decoding on the tiny model here (1.3 ms per token),
-# long enough to be sure it is at the server; the prompt (about 500 tokens) and this fit --max-model-len.
+# The request the server is killed in: 4-5 s of decoding on the tiny model here (1.3-1.6 ms per token);
+# the prompt (about 500 tokens) and this fit --max-model-len. It is killed POSTED_AFTER_S after the node
+# reported VISION, the step just before it posts the request (a small PNG, on the wire at once).
 LONG_ANSWER_TOKENS = 3000
+POSTED_AFTER_S = 0.5
 NODE_READY_TIMEOUT_S = 120.0
 CALL_TIMEOUT_S = 120.0
 
@@ -341,25 +343,29 @@ def test_eight_requests_at_once_are_all_answered(vllm_server, node, user):
     assert all(response.result.raw_text == expected for response in responses)
 
 
-def running_requests(server: VllmServer) -> float:
-    """vLLM's own gauge of the requests it is running."""
-    metrics = httpx.get(f"{server.root_url}/metrics", timeout=5).text
-    gauge = "vllm:num_requests_running"
-    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(gauge))
-
-
 def test_server_killed_mid_request_gives_server_unavailable_and_a_restart_answers_again(vllm_server, user):
-    """SIGKILL to vLLM's process group while it decodes the node's request; then the same node, unrestarted,
-    gets answers from a new server on the same port."""
+    """SIGKILL to vLLM's process group while it decodes the node's request (an action goal, whose VISION
+    feedback comes just before the backend posts it); then the same node, unrestarted, gets answers from a
+    new server on the same port."""
     node = start_node(vllm_server, max_new_tokens=LONG_ANSWER_TOKENS)
     try:
         assert user.point_once_ready().success, "the node answers before the kill"
-        pending = user.client.client.call_async(Point.Request(query=QUERY))
-        assert wait_until(lambda: running_requests(vllm_server) >= 1, timeout=30), "the request reached vLLM"
+        assert user.action.wait_for_server(timeout_sec=30)
+        stages = []
+
+        def on_feedback(message: PointAction.Impl.FeedbackMessage) -> None:
+            stages.append(message.feedback.stage)
+
+        sent = user.action.send_goal_async(PointAction.Goal(query=QUERY), feedback_callback=on_feedback)
+        assert wait_until(sent.done, timeout=30) and sent.result().accepted
+        finished = sent.result().get_result_async()
+        assert wait_until(lambda: PointAction.Feedback.VISION in stages, timeout=CALL_TIMEOUT_S)
+        time.sleep(POSTED_AFTER_S)
+        assert not finished.done(), "the answer came before the kill: LONG_ANSWER_TOKENS is too short here"
         vllm_server.kill()
-        assert wait_until(pending.done, timeout=CALL_TIMEOUT_S)
-        killed = pending.result()
-        assert killed.error_code == Point.Response.SERVER_UNAVAILABLE, killed.message
+        assert wait_until(finished.done, timeout=CALL_TIMEOUT_S)
+        killed = finished.result().result
+        assert killed.error_code == PointAction.Result.SERVER_UNAVAILABLE, killed.message
         assert vllm_server.url in killed.message
 
         refused = user.point()
