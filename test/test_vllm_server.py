@@ -379,25 +379,26 @@ def test_eight_requests_at_once_are_all_answered(vllm_server, node, user):
 
 
 def test_server_killed_mid_request_gives_server_unavailable_and_a_restart_answers_again(vllm_server, user):
-    """SIGKILL to vLLM's process group while it decodes the node's request (an action goal, whose VISION
-    feedback comes just before the backend posts it); then the same node, unrestarted, gets answers from a
-    new server on the same port."""
+    """SIGKILL to vLLM's process group while it decodes the node's request: an action goal, whose VISION
+    feedback comes just before the backend posts the request and whose DECODING feedback comes only with
+    the reply. Then the same node, unrestarted, gets answers from a new server on the same port."""
     node = start_node(vllm_server, max_new_tokens=LONG_ANSWER_TOKENS)
     try:
         assert user.point_once_ready().success, "the node answers before the kill"
         assert user.action.wait_for_server(timeout_sec=30)
         stages = []
-
-        def on_feedback(message: PointAction.Impl.FeedbackMessage) -> None:
-            stages.append(message.feedback.stage)
-
-        sent = user.action.send_goal_async(PointAction.Goal(query=QUERY), feedback_callback=on_feedback)
-        assert wait_until(sent.done, timeout=30) and sent.result().accepted
-        finished = sent.result().get_result_async()
+        sent = user.action.send_goal_async(
+            PointAction.Goal(query=QUERY),
+            feedback_callback=lambda message: stages.append(message.feedback.stage),
+        )
         assert wait_until(lambda: PointAction.Feedback.VISION in stages, timeout=CALL_TIMEOUT_S)
         time.sleep(POSTED_AFTER_S)
-        assert not finished.done(), "the answer came before the kill: LONG_ANSWER_TOKENS is too short here"
+        assert PointAction.Feedback.DECODING not in stages, (
+            "answered before the kill: LONG_ANSWER_TOKENS too short"
+        )
         vllm_server.kill()
+        assert wait_until(sent.done, timeout=30) and sent.result().accepted
+        finished = sent.result().get_result_async()
         assert wait_until(finished.done, timeout=CALL_TIMEOUT_S)
         killed = finished.result().result
         assert killed.error_code == PointAction.Result.SERVER_UNAVAILABLE, killed.message
