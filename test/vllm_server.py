@@ -25,6 +25,8 @@ SERVED_NAME = "tiny-molmo2"
 HOST = "127.0.0.1"
 KV_CACHE_GIB = "1"  # VLLM_CPU_KVCACHE_SPACE: the tiny model needs a few MiB; vLLM's default is 4 GiB
 MAX_MODEL_LEN = "4096"  # a 640x480 frame and a prompt are under 1,000 tokens with the tiny processor
+RECEIVED = ("Received request",)  # what --enable-log-requests logs when a request is handed to the engine
+ANSWERED = ('"POST /v1/', 'HTTP/1.1" 200')  # the access log's line for an answered request
 # Health came after 32-34 s on a quiet 2-core machine and after up to about 150 s while other jobs loaded
 # it; past this the start is taken as failed.
 HEALTH_TIMEOUT_S = 300.0
@@ -107,6 +109,7 @@ class VllmServer:
             "--dtype",
             "float32",
             "--enforce-eager",
+            "--enable-log-requests",  # RECEIVED lines: a test knows when a request is at the server
         ]
 
     def start(self) -> "VllmServer":
@@ -154,11 +157,37 @@ class VllmServer:
             f"vLLM did not answer {self.root_url}/health within {timeout:g} s; its log:\n{self.log_tail()}"
         )
 
+    def log_count(self, texts: tuple[str, ...]) -> int:
+        """How many lines of the log so far contain all of `texts`."""
+        if not self.log_path.exists():
+            return 0
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return sum(all(text in line for text in texts) for line in lines)
+
     def log_tail(self) -> str:
         """The log's last lines that name an error, then its end."""
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         errors = [line for line in text.splitlines() if "Error" in line][-ERROR_LINES:]
         return "\n".join([*errors, "...", text[-LOG_TAIL_CHARS:]])
+
+    def group_members(self) -> list[int]:
+        """The pids of the server's process group: the API server (the leader), its engine and its worker."""
+        members = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # ended meanwhile
+            if int(fields[2]) == self.process.pid:  # field 5 of /proc/PID/stat: the process group
+                members.append(int(stat.parent.name))
+        return members
+
+    def freeze_engine(self) -> None:
+        """SIGSTOP to every process of the group but the API server: requests are still received and handed
+        to the engine, which computes nothing until killed. Linux only (/proc)."""
+        for pid in self.group_members():
+            if pid != self.process.pid:
+                os.kill(pid, signal.SIGSTOP)
 
     def kill(self) -> None:
         """SIGKILL to the whole process group, as a crash or the OOM killer would end it."""
@@ -171,6 +200,7 @@ class VllmServer:
         if self.process is None or self.process.poll() is not None:
             self._signal_group(signal.SIGKILL)  # stray children of a dead leader
             return
+        self._signal_group(signal.SIGCONT)  # a frozen engine could not end
         self._signal_group(signal.SIGTERM)
         try:
             self.process.wait(timeout=STOP_TIMEOUT_S)
