@@ -64,10 +64,14 @@ class CountingPointerNode(PointerNode):
 def main() -> int:
     delay_s = float(sys.argv[1])
     engine = ScriptedEngine(answer=lambda prompt, image: fixed_points_answer([(50.0, 50.0)]), delay_s=delay_s)
-    engine.weights = [[index] for index in range(MODEL_OBJECTS)]  # lives as long as the "model"
+
+    def load_model(settings: object) -> ScriptedEngine:
+        engine.weights = [[index] for index in range(MODEL_OBJECTS)]  # built at activate, as a model loads
+        return engine
+
     return run_node(
         "scripted_pointer",
-        lambda: CountingPointerNode(backend_factory=lambda settings: engine),
+        lambda: CountingPointerNode(backend_factory=load_model),
         (BackendError, *CONFIGURATION_ERRORS),
         sys.argv[2:],
     )
