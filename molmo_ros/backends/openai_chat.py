@@ -6,8 +6,9 @@ user message (images first, then the prompt, as Molmo2's chat template orders th
 fractions of the image it saw, so a frame downscaled before sending still gives points in the original
 frame's pixels. httpx does the HTTP; this module only builds the request and reads the reply.
 
-The API key is read from the environment variable whose NAME is `engine.api_key_env`; it goes only into
-the Authorization header, and every message this module writes has it removed.
+The API key is read from the environment variable whose NAME is `engine.api_key_env` (`api_key`: stripped,
+refused if a header cannot carry it); it goes only into the Authorization header, and every error this
+module raises has the key removed in each form a server may echo it (raw, escaped, percent, base64).
 """
 
 import base64
@@ -19,6 +20,7 @@ import httpx
 import numpy as np
 import PIL.Image
 
+from molmo_ros.backends.api_key import KeyRedactor, read_api_key
 from molmo_ros.backends.images import check_images
 from molmo_ros.backends.interface import BackendAnswer, GenerationControl, Stage
 from molmo_ros.backends.settings import BackendSettings
@@ -49,8 +51,9 @@ class OpenAIChatBackend:
         self.model_name = settings.model or os.environ.get(MODEL_ENV_VAR) or DEFAULT_SERVED_MODEL
         self.max_concurrent_calls = settings.max_in_flight
         self._settings = settings
-        self._api_key = os.environ.get(settings.api_key_env, "")
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        api_key = read_api_key(settings)
+        self._redact = KeyRedactor(api_key)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(
             base_url=self.url,
             headers=headers,
@@ -72,6 +75,15 @@ class OpenAIChatBackend:
     ) -> BackendAnswer:
         control = control or GenerationControl()
         check_images(images, self.max_images, self.name)
+        try:
+            return self._generate(images, prompts, control)
+        except (ServerUnavailableError, ServerResponseError) as error:
+            # The one place every server error passes: whatever a path put into it, the key leaves here.
+            raise type(error)(self._redact(str(error))) from None
+
+    def _generate(
+        self, images: Sequence[np.ndarray], prompts: Sequence[str], control: GenerationControl
+    ) -> BackendAnswer:
         # The image work shared by every prompt: each frame is encoded once.
         image_parts = [{"type": "image_url", "image_url": {"url": self._data_url(image)}} for image in images]
         texts = []
@@ -137,7 +149,7 @@ class OpenAIChatBackend:
                 if last_try:
                     raise ServerUnavailableError(
                         f"cannot reach {endpoint} after {attempts} attempt(s): "
-                        f"{self._redact(str(error)) or type(error).__name__}; check engine.url and that "
+                        f"{str(error) or type(error).__name__}; check engine.url and that "
                         "the server is running"
                     ) from None
             else:
@@ -150,7 +162,7 @@ class OpenAIChatBackend:
         retried = f" after {attempts} attempt(s)" if response.status_code >= _RETRIED_STATUS else ""
         raise ServerResponseError(
             f"{endpoint} answered HTTP {response.status_code}{retried}: "
-            f"{self._redact(response.text[:ERROR_BODY_CHARS])!r}"
+            f"{self._excerpt(response)!r}"
             + (" (check engine.api_key_env)" if response.status_code in (401, 403) else "")
             + (" (check engine.model, the served model name)" if response.status_code == 404 else "")
         )
@@ -162,7 +174,7 @@ class OpenAIChatBackend:
             reply = response.json()
         except ValueError:
             raise ServerResponseError(
-                f"{endpoint} answered with malformed JSON: {self._redact(response.text[:ERROR_BODY_CHARS])!r}"
+                f"{endpoint} answered with malformed JSON: {self._excerpt(response)!r}"
             ) from None
         if not isinstance(reply, dict):
             raise ServerResponseError(f"{endpoint} answered JSON that is not an object")
@@ -177,5 +189,7 @@ class OpenAIChatBackend:
         tokens = usage.get("completion_tokens", 0) if isinstance(usage, dict) else 0
         return text, tokens if isinstance(tokens, int) else 0
 
-    def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "[API key]") if self._api_key else text
+    def _excerpt(self, response: httpx.Response) -> str:
+        """The start of a server's reply for an error message; redacted before it is cut, so a key that
+        straddles the cut cannot leave a part of itself behind."""
+        return self._redact(response.text)[:ERROR_BODY_CHARS]

@@ -36,6 +36,7 @@ from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
 from molmo_ros.action import Point as PointAction
+from molmo_ros.backends.api_key import check_api_key
 from molmo_ros.backends.interface import PointingBackend, Stage
 from molmo_ros.backends.settings import BackendSettings
 from molmo_ros.depth import DepthSettings
@@ -131,6 +132,7 @@ class PointerNode(LifecycleNode):
             self.cameras[name] = read_settings(self, CameraSettings, f"cameras.{name}.", name=name)
         self.depth_settings = read_settings(self, DepthSettings)
         self.engine_settings = read_settings(self, BackendSettings, "engine.")
+        check_api_key(self.engine_settings)
         for camera in self.cameras.values():
             for topic in (camera.image_topic(), camera.info_topic(), camera.depth_topic):
                 if topic:
