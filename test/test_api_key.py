@@ -27,10 +27,10 @@ from ros_helpers import Spinner, TestClient, image_message, wait_until
 
 from molmo_ros.action import Point as PointAction
 from molmo_ros.backends.api_key import REDACTED, KeyRedactor, check_api_key, read_api_key
+from molmo_ros.backends.errors import InvalidSettingError, ServerResponseError
 from molmo_ros.backends.openai_chat import ERROR_BODY_CHARS, OpenAIChatBackend
 from molmo_ros.backends.settings import BackendSettings
 from molmo_ros.cli import point as cli
-from molmo_ros.engine.errors import InvalidSettingError, ServerResponseError
 from molmo_ros.nodes.pointer import PointerNode
 from molmo_ros.nodes.throttled_log import ThrottledErrorLog
 from molmo_ros.srv import Point
@@ -118,7 +118,7 @@ def test_a_key_a_header_cannot_carry_is_refused_naming_the_variable_not_the_key(
     with pytest.raises(InvalidSettingError) as refusal:
         check_api_key(settings())
     message = str(refusal.value)
-    assert KEY_VARIABLE in message and "engine.api_key_env" in message and named in message
+    assert KEY_VARIABLE in message and "api_key_env" in message and named in message
     assert not leaks(message) and not leaks(message, stored.strip())
 
 

@@ -19,8 +19,8 @@ import re
 import unicodedata
 from urllib.parse import quote, quote_plus
 
-from molmo_ros.backends.settings import BackendSettings
-from molmo_ros.engine.errors import InvalidSettingError
+from molmo_ros.backends.errors import InvalidSettingError
+from molmo_ros.backends.settings import BackendSettings, backend_setting
 
 REDACTED = "[API key]"
 _SHOWN_CHARACTERS = 3  # the offending characters named in the refusal; the count says if there are more
@@ -38,9 +38,10 @@ def read_api_key(settings: BackendSettings) -> str:
         named = ", ".join(_describe(char) for char in unusable[:_SHOWN_CHARACTERS])
         more = f" and {len(unusable) - _SHOWN_CHARACTERS} more" if len(unusable) > _SHOWN_CHARACTERS else ""
         raise InvalidSettingError(
-            f"the API key in the environment variable {variable} (engine.api_key_env) holds characters "
-            f"an HTTP header cannot carry ({named}{more}) after its surrounding whitespace is removed; "
-            f"set {variable} to the key alone, in plain ASCII on one line (the key is not shown)"
+            f"the API key in the environment variable {variable} (named by the api_key_env setting) holds "
+            f"characters an HTTP header cannot carry ({named}{more}) after its surrounding whitespace is "
+            f"removed; set {variable} to the key alone, in plain ASCII on one line (the key is not shown)",
+            [backend_setting("api_key_env")],
         )
     return key
 
