@@ -168,8 +168,7 @@ class OpenAIChatBackend:
         retried = f" after {attempts} attempt(s)" if response.status_code >= _RETRIED_STATUS else ""
         hint, setting = _STATUS_HINTS.get(response.status_code, ("", None))
         raise ServerResponseError(
-            f"{endpoint} answered HTTP {response.status_code}{retried}: "
-            f"{self._excerpt(response)!r}{hint}",
+            f"{endpoint} answered HTTP {response.status_code}{retried}: {self._excerpt(response)!r}{hint}",
             [backend_setting(setting)] if setting else [],
         )
 
