@@ -11,6 +11,7 @@ from molmo_ros.settings_fields import check_setting_bounds, setting
 BACKENDS = ("molmoe", "molmo2", "openai")
 DEVICES_HELP = "auto (CUDA if present, else CPU), cpu, cuda or cuda:N"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZATIONS = ("none", "int8")
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,17 @@ class BackendSettings:
     dtype: str = setting(
         "auto", "Weights dtype of a local model: auto (bfloat16 on CUDA, float32 on CPU).", choices=DTYPES
     )
+    quantization: str = setting(
+        "none",
+        "Weights of a local model (molmoe, molmo2): none (as engine.dtype) or int8 (weight-only, one scale "
+        "per output channel; about half the memory of bfloat16; the vision tower stays in engine.dtype).",
+        choices=QUANTIZATIONS,
+    )
     max_new_tokens: int = setting(200, "Longest answer, in tokens.", minimum=1, maximum=4096)
     cache_dir: str = setting(
-        "", "Where molmoe keeps its one-time bfloat16 conversion of the checkpoint; empty means the default."
+        "",
+        "Where molmoe keeps its one-time bfloat16 (or int8) conversion of the checkpoint; empty means the "
+        "default.",
     )
     url: str = setting("http://localhost:8000/v1", "openai: base URL of the server's OpenAI-compatible API.")
     api_key_env: str = setting(
@@ -63,3 +72,9 @@ class BackendSettings:
 
     def __post_init__(self) -> None:
         check_setting_bounds(self)
+        if self.backend == "openai" and self.quantization != "none":
+            raise ValueError(
+                f"quantization {self.quantization!r} does not apply to engine.backend openai: the server "
+                "holds the weights and quantizes them itself (vLLM: its --quantization and --dtype "
+                "options); set quantization to none"
+            )

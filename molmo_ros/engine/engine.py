@@ -122,6 +122,7 @@ class MolmoEngine:
             dtype,
             use_cache=cache_weights,
             cache_dir=settings.cache_dir or None,
+            quantization=settings.quantization,
         )
         preprocessor = MolmoPreprocessor.from_pretrained(loaded.files_dir, device=device)
         engine = cls(

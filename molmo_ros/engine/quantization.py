@@ -19,6 +19,8 @@ the experts), norms, biases and the vision tower with its connector.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import torch
 from torch import nn
 from torchao.quantization import Int8Tensor
@@ -61,9 +63,29 @@ def quantized_weight_names(model: nn.Module) -> set[str]:
     return names
 
 
+def experts_are_int8(experts: nn.Module) -> bool:
+    return isinstance(getattr(experts, EXPERT_WEIGHTS[0]), Int8Tensor)
+
+
+def quantize_tensors(
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    quantized: set[str],
+    dtype: torch.dtype,
+    device: torch.device | str | None = None,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Stream (name, tensor) pairs: int8 for the names in `quantized`, `dtype` for the others, on `device`
+    (None: where they are). Quantizing happens where the tensor is, so a CPU checkpoint is quantized on
+    the CPU and only int8 weights reach a GPU."""
+    for name, tensor in tensors:
+        if name in quantized:
+            yield name, quantize_int8(tensor, dtype).to(device or tensor.device)
+        else:
+            yield name, tensor.to(device=device, dtype=dtype)
+
+
 def experts_implementation(name: str, quantized: bool) -> str:
     """The experts kernel transformers dispatches to for `name` ("grouped_mm", "batched_mm", "eager")."""
-    if not quantized:
+    if not quantized or name in INT8_EXPERTS_IMPLEMENTATIONS.values():
         return name
     if name not in INT8_EXPERTS_IMPLEMENTATIONS:
         raise ValueError(
