@@ -217,9 +217,9 @@ def main() -> None:
     fp32_bytes = sum(4 * int(torch.Size(shape).numel()) for shape in shapes.values())
     workdir = Path(tempfile.mkdtemp(prefix="molmo_load_bench-", dir=args.workdir))
     try:
-        # fp32 shards, then a bf16 cache (half their size) and an int8 one (a quarter), and a margin
+        # fp32 shards, one cache at a time (bf16: half their size, int8: a quarter) and a margin
         caches = {"none": fp32_bytes // 2, "int8": fp32_bytes // 4}
-        needed = fp32_bytes + sum(caches[q] for q in set(args.quantization)) + DISK_MARGIN_BYTES
+        needed = fp32_bytes + max(caches[q] for q in args.quantization) + DISK_MARGIN_BYTES
         free = shutil.disk_usage(workdir).free
         if free < needed:
             raise SystemExit(
@@ -243,6 +243,7 @@ def main() -> None:
             for entry in sorted(path for path in cache_dir.glob("*") if path.name not in before):
                 entry_bytes = sum(path.stat().st_size for path in entry.rglob("*") if path.is_file())
                 print(f"{kind} cache on disk: {entry_bytes / GIB:.2f} GiB ({entry_bytes / 1e9:.2f} GB)")
+                shutil.rmtree(entry)  # measured: make room for the next one
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         print(f"removed {workdir}")
