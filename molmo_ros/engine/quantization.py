@@ -95,62 +95,63 @@ def experts_implementation(name: str, quantized: bool) -> str:
     return INT8_EXPERTS_IMPLEMENTATIONS[name]
 
 
-def _scaled(product: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Apply per-output-channel scales [S, out] to x @ int8^T [S, out], in the activation dtype."""
-    return product * scale.to(product.dtype)
+def int8_batched_linear(x: torch.Tensor, weight: Int8Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
+    """x [S, in] @ weight[expert_ids[s]]^T for each row s: the int8 rows of each pair's expert, converted to
+    x's dtype, then each output channel times its scale. No host sync, so a CUDA graph can hold it."""
+    product = torch.bmm(weight.qdata[expert_ids].to(x.dtype), x.unsqueeze(-1)).squeeze(-1)
+    return product * weight.scale[expert_ids].squeeze(-1).to(x.dtype)
+
+
+def int8_grouped_linear(
+    x: torch.Tensor, weight: Int8Tensor, expert_ids: torch.Tensor, ends: torch.Tensor
+) -> torch.Tensor:
+    """x [S, in] with rows sorted by expert_ids, ends [E] the cumulative row count per expert: each row
+    times its expert's weight^T, EXPERTS_PER_CHUNK experts at a time converted to x's dtype and multiplied
+    as one grouped matmul, then each output channel times its scale. Reads `ends` on the host."""
+    bounds = [0, *ends.tolist()]
+    num_experts = weight.shape[0]
+    out = x.new_empty(x.shape[0], weight.shape[1])
+    for first in range(0, num_experts, EXPERTS_PER_CHUNK):
+        last = min(first + EXPERTS_PER_CHUNK, num_experts)
+        start, stop = bounds[first], bounds[last]
+        if start == stop:
+            continue
+        offsets = ends[first:last].to(torch.int32) - start
+        chunk = weight.qdata[first:last].to(x.dtype).transpose(-2, -1)
+        out[start:stop] = _grouped_mm(x[start:stop], chunk, offs=offsets)
+    return out * weight.scale.squeeze(-1)[expert_ids].to(x.dtype)
 
 
 def int8_batched_mm_experts_forward(
     self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
 ) -> torch.Tensor:
-    """transformers' batched_mm experts with int8 weights: each (token, expert) pair gathers its expert's
-    int8 rows, so nothing waits for the host and a CUDA graph can capture it (decode steps)."""
+    """transformers' batched_mm experts with int8 weights (decode steps; CUDA-graph safe)."""
     num_tokens, hidden_dim = hidden_states.shape
     top_k = top_k_index.shape[-1]
     expert_ids = top_k_index.reshape(-1)
     inputs = hidden_states.repeat_interleave(top_k, dim=0)
-    dtype = hidden_states.dtype
-
-    def linear(x: torch.Tensor, weight: Int8Tensor) -> torch.Tensor:
-        product = torch.bmm(weight.qdata[expert_ids].to(dtype), x.unsqueeze(-1)).squeeze(-1)
-        return _scaled(product, weight.scale[expert_ids].squeeze(-1))
-
-    projected = linear(self._apply_gate(linear(inputs, self.gate_up_proj)), self.down_proj)
+    gated = self._apply_gate(int8_batched_linear(inputs, self.gate_up_proj, expert_ids))
+    projected = int8_batched_linear(gated, self.down_proj, expert_ids)
     weighted = projected * top_k_weights.reshape(-1, 1).to(projected.dtype)
-    return weighted.view(num_tokens, top_k, hidden_dim).sum(dim=1).to(dtype)
+    return weighted.view(num_tokens, top_k, hidden_dim).sum(dim=1).to(hidden_states.dtype)
 
 
 def int8_grouped_mm_experts_forward(
     self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
 ) -> torch.Tensor:
-    """transformers' grouped_mm experts with int8 weights, for prefills: pairs sorted by expert, then
-    EXPERTS_PER_CHUNK experts at a time converted to the activation dtype and multiplied as one grouped
-    matmul. Reads the per-expert counts on the host once per layer, so it is not for CUDA graphs."""
+    """transformers' grouped_mm experts with int8 weights (prefills): (token, expert) pairs sorted by
+    expert, one host read of the counts per layer, so not for CUDA graphs."""
     num_tokens, hidden_dim = hidden_states.shape
     top_k = top_k_index.shape[-1]
     expert_ids, order = torch.sort(top_k_index.reshape(-1))
     inputs = hidden_states[order // top_k]
     ends = torch.bincount(expert_ids, minlength=self.num_experts).cumsum(0)
-    bounds = [0, *ends.tolist()]
-    dtype = hidden_states.dtype
-
-    def linear(x: torch.Tensor, weight: Int8Tensor) -> torch.Tensor:
-        out = x.new_empty(x.shape[0], weight.shape[1])
-        for first in range(0, self.num_experts, EXPERTS_PER_CHUNK):
-            last = min(first + EXPERTS_PER_CHUNK, self.num_experts)
-            start, stop = bounds[first], bounds[last]
-            if start == stop:
-                continue
-            offsets = ends[first:last].to(torch.int32) - start
-            chunk = weight.qdata[first:last].to(dtype).transpose(-2, -1)
-            out[start:stop] = _grouped_mm(x[start:stop], chunk, offs=offsets)
-        return _scaled(out, weight.scale.squeeze(-1)[expert_ids])
-
-    projected = linear(self._apply_gate(linear(inputs, self.gate_up_proj)), self.down_proj)
+    gated = self._apply_gate(int8_grouped_linear(inputs, self.gate_up_proj, expert_ids, ends))
+    projected = int8_grouped_linear(gated, self.down_proj, expert_ids, ends)
     weighted = projected * top_k_weights.reshape(-1)[order].unsqueeze(-1).to(projected.dtype)
     unsorted = torch.empty_like(weighted)
     unsorted[order] = weighted
-    return unsorted.view(num_tokens, top_k, hidden_dim).sum(dim=1).to(dtype)
+    return unsorted.view(num_tokens, top_k, hidden_dim).sum(dim=1).to(hidden_states.dtype)
 
 
 ExpertsInterface.register(INT8_EXPERTS_IMPLEMENTATIONS["batched_mm"], int8_batched_mm_experts_forward)
