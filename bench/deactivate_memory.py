@@ -70,8 +70,8 @@ class Reading:
 
 def checkpoint_shapes(reference_dir: Path, llm_layers: int) -> tuple[dict, dict[str, tuple[int, ...]]]:
     """The released config with fewer LLM layers, and the reference tensor shapes of that model."""
-    from molmo_ros.engine.config import MolmoConfig
-    from molmo_ros.engine.key_mapping import expected_reference_shapes
+    from molmo_ros.backends.molmoe.config import MolmoConfig
+    from molmo_ros.backends.molmoe.key_mapping import expected_reference_shapes
 
     config = json.loads((reference_dir / "real_config.json").read_text())
     config["n_layers"] = llm_layers

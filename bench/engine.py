@@ -43,13 +43,13 @@ import transformers
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from molmo_ros.backends.molmoe.config import MolmoConfig  # noqa: E402
+from molmo_ros.backends.molmoe.engine import MolmoEngine  # noqa: E402
+from molmo_ros.backends.molmoe.generation import greedy_generate  # noqa: E402
+from molmo_ros.backends.molmoe.modeling import PADDING_ID, build_meta_model  # noqa: E402
+from molmo_ros.backends.molmoe.preprocessing import MolmoPreprocessor  # noqa: E402
+from molmo_ros.backends.molmoe.quantization import quantize_int8, quantized_weight_names  # noqa: E402
 from molmo_ros.backends.settings import BackendSettings  # noqa: E402
-from molmo_ros.engine.config import MolmoConfig  # noqa: E402
-from molmo_ros.engine.engine import MolmoEngine  # noqa: E402
-from molmo_ros.engine.generation import greedy_generate  # noqa: E402
-from molmo_ros.engine.modeling import PADDING_ID, build_meta_model  # noqa: E402
-from molmo_ros.engine.preprocessing import MolmoPreprocessor  # noqa: E402
-from molmo_ros.engine.quantization import quantize_int8, quantized_weight_names  # noqa: E402
 
 FRAMES = ((640, 480), (1920, 1080))
 PROMPT = "Point to the red mug"

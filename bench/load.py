@@ -52,8 +52,8 @@ def default_reference_dir() -> Path:
 
 def reference_shapes(reference_dir: Path, small: bool) -> tuple[dict, dict[str, tuple[int, ...]]]:
     """(config.json content, reference tensor name -> shape) of the real model, or of the tiny one."""
-    from molmo_ros.engine.config import MolmoConfig
-    from molmo_ros.engine.key_mapping import expected_reference_shapes
+    from molmo_ros.backends.molmoe.config import MolmoConfig
+    from molmo_ros.backends.molmoe.key_mapping import expected_reference_shapes
 
     if small:
         config = json.loads((reference_dir / "tiny" / "config.json").read_text())
@@ -120,7 +120,7 @@ def child_load(checkpoint_dir: Path, cache_dir: Path, quantization: str) -> None
     """One load in this process; prints one JSON line with time and memory."""
     import torch
 
-    from molmo_ros.engine.checkpoint import load_checkpoint
+    from molmo_ros.backends.molmoe.checkpoint import load_checkpoint
 
     peaks = dict.fromkeys(STATUS_FIELDS, 0)
     done = threading.Event()

@@ -39,13 +39,13 @@ from safetensors.torch import save_file
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from molmo_ros.backends.molmoe.checkpoint import load_checkpoint  # noqa: E402
+from molmo_ros.backends.molmoe.config import MolmoConfig  # noqa: E402
+from molmo_ros.backends.molmoe.engine import MolmoEngine  # noqa: E402
+from molmo_ros.backends.molmoe.key_mapping import expected_reference_shapes  # noqa: E402
+from molmo_ros.backends.molmoe.preprocessing import MolmoPreprocessor  # noqa: E402
+from molmo_ros.backends.molmoe.quantization import FULL_PRECISION_PREFIXES, quantize_int8  # noqa: E402
 from molmo_ros.backends.settings import BackendSettings  # noqa: E402
-from molmo_ros.engine.checkpoint import load_checkpoint  # noqa: E402
-from molmo_ros.engine.config import MolmoConfig  # noqa: E402
-from molmo_ros.engine.engine import MolmoEngine  # noqa: E402
-from molmo_ros.engine.key_mapping import expected_reference_shapes  # noqa: E402
-from molmo_ros.engine.preprocessing import MolmoPreprocessor  # noqa: E402
-from molmo_ros.engine.quantization import FULL_PRECISION_PREFIXES, quantize_int8  # noqa: E402
 
 CPU = torch.device("cpu")
 WIDTHS_CASE = "case_01"  # 336x336, 2 crops: the input of the reference's real-width checks

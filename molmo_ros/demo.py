@@ -22,9 +22,9 @@ from rclpy.client import Client
 from rclpy.node import Node
 
 from molmo_ros.backends.settings import BACKENDS, BackendSettings
-from molmo_ros.depth import camera_info_topic_beside
 from molmo_ros.msg import PointingResult
 from molmo_ros.nodes.image_folder_publisher import DEFAULT_DEPTH_TOPIC
+from molmo_ros.pointing.settings import camera_info_topic_beside
 from molmo_ros.resources import share_dir
 from molmo_ros.srv import Point
 

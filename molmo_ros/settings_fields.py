@@ -5,7 +5,7 @@ its valid range live there. The ROS node derives its parameter declarations from
 defaults, and a test checks that `config/pointer.yaml` agrees with them, so no default is repeated.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
@@ -58,6 +58,45 @@ def setting_specs(settings_class: type, prefix: str = "") -> list[SettingSpec]:
             raise TypeError(f"setting {settings_class.__name__}.{item.name} has no default")
         specs.append(SettingSpec(item.name, prefix + (info.parameter or item.name), item.default, info))
     return specs
+
+
+@dataclass(frozen=True)
+class SettingRef:
+    """A setting that an error message is about.
+
+    Lower layers never spell a ROS parameter or a command-line option: their errors carry these
+    references, and each edge names them its own way (the node `engine.device`, `molmo-point`
+    `--device`), see `worded`."""
+
+    settings_class: type
+    field_name: str
+    scope: str = ""  # the owner of a per-instance setting: the camera of a cameras.<name>.* setting
+
+    def __post_init__(self) -> None:
+        if self.field_name not in {item.name for item in fields(self.settings_class)}:
+            raise TypeError(f"{self.settings_class.__name__} has no setting {self.field_name!r}")
+
+
+class RefersToSettings(Exception):
+    """An error whose message is about some settings; the edge adds their public names (`worded`)."""
+
+    def __init__(self, message: str, settings: Sequence[SettingRef] = ()) -> None:
+        super().__init__(message)
+        self.settings = tuple(settings)
+
+
+def worded(error: BaseException, name_of: Callable[[SettingRef], str | None], kind: str) -> str:
+    """The error's message, followed by the public names of the settings it is about, e.g.
+    "... (parameter engine.device)"; settings that `name_of` cannot name (None) are left out."""
+    return with_setting_names(str(error), getattr(error, "settings", ()), name_of, kind)
+
+
+def with_setting_names(
+    message: str, refs: Sequence[SettingRef], name_of: Callable[[SettingRef], str | None], kind: str
+) -> str:
+    """`message`, followed by the public names of the settings `refs` (see `worded`)."""
+    names = [name for name in dict.fromkeys(name_of(ref) for ref in refs) if name]
+    return f"{message} ({kind} {', '.join(names)})" if names else message
 
 
 def check_setting_bounds(settings: object) -> None:

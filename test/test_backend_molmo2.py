@@ -9,15 +9,15 @@ import pytest
 import torch
 from molmo2_tiny import build_tiny_molmo2
 
-from molmo_ros.backends.interface import GenerationControl, Stage
-from molmo_ros.backends.molmo2 import DEFAULT_REVISION, Molmo2Backend
-from molmo_ros.backends.settings import BackendSettings
-from molmo_ros.engine.errors import (
+from molmo_ros.backends.errors import (
     GenerationCancelledError,
     IncompatibleCheckpointError,
     UnsupportedRequestError,
     WeightsNotFoundError,
 )
+from molmo_ros.backends.interface import GenerationControl, Stage
+from molmo_ros.backends.molmo2 import DEFAULT_REVISION, Molmo2Backend
+from molmo_ros.backends.settings import BackendSettings
 
 MAX_NEW_TOKENS = 5
 

@@ -13,16 +13,16 @@ from doubles.openai_server import OpenAIServerDouble
 from ros_helpers import wait_until
 
 from molmo_ros.backends import openai_chat
-from molmo_ros.backends.interface import GenerationControl, Stage
-from molmo_ros.backends.openai_chat import OpenAIChatBackend
-from molmo_ros.backends.settings import BackendSettings
-from molmo_ros.engine.errors import (
+from molmo_ros.backends.errors import (
     GenerationCancelledError,
     InvalidImageError,
     ServerResponseError,
     ServerUnavailableError,
     UnsupportedRequestError,
 )
+from molmo_ros.backends.interface import GenerationControl, Stage
+from molmo_ros.backends.openai_chat import OpenAIChatBackend
+from molmo_ros.backends.settings import BackendSettings
 from molmo_ros.parsing import parse_answer
 
 KEY_VARIABLE = "MOLMO_TEST_API_KEY"

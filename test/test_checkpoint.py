@@ -14,9 +14,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from molmo_ros.engine import checkpoint, checkpoint_reader, checkpoint_source, defaults, weights_cache
-from molmo_ros.engine.config import MolmoConfig
-from molmo_ros.engine.errors import IncompatibleCheckpointError, WeightsNotFoundError
+from molmo_ros.backends.errors import IncompatibleCheckpointError, WeightsNotFoundError
+from molmo_ros.backends.molmoe import (
+    checkpoint,
+    checkpoint_reader,
+    checkpoint_source,
+    defaults,
+    weights_cache,
+)
+from molmo_ros.backends.molmoe.config import MolmoConfig
 
 CPU = torch.device("cpu")
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"

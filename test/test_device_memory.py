@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import json, sys
 import torch
-from molmo_ros.engine.device import release_device_memory
+from molmo_ros.backends.device import release_device_memory
 
 BLOCK_BYTES = 96 * 1024
 BLOCKS = 3000  # about 280 MiB

@@ -14,17 +14,17 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from molmo_ros.backends.settings import DTYPES as SETTING_DTYPES
-from molmo_ros.backends.settings import BackendSettings
-from molmo_ros.engine.device import DTYPES, resolve_device, resolve_dtype
-from molmo_ros.engine.engine import MolmoEngine
-from molmo_ros.engine.errors import (
-    EngineError,
-    EngineOutOfMemoryError,
+from molmo_ros.backends.device import DTYPES, resolve_device, resolve_dtype
+from molmo_ros.backends.errors import (
+    BackendError,
+    DeviceOutOfMemoryError,
     IncompatibleCheckpointError,
     InvalidImageError,
     InvalidSettingError,
 )
+from molmo_ros.backends.molmoe.engine import MolmoEngine
+from molmo_ros.backends.settings import DTYPES as SETTING_DTYPES
+from molmo_ros.backends.settings import BackendSettings
 
 EOS = 50279
 
@@ -174,7 +174,7 @@ def test_out_of_memory_becomes_engine_out_of_memory_error(engine, reference_dir,
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(engine.model, "encode_images", exhausted)
-    with pytest.raises(EngineOutOfMemoryError, match="cpu.*bfloat16"):
+    with pytest.raises(DeviceOutOfMemoryError, match="cpu.*bfloat16"):
         engine.generate(image, [prompt])
 
 
@@ -195,22 +195,22 @@ def test_a_device_torch_cannot_use_is_refused_at_load_naming_the_setting(tmp_pat
 
 
 def test_empty_model_and_revision_mean_the_default_model_at_its_pinned_revision(monkeypatch):
-    from molmo_ros.engine import engine as engine_module
-    from molmo_ros.engine.defaults import DEFAULT_MODEL_ID, DEFAULT_REVISION, MODEL_ENV_VAR
+    from molmo_ros.backends.molmoe import engine as engine_module
+    from molmo_ros.backends.molmoe.defaults import DEFAULT_MODEL_ID, DEFAULT_REVISION, MODEL_ENV_VAR
 
     asked = {}
 
     def record_and_stop(model, revision, device, dtype, *, use_cache, cache_dir):
         asked.update(model=model, revision=revision, use_cache=use_cache, cache_dir=cache_dir)
-        raise EngineError("stop after recording what was asked for")
+        raise BackendError("stop after recording what was asked for")
 
     monkeypatch.setattr(engine_module, "load_checkpoint", record_and_stop)
     monkeypatch.delenv(MODEL_ENV_VAR, raising=False)
-    with pytest.raises(EngineError, match="stop after"):
+    with pytest.raises(BackendError, match="stop after"):
         MolmoEngine.load(BackendSettings(device="cpu"), cache_weights=False)
     assert asked == dict(model=DEFAULT_MODEL_ID, revision=DEFAULT_REVISION, use_cache=False, cache_dir=None)
     monkeypatch.setenv(MODEL_ENV_VAR, "acme/other-molmo")
-    with pytest.raises(EngineError, match="stop after"):
+    with pytest.raises(BackendError, match="stop after"):
         MolmoEngine.load(BackendSettings(device="cpu", revision="abc", cache_dir="/tmp/converted"))
     assert asked == dict(model="acme/other-molmo", revision="abc", use_cache=True, cache_dir="/tmp/converted")
 
@@ -222,7 +222,7 @@ def test_close_frees_the_model_and_later_calls_say_the_engine_is_closed(tiny_mod
     engine.generate(image, [prompt], max_new_tokens=2)
     engine.close()
     assert engine.closed and parameter() is None  # nothing in the engine keeps the weights alive
-    with pytest.raises(EngineError, match="closed"):
+    with pytest.raises(BackendError, match="closed"):
         engine.generate(image, [prompt], max_new_tokens=2)
     engine.close()  # a second close is harmless
 
@@ -262,7 +262,8 @@ def test_unsupported_preprocessor_settings_are_an_incompatible_checkpoint(tmp_pa
 def test_engine_package_errors_and_defaults_import_without_torch():
     """Code that only catches engine errors (the pointing service, the CLI's argument parsing) stays light."""
     code = (
-        "import sys; import molmo_ros.engine, molmo_ros.engine.errors, molmo_ros.engine.defaults; "
+        "import sys; import molmo_ros.backends.molmoe, molmo_ros.backends.errors, "
+        "molmo_ros.backends.molmoe.defaults; "
         "heavy = {'torch', 'transformers'} & set(sys.modules); assert not heavy, heavy"
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -14,15 +14,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from molmo_ros.backends.errors import GenerationCancelledError
 from molmo_ros.backends.interface import GenerationControl, Stage
-from molmo_ros.engine.config import MolmoConfig
-from molmo_ros.engine.engine import MolmoEngine
-from molmo_ros.engine.errors import GenerationCancelledError
-from molmo_ros.engine.fast_generation import FastGenerator, PrefixCache
-from molmo_ros.engine.generation import greedy_generate
-from molmo_ros.engine.key_mapping import load_reference_model
-from molmo_ros.engine.modeling import PADDING_ID, MolmoEForPointing
-from molmo_ros.engine.preprocessing import MolmoPreprocessor
+from molmo_ros.backends.molmoe.config import MolmoConfig
+from molmo_ros.backends.molmoe.engine import MolmoEngine
+from molmo_ros.backends.molmoe.fast_generation import FastGenerator, PrefixCache
+from molmo_ros.backends.molmoe.generation import greedy_generate
+from molmo_ros.backends.molmoe.key_mapping import load_reference_model
+from molmo_ros.backends.molmoe.modeling import PADDING_ID, MolmoEForPointing
+from molmo_ros.backends.molmoe.preprocessing import MolmoPreprocessor
 
 EOS = 50279
 IMAGE_END = 50281  # <im_end>: the image block, and with it the shared prefix, ends here

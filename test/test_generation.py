@@ -7,10 +7,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from molmo_ros.engine.config import MolmoConfig
-from molmo_ros.engine.generation import greedy_generate
-from molmo_ros.engine.key_mapping import load_reference_model
-from molmo_ros.engine.modeling import MolmoEForPointing
+from molmo_ros.backends.molmoe.config import MolmoConfig
+from molmo_ros.backends.molmoe.generation import greedy_generate
+from molmo_ros.backends.molmoe.key_mapping import load_reference_model
+from molmo_ros.backends.molmoe.modeling import MolmoEForPointing
 
 EOS = 50279
 MAX_NEW_TOKENS = 16

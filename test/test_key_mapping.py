@@ -8,15 +8,15 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from molmo_ros.engine.config import MolmoConfig
-from molmo_ros.engine.errors import IncompatibleCheckpointError
-from molmo_ros.engine.key_mapping import (
+from molmo_ros.backends.errors import IncompatibleCheckpointError
+from molmo_ros.backends.molmoe.config import MolmoConfig
+from molmo_ros.backends.molmoe.key_mapping import (
     check_reference_shapes,
     convert_reference_state_dict,
     expected_reference_shapes,
     load_reference_weights,
 )
-from molmo_ros.engine.modeling import MolmoEForPointing
+from molmo_ros.backends.molmoe.modeling import MolmoEForPointing
 
 
 @pytest.fixture(scope="module")

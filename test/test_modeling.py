@@ -21,10 +21,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from molmo_ros.engine.config import MolmoConfig
-from molmo_ros.engine.errors import IncompatibleCheckpointError
-from molmo_ros.engine.key_mapping import load_reference_model
-from molmo_ros.engine.modeling import MolmoEForPointing
+from molmo_ros.backends.errors import IncompatibleCheckpointError
+from molmo_ros.backends.molmoe.config import MolmoConfig
+from molmo_ros.backends.molmoe.key_mapping import load_reference_model
+from molmo_ros.backends.molmoe.modeling import MolmoEForPointing
 
 LOGITS_ATOL = 1e-4  # see the module docstring for the measurements behind each bound
 IMAGE_HIDDEN_ATOL = 2e-3

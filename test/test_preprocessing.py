@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from molmo_ros.engine.errors import IncompatibleCheckpointError, InvalidImageError
-from molmo_ros.engine.preprocessing import DROPPED_SLOT, MolmoPreprocessor, select_tiling
+from molmo_ros.backends.errors import IncompatibleCheckpointError, InvalidImageError
+from molmo_ros.backends.molmoe.preprocessing import DROPPED_SLOT, MolmoPreprocessor, select_tiling
 
 CASES = [f"case_{i:02d}" for i in range(7)]
 IMAGE_CASES = [case for case in CASES if case != "case_06"]

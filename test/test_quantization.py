@@ -22,13 +22,11 @@ from torchao.quantization import Int8Tensor
 from transformers import OlmoeConfig
 from transformers.models.olmoe.modeling_olmoe import OlmoeExperts
 
-from molmo_ros.backends.settings import BackendSettings
-from molmo_ros.cli import point as cli
-from molmo_ros.engine import checkpoint, checkpoint_source, weights_cache
-from molmo_ros.engine.config import MolmoConfig
-from molmo_ros.engine.fast_generation import FastGenerator
-from molmo_ros.engine.key_mapping import load_reference_model
-from molmo_ros.engine.quantization import (
+from molmo_ros.backends.molmoe import checkpoint, checkpoint_source, weights_cache
+from molmo_ros.backends.molmoe.config import MolmoConfig
+from molmo_ros.backends.molmoe.fast_generation import FastGenerator
+from molmo_ros.backends.molmoe.key_mapping import load_reference_model
+from molmo_ros.backends.molmoe.quantization import (
     int8_batched_linear,
     int8_batched_mm_experts_forward,
     int8_grouped_linear,
@@ -36,6 +34,8 @@ from molmo_ros.engine.quantization import (
     quantize_int8,
     quantized_weight_names,
 )
+from molmo_ros.backends.settings import BackendSettings
+from molmo_ros.cli import point as cli
 
 CPU = torch.device("cpu")
 UNIT_ROUNDOFF = 2.0**-24  # fp32
@@ -202,7 +202,7 @@ def test_eager_experts_are_refused_with_int8_weights_naming_the_choices(tiny_mod
 def test_fast_path_with_int8_experts_gives_the_eager_reference_tokens(tiny_model_dir, reference_dir):
     """The fast path's decode uses the graph-safe kernel (int8_batched_mm), the prefills int8_grouped_mm;
     run the CUDA settings (batch buckets, EOS checked every few steps) on the CPU, without the graph."""
-    from molmo_ros.engine.generation import greedy_generate
+    from molmo_ros.backends.molmoe.generation import greedy_generate
 
     model = load_tiny(tiny_model_dir, torch.float32, "int8")
     inputs = golden_inputs(reference_dir)

@@ -1,4 +1,4 @@
-"""`load_backend`: the one place that turns `engine.backend` into a loaded backend.
+"""`load_backend`: the one place that turns the backend setting into a loaded backend.
 
 Each branch imports its backend only when chosen, so a node running the openai backend never imports
 torch or transformers, and the molmoe backend never needs torchvision.
@@ -19,8 +19,8 @@ def load_backend(settings: BackendSettings) -> PointingBackend:
 
         return OpenAIChatBackend.load(settings)
     if settings.backend == "molmoe":
-        from molmo_ros.backends.molmoe import load_molmoe_backend
+        from molmo_ros.backends.molmoe.backend import load_molmoe_backend
 
         return load_molmoe_backend(settings)
     # BackendSettings checks its choices, so only a new entry in BACKENDS without a branch gets here.
-    raise ValueError(f"no loader for engine.backend {settings.backend!r}")
+    raise ValueError(f"no loader for backend {settings.backend!r}")

@@ -4,7 +4,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from molmo_ros.engine.errors import InvalidImageError, UnsupportedRequestError
+from molmo_ros.backends.errors import InvalidImageError, UnsupportedRequestError
 
 
 def check_images(images: Sequence[np.ndarray], max_images: int, backend: str) -> None:

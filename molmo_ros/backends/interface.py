@@ -1,7 +1,7 @@
 """The one seam between the pointing service and a model: images and prompts in, one text per prompt out.
 
 Torch-free on purpose: the pointing service, the ROS node and their tests import this without paying
-for torch. Every backend raises the error types of `molmo_ros.engine.errors`, so the service maps
+for torch. Every backend raises the error types of `molmo_ros.backends.errors`, so the service maps
 failures to answers the same way whatever runs the model.
 """
 
@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from molmo_ros.engine.errors import GenerationCancelledError
+from molmo_ros.backends.errors import GenerationCancelledError
 
 
 class Stage(IntEnum):

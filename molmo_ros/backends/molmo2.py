@@ -14,7 +14,6 @@ prompt (it expands the image placeholders of that prompt's text), which is CPU w
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -24,34 +23,29 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import (
-    LocalEntryNotFoundError,
-)
 from transformers import AutoModelForImageTextToText, AutoProcessor, StoppingCriteria, StoppingCriteriaList
 
+from molmo_ros.backends.device import (
+    out_of_memory_guard,
+    release_device_memory,
+    resolve_device,
+    resolve_dtype,
+)
+from molmo_ros.backends.errors import IncompatibleCheckpointError
+from molmo_ros.backends.families import MOLMO2, check_family
+from molmo_ros.backends.hub import fetch_snapshot, weights_not_found
 from molmo_ros.backends.images import check_images
 from molmo_ros.backends.interface import BackendAnswer, GenerationControl, Stage
-from molmo_ros.backends.settings import BackendSettings
-from molmo_ros.engine.checkpoint_source import (
-    download_failure_reason,
-    hub_cache_dir,
-    hub_endpoint,
-    hub_unavailable_reason,
-)
-from molmo_ros.engine.device import out_of_memory_guard, release_device_memory, resolve_device, resolve_dtype
-from molmo_ros.engine.errors import IncompatibleCheckpointError, WeightsNotFoundError
+from molmo_ros.backends.settings import BackendSettings, DefaultModel, chosen_model
 
 log = logging.getLogger(__name__)
 
-MODEL_ENV_VAR = "MOLMO_MODEL"
-# The smallest Molmo2 (Qwen3-4B): about 10 GB of bfloat16 weights, the one that fits the most GPUs.
-DEFAULT_MODEL_ID = "allenai/Molmo2-4B"
-# No commit of the Molmo2 repositories could be verified from where this was written (no network to the
-# hub, and no public source named one), so the default follows the repository's main branch. Pin
-# engine.revision to a commit for reproducible answers.
-DEFAULT_REVISION = "main"
-MOLMO2_MODEL_TYPE = "molmo2"
+# The smallest Molmo2 (Qwen3-4B): about 10 GB of bfloat16 weights, the one that fits the most GPUs. No
+# commit of the Molmo2 repositories could be verified from where this was written (no network to the
+# hub, and no public source named one), so the default follows the repository's main branch; pin the
+# revision setting to a commit for reproducible answers.
+DEFAULT_MODEL = DefaultModel(family="Molmo2", model_id="allenai/Molmo2-4B", revision="main")
+SUPPORTED = "allenai/Molmo2-4B, -8B or -O-7B"
 # Molmo2 was trained on multi-image inputs. 8 frames covers a robot's camera set, and even 8 frames of
 # 1920x1080 (9 crops, 1162 image tokens each with the processor's defaults) stay near 9,300 tokens, well
 # inside the 36,864 positions of Molmo2's text model.
@@ -117,8 +111,8 @@ class Molmo2Backend:
 
     @classmethod
     def load(cls, settings: BackendSettings) -> "Molmo2Backend":
-        model_id = settings.model or os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL_ID
-        revision = settings.revision or DEFAULT_REVISION
+        model_id = chosen_model(settings.model, DEFAULT_MODEL)
+        revision = settings.revision or DEFAULT_MODEL.revision
         directory = resolve_checkpoint(model_id, revision)
         check_model_type(directory, model_id)
         device = resolve_device(settings.device)
@@ -135,7 +129,9 @@ class Molmo2Backend:
                 quantize_int8(model)
             model = model.to(device).eval()
         name = (
-            model_id if revision == DEFAULT_REVISION or Path(model_id).is_dir() else f"{model_id}@{revision}"
+            model_id
+            if revision == DEFAULT_MODEL.revision or Path(model_id).is_dir()
+            else f"{model_id}@{revision}"
         )
         log.info(
             "molmo2: loaded %s on %s in %s%s",
@@ -235,49 +231,32 @@ def resolve_checkpoint(model_id: str, revision: str) -> Path:
     """A local checkpoint directory as is, or the hub snapshot of `model_id` at `revision` (cache first)."""
     path = Path(model_id).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file() or not any(path.glob(f"*{WEIGHT_SUFFIX}")):
-            raise WeightsNotFoundError(
-                f"No Molmo2 weights found: the directory {path} lacks config.json or *{WEIGHT_SUFFIX} "
-                f"weights. {_fix_hint(model_id, None)}"
+        if not _is_complete(path):
+            raise weights_not_found(
+                DEFAULT_MODEL,
+                f"the directory {path} lacks config.json or *{WEIGHT_SUFFIX} weights",
+                model_id,
+                None,
             )
         return path.resolve()
     if path.exists() or model_id.count("/") != 1 or model_id.startswith((".", "/", "~")):
-        raise WeightsNotFoundError(
-            f"No Molmo2 weights found: {model_id!r} is neither a checkpoint directory nor a Hugging Face "
-            f"model id (owner/name). {_fix_hint(model_id, None)}"
-        )
-    cache_dir = hub_cache_dir()
-    try:
-        return Path(
-            snapshot_download(
-                model_id,
-                revision=revision,
-                cache_dir=cache_dir,
-                allow_patterns=list(DOWNLOAD_PATTERNS),
-                local_files_only=True,
-            )
-        )
-    except (LocalEntryNotFoundError, OSError):
-        pass
-    unavailable = hub_unavailable_reason(model_id, revision, cache_dir)
-    if unavailable is not None:
-        raise WeightsNotFoundError(
-            f"No Molmo2 weights found: {unavailable}. " + _fix_hint(model_id, revision)
-        )
-    endpoint = hub_endpoint()
-    try:
-        snapshot = snapshot_download(
+        raise weights_not_found(
+            DEFAULT_MODEL,
+            f"{model_id!r} is neither a checkpoint directory nor a Hugging Face model id (owner/name)",
             model_id,
-            revision=revision,
-            cache_dir=cache_dir,
-            allow_patterns=list(DOWNLOAD_PATTERNS),
-            endpoint=endpoint,
+            None,
         )
-    except Exception as error:
-        reason = download_failure_reason(error, model_id, revision)
-    else:
-        return Path(snapshot)
-    raise WeightsNotFoundError(f"No Molmo2 weights found: {reason}. {_fix_hint(model_id, revision)}")
+    return fetch_snapshot(
+        model_id,
+        revision,
+        DEFAULT_MODEL,
+        patterns=lambda files: list(DOWNLOAD_PATTERNS),
+        is_complete=_is_complete,
+    )
+
+
+def _is_complete(directory: Path) -> bool:
+    return (directory / "config.json").is_file() and any(directory.glob(f"*{WEIGHT_SUFFIX}"))
 
 
 def check_model_type(directory: Path, model_id: str) -> None:
@@ -286,29 +265,4 @@ def check_model_type(directory: Path, model_id: str) -> None:
         config = json.loads((directory / "config.json").read_text())
     except (OSError, ValueError) as error:
         raise IncompatibleCheckpointError(f"{model_id}: cannot read config.json ({error})") from error
-    model_type = config.get("model_type", "")
-    if model_type == MOLMO2_MODEL_TYPE:
-        return
-    architectures = ", ".join(config.get("architectures") or []) or "none listed"
-    found = (
-        f"{model_id} is not a Molmo2 checkpoint (model_type {model_type!r}, architectures {architectures})"
-    )
-    if model_type == "molmo" and (config.get("moe_num_experts") or config.get("block_type") == "moe"):
-        raise IncompatibleCheckpointError(f"{found}: it is MolmoE; run it with engine.backend molmoe.")
-    if model_type == "molmo":
-        raise IncompatibleCheckpointError(
-            f"{found}: it is Molmo (0924); serve it with vLLM and use engine.backend openai."
-        )
-    raise IncompatibleCheckpointError(
-        f"{found}; engine.backend molmo2 needs allenai/Molmo2-4B, -8B or -O-7B."
-    )
-
-
-def _fix_hint(model_id: str, revision: str | None) -> str:
-    hub = f"{model_id} at {revision}" if revision else f"{DEFAULT_MODEL_ID} at {DEFAULT_REVISION}"
-    return (
-        "To fix: set engine.model (CLI --model, or environment variable "
-        f"{MODEL_ENV_VAR}) to a local Molmo2 checkpoint directory, or let {hub} be found in the Hugging "
-        "Face cache: set HF_HOME to a cache that already holds it, or go online (unset HF_HUB_OFFLINE) so it "
-        "can be downloaded once."
-    )
+    check_family(config, MOLMO2, model_id, SUPPORTED)

@@ -1,12 +1,12 @@
 """The `openai` backend: any OpenAI-compatible chat-completions server, such as vLLM serving Molmo2.
 
 One GPU server shared by a fleet batches the requests of many robots, which a local model cannot; so this
-backend lets several calls run at once (`engine.max_in_flight`). Frames travel as base64 data URLs in one
+backend lets several calls run at once (the max_in_flight setting). Frames travel as base64 data URLs in one
 user message (images first, then the prompt, as Molmo2's chat template orders them). The model answers in
 fractions of the image it saw, so a frame downscaled before sending still gives points in the original
 frame's pixels. httpx does the HTTP; this module only builds the request and reads the reply.
 
-The API key is read from the environment variable whose NAME is `engine.api_key_env`; it goes only into
+The API key is read from the environment variable whose NAME is the api_key_env setting; it goes only into
 the Authorization header, and every message this module writes has it removed.
 """
 
@@ -19,14 +19,13 @@ import httpx
 import numpy as np
 import PIL.Image
 
+from molmo_ros.backends.errors import ServerResponseError, ServerUnavailableError
 from molmo_ros.backends.images import check_images
 from molmo_ros.backends.interface import BackendAnswer, GenerationControl, Stage
-from molmo_ros.backends.settings import BackendSettings
-from molmo_ros.engine.errors import ServerResponseError, ServerUnavailableError
+from molmo_ros.backends.settings import BackendSettings, DefaultModel, backend_setting, chosen_model
 
-MODEL_ENV_VAR = "MOLMO_MODEL"
 # What `vllm serve allenai/Molmo2-8B` serves under when no --served-model-name is given.
-DEFAULT_SERVED_MODEL = "allenai/Molmo2-8B"
+DEFAULT_SERVED_MODEL = DefaultModel(family="served Molmo", model_id="allenai/Molmo2-8B")
 # Molmo2 was trained on multi-image prompts; 8 covers a robot's cameras. The server must allow as many
 # (vLLM: --limit-mm-per-prompt '{"image": 8}').
 MAX_IMAGES_PER_PROMPT = 8
@@ -36,17 +35,23 @@ ERROR_BODY_CHARS = 200  # how much of a server's error reply goes into our messa
 CHAT_COMPLETIONS_PATH = "/chat/completions"
 _MIME_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
 _RETRIED_STATUS = 500  # 5xx: the server's fault, worth another try; 4xx: ours, never retried
+# What to check after an HTTP error, and the setting it concerns.
+_STATUS_HINTS = {
+    401: ("; check the API key", "api_key_env"),
+    403: ("; check the API key", "api_key_env"),
+    404: ("; check the served model name", "model"),
+}
 
 
 class OpenAIChatBackend:
-    """Sends each prompt with its images to `engine.url` and returns the text of the first choice."""
+    """Sends each prompt with its images to the server at the url setting; answers its first choice's text."""
 
     name = "openai"
     max_images = MAX_IMAGES_PER_PROMPT
 
     def __init__(self, settings: BackendSettings, transport: httpx.BaseTransport | None = None) -> None:
         self.url = settings.url.rstrip("/")
-        self.model_name = settings.model or os.environ.get(MODEL_ENV_VAR) or DEFAULT_SERVED_MODEL
+        self.model_name = chosen_model(settings.model, DEFAULT_SERVED_MODEL)
         self.max_concurrent_calls = settings.max_in_flight
         self._settings = settings
         self._api_key = os.environ.get(settings.api_key_env, "")
@@ -116,10 +121,10 @@ class OpenAIChatBackend:
         return f"data:{_MIME_TYPES[image_format]};base64,{encoded}"
 
     def _post(self, body: dict, control: GenerationControl) -> httpx.Response:
-        """The server's 2xx reply; retries connection errors and 5xx up to `engine.max_retries` times.
+        """The server's 2xx reply; retries connection errors and 5xx up to max_retries times.
 
         A cancelled call stops before its next attempt and during a backoff; an attempt already sent
-        waits for the server's answer, at most engine.request_timeout."""
+        waits for the server's answer, at most request_timeout."""
         endpoint = self.url + CHAT_COMPLETIONS_PATH
         delay = FIRST_RETRY_DELAY_S
         attempts = self._settings.max_retries + 1
@@ -131,14 +136,16 @@ class OpenAIChatBackend:
             except httpx.TimeoutException as error:
                 raise ServerUnavailableError(
                     f"{endpoint} did not answer within {self._settings.request_timeout:g} s "
-                    f"({type(error).__name__}); raise engine.request_timeout or check the server's load"
+                    f"({type(error).__name__}); raise the request_timeout setting or check the server's load",
+                    [backend_setting("request_timeout")],
                 ) from None
             except httpx.TransportError as error:
                 if last_try:
                     raise ServerUnavailableError(
                         f"cannot reach {endpoint} after {attempts} attempt(s): "
-                        f"{self._redact(str(error)) or type(error).__name__}; check engine.url and that "
-                        "the server is running"
+                        f"{self._redact(str(error)) or type(error).__name__}; check the url setting and that "
+                        "the server is running",
+                        [backend_setting("url")],
                     ) from None
             else:
                 if response.status_code < _RETRIED_STATUS or last_try:
@@ -148,11 +155,11 @@ class OpenAIChatBackend:
         if response.is_success:
             return response
         retried = f" after {attempts} attempt(s)" if response.status_code >= _RETRIED_STATUS else ""
+        hint, setting = _STATUS_HINTS.get(response.status_code, ("", None))
         raise ServerResponseError(
             f"{endpoint} answered HTTP {response.status_code}{retried}: "
-            f"{self._redact(response.text[:ERROR_BODY_CHARS])!r}"
-            + (" (check engine.api_key_env)" if response.status_code in (401, 403) else "")
-            + (" (check engine.model, the served model name)" if response.status_code == 404 else "")
+            f"{self._redact(response.text[:ERROR_BODY_CHARS])!r}{hint}",
+            [backend_setting(setting)] if setting else [],
         )
 
     def _answer_text(self, response: httpx.Response) -> tuple[str, int]:

@@ -4,11 +4,13 @@ Torch-free, so the node can declare its parameters and the CLI parse its argumen
 model stack. Settings a backend does not use are ignored by it (a server backend has no dtype).
 """
 
+import os
 from dataclasses import dataclass
 
-from molmo_ros.settings_fields import check_setting_bounds, setting
+from molmo_ros.settings_fields import SettingRef, check_setting_bounds, setting
 
 BACKENDS = ("molmoe", "molmo2", "openai")
+MODEL_ENV_VAR = "MOLMO_MODEL"  # the model when the model setting is empty
 DEVICES_HELP = "auto (CUDA if present, else CPU), cpu, cuda or cuda:N"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "int8")
@@ -25,7 +27,7 @@ class BackendSettings:
     model: str = setting(
         "",
         "Hugging Face model id or local checkpoint directory (molmoe, molmo2), or the served model name "
-        "(openai). Empty: $MOLMO_MODEL, else the backend's default model.",
+        f"(openai). Empty: ${MODEL_ENV_VAR}, else the backend's default model.",
     )
     revision: str = setting(
         "", "Commit of a Hugging Face model id; empty means the backend's pinned default."
@@ -78,3 +80,22 @@ class BackendSettings:
                 "holds the weights and quantizes them itself (vLLM: its --quantization and --dtype "
                 "options); set quantization to none"
             )
+
+
+@dataclass(frozen=True)
+class DefaultModel:
+    """A backend's model when none is set: its family (for messages), model id and pinned revision."""
+
+    family: str
+    model_id: str
+    revision: str = ""
+
+
+def chosen_model(model_setting: str, default: DefaultModel) -> str:
+    """The one resolution of every backend's model: the setting, else $MOLMO_MODEL, else the default."""
+    return model_setting or os.environ.get(MODEL_ENV_VAR) or default.model_id
+
+
+def backend_setting(field_name: str) -> SettingRef:
+    """A reference to one of these settings, for an error message about it."""
+    return SettingRef(BackendSettings, field_name)

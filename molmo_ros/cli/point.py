@@ -23,19 +23,18 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from molmo_ros.backends.errors import BackendError, WeightsNotFoundError
+from molmo_ros.backends.interface import GenerationControl
 from molmo_ros.backends.settings import BackendSettings
-from molmo_ros.cli.depth_inputs import (
-    DepthInput,
-    DepthInputError,
-    add_depth_arguments,
-    describe_lifted,
-    lifted_to_json,
-    load_depth_input,
-)
-from molmo_ros.drawing import draw_points
-from molmo_ros.engine.errors import EngineError, InvalidImageError, WeightsNotFoundError
-from molmo_ros.geometry import PixelPoint, to_pixels
-from molmo_ros.parsing import parse_answer
+from molmo_ros.cli.depth_options import add_depth_arguments, describe_lifted, lifted_to_json, load_depth_input
+from molmo_ros.depth.errors import DepthError
+from molmo_ros.depth.lifting import LiftedPoint
+from molmo_ros.depth.pairing import PairedDepth
+from molmo_ros.depth.settings import DepthSettings
+from molmo_ros.drawing import LabelledPoint, draw_points
+from molmo_ros.pointing.answer import ViewInput, ask_model, pointing_outcome
+from molmo_ros.pointing.errors import ErrorCode, PointingError
+from molmo_ros.pointing.outcomes import PointingOutcome, View
 from molmo_ros.prompts import (
     CAPTION_PROMPT,
     OCR_PROMPT,
@@ -43,7 +42,7 @@ from molmo_ros.prompts import (
     POINT_TEMPLATE,
     make_point_prompt,
 )
-from molmo_ros.settings_fields import setting_specs
+from molmo_ros.settings_fields import SettingRef, setting_specs, worded
 
 TASKS = ("point", "ask", "caption", "ocr")
 EXIT_OK, EXIT_ENGINE_ERROR, EXIT_USAGE, EXIT_NO_WEIGHTS = 0, 1, 2, 3
@@ -153,7 +152,18 @@ def describe_backend(backend: object, settings: BackendSettings) -> dict[str, st
     }
 
 
-def _point_dict(point: PixelPoint) -> dict[str, object]:
+def option_name(ref: SettingRef) -> str | None:
+    """The command-line option of a setting an error is about (only the engine's settings have one)."""
+    if ref.settings_class is not BackendSettings:
+        return None
+    return "--" + ref.field_name.replace("_", "-")
+
+
+def with_option_names(error: BaseException) -> str:
+    return worded(error, option_name, "option")
+
+
+def _point_dict(point: LabelledPoint) -> dict[str, object]:
     return {"x": point.x, "y": point.y, "label": point.label}
 
 
@@ -167,87 +177,135 @@ def main(argv: Sequence[str] | None = None) -> int:
         prompt = build_prompt(task, args)
         pixels = read_image(args.image)
         depth = load_depth_input(args, pixels.shape[1], pixels.shape[0])
-        return _run(task, prompt, pixels, args, depth)
-    except (UsageError, DepthInputError) as error:
+        settings = backend_settings(args)
+        answer, about, timings = _ask(settings, pixels, prompt)
+        outcome = _outcome(args.query or prompt, prompt, answer, pixels, depth, timings["answer_s"])
+        _write_drawing(args, outcome, pixels)
+    except (UsageError, DepthError) as error:
         print(f"molmo-point: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except WeightsNotFoundError as error:
+        print(f"molmo-point: {with_option_names(error)}", file=sys.stderr)
+        return EXIT_NO_WEIGHTS
+    except PointingError as error:
+        if error.code is ErrorCode.BAD_IMAGE:
+            print(f"molmo-point: cannot use {args.image}: {with_option_names(error)}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"molmo-point: {with_option_names(error)}", file=sys.stderr)
+        return EXIT_ENGINE_ERROR
+    except BackendError as error:
+        print(f"molmo-point: {type(error).__name__}: {with_option_names(error)}", file=sys.stderr)
+        return EXIT_ENGINE_ERROR
+    report = _report(task, prompt, answer, outcome, args, timings, about, with_depth=depth is not None)
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        _print_text(task, outcome, report)
+    return EXIT_OK
 
 
-def _run(
-    task: str, prompt: str, pixels: np.ndarray, args: argparse.Namespace, depth: DepthInput | None
-) -> int:
+def _ask(
+    settings: BackendSettings, pixels: np.ndarray, prompt: str
+) -> tuple[str, dict[str, str | None], dict[str, float]]:
+    """The model's answer, what answered, and how long loading and answering took."""
     from molmo_ros.backends.factory import load_backend
 
-    settings = backend_settings(args)
+    started = time.perf_counter()
+    backend = load_backend(settings)
+    about = describe_backend(backend, settings)
+    loaded = time.perf_counter()
     try:
-        started = time.perf_counter()
-        backend = load_backend(settings)
-        about = describe_backend(backend, settings)
-        loaded = time.perf_counter()
-        try:
-            result = backend.generate([pixels], [prompt])
-        finally:
-            backend.close()
-        answered = time.perf_counter()
-    except WeightsNotFoundError as error:
-        print(f"molmo-point: {error}", file=sys.stderr)
-        return EXIT_NO_WEIGHTS
-    except InvalidImageError as error:
-        raise UsageError(f"the model cannot use {args.image}: {error}") from error
-    except EngineError as error:
-        print(f"molmo-point: {type(error).__name__}: {error}", file=sys.stderr)
-        return EXIT_ENGINE_ERROR
+        answer = ask_model(backend, [pixels], prompt, GenerationControl())
+    finally:
+        backend.close()
+    return answer, about, {"load_s": loaded - started, "answer_s": time.perf_counter() - loaded}
 
-    answer = result.texts[0]
+
+def _outcome(
+    query: str, prompt: str, answer: str, pixels: np.ndarray, depth: PairedDepth | None, seconds: float
+) -> PointingOutcome:
+    """The answer's points in the image's pixels, lifted with --depth: the node's own answer path."""
     height, width = pixels.shape[:2]
-    parsed = parse_answer(answer)
-    located = to_pixels(parsed.points, width, height)
-    lifted = None if depth is None else depth.lift(located.inside)
-    if args.output is not None:
-        try:
-            title = args.query or prompt
-            PIL.Image.fromarray(draw_points(pixels, located.inside, title)).save(args.output, format="PNG")
-        except OSError as error:
-            raise UsageError(f"cannot write {args.output}: {error}") from error
+    view = View(camera="", stamp_ns=0, frame_id="", width=width, height=height)
+    return pointing_outcome(
+        query=query,
+        prompt=prompt,
+        text=answer,
+        inputs=[ViewInput(view, depth)],
+        depth_settings=DepthSettings(),
+        require_depth=False,
+        model_seconds=seconds,
+        frame_age_seconds=0.0,
+        images=[pixels],
+    )
 
-    timings = {"load_s": loaded - started, "answer_s": answered - loaded}
-    if args.format == "json":
-        report = {
-            "task": task,
-            "prompt": prompt,
-            "answer": answer,
-            "texts": result.texts,
-            "points": [_point_dict(point) for point in located.inside],
-            "points_3d": None if lifted is None else lifted_to_json(lifted),
-            "dropped_points": [_point_dict(point) for point in located.outside],
-            "malformed": parsed.malformed,
-            "problems": list(parsed.problems),
-            "image": {"path": str(args.image), "width": width, "height": height},
-            "output": None if args.output is None else str(args.output),
-            "timings": timings,
-            "backend": about,
-        }
-        print(json.dumps(report, indent=2))
-        return EXIT_OK
 
-    print(answer)
-    if located.inside:
-        print(f"{len(located.inside)} point(s) in pixels (x, y) of the {width}x{height} image:")
-        for number, point in enumerate(located.inside, start=1):
+def _write_drawing(args: argparse.Namespace, outcome: PointingOutcome, pixels: np.ndarray) -> None:
+    if args.output is None:
+        return
+    try:
+        drawn = draw_points(pixels, outcome.points, outcome.query)
+        PIL.Image.fromarray(drawn).save(args.output, format="PNG")
+    except OSError as error:
+        raise UsageError(f"cannot write {args.output}: {error}") from error
+
+
+def _report(
+    task: str,
+    prompt: str,
+    answer: str,
+    outcome: PointingOutcome,
+    args: argparse.Namespace,
+    timings: dict[str, float],
+    about: dict[str, str | None],
+    with_depth: bool,
+) -> dict[str, object]:
+    """Everything the JSON output holds (the text output says the same in words)."""
+    return {
+        "task": task,
+        "prompt": prompt,
+        "answer": answer,
+        "texts": [answer],
+        "points": [_point_dict(point) for point in outcome.points],
+        "points_3d": lifted_to_json(_lifted(outcome)) if with_depth else None,
+        "dropped_points": [_point_dict(point) for point in outcome.outside_points],
+        "malformed": outcome.answer_malformed,
+        "problems": list(outcome.parse_problems),
+        "image": {"path": str(args.image), "width": outcome.view.width, "height": outcome.view.height},
+        "output": None if args.output is None else str(args.output),
+        "timings": timings,
+        "backend": about,
+    }
+
+
+def _lifted(outcome: PointingOutcome) -> list[LiftedPoint]:
+    """Every point lifted: --depth was checked against the image before the model ran, so a view
+    with depth never loses it here."""
+    lifted = [point.depth for point in outcome.points]
+    assert all(point is not None for point in lifted), outcome.view.depth
+    return lifted
+
+
+def _print_text(task: str, outcome: PointingOutcome, report: dict) -> None:
+    print(outcome.raw_text)
+    view = outcome.view
+    if outcome.points:
+        print(f"{len(outcome.points)} point(s) in pixels (x, y) of the {view.width}x{view.height} image:")
+        for number, point in enumerate(outcome.points, start=1):
             print(f"  {number}. {point.x:.1f} {point.y:.1f}" + (f"  {point.label}" if point.label else ""))
-        if lifted is not None:
+        if report["points_3d"] is not None:
             print("in metres, in the camera's optical frame (x right, y down, z forward):")
-            print("\n".join(describe_lifted(lifted)))
-    elif task == "point" and not located.outside:
+            print("\n".join(describe_lifted(_lifted(outcome))))
+    elif task == "point" and not outcome.outside_points:
         print("no points in the answer")
-    if located.outside:
-        print(f"{len(located.outside)} point(s) in the answer lie outside the image and were dropped")
-    if parsed.malformed:
-        print("the answer was not well formed: " + "; ".join(parsed.problems))
+    if outcome.outside_points:
+        print(f"{len(outcome.outside_points)} point(s) in the answer lie outside the image and were dropped")
+    if outcome.answer_malformed:
+        print("the answer was not well formed: " + "; ".join(outcome.parse_problems))
+    about, timings = report["backend"], report["timings"]
     where = ", ".join(str(value) for key, value in about.items() if key != "name" and value is not None)
     took = f"loaded in {timings['load_s']:.2f} s, answered in {timings['answer_s']:.2f} s"
     print(f"[{about['name']}: {where}; {took}]", file=sys.stderr)
-    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -23,9 +23,10 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
-from molmo_ros.depth import MILLIMETRES, camera_info_topic_beside
+from molmo_ros.depth.images import MILLIMETRES
 from molmo_ros.image_conversion import rgb_to_raw
 from molmo_ros.nodes.runner import CONFIGURATION_ERRORS, run_node
+from molmo_ros.pointing.settings import camera_info_topic_beside
 from molmo_ros.resources import share_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")

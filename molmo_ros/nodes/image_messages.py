@@ -1,5 +1,5 @@
-"""sensor_msgs images, depth and CameraInfo to the pointing service's inputs; decoding is deferred until
-the model (or the lifting) needs the pixels."""
+"""sensor_msgs images, depth and CameraInfo to the pointing service's inputs (frames, depth frames, camera
+models); decoding is deferred until the model (or the lifting) needs the pixels."""
 
 from collections.abc import Callable
 
@@ -7,10 +7,13 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo as CameraInfoMsg
 from sensor_msgs.msg import CompressedImage, Image
 
-from molmo_ros.depth import read_depth
+from molmo_ros.depth.camera import CameraModel
+from molmo_ros.depth.errors import DepthError
+from molmo_ros.depth.images import read_depth
+from molmo_ros.depth.pairing import DepthFrame
 from molmo_ros.image_conversion import compressed_to_rgb, raw_to_rgb
 from molmo_ros.nodes.messages import stamp_ns
-from molmo_ros.pointing.frames import CameraInfo, DepthFrame, Frame
+from molmo_ros.pointing.frames import Frame
 
 
 def _frame(
@@ -43,26 +46,26 @@ def frame_from_compressed(message: CompressedImage, camera: str, received_ns: in
     return _frame(message, camera, received_ns, lambda: compressed_to_rgb(message.data, message.format))
 
 
-def camera_info(message: CameraInfoMsg) -> CameraInfo:
-    return CameraInfo(
-        frame_id=message.header.frame_id,
-        width=message.width,
-        height=message.height,
-        distortion_model=message.distortion_model,
-        d=tuple(float(value) for value in message.d),
-        k=tuple(float(value) for value in message.k),
-        p=tuple(float(value) for value in message.p),
-    )
+def camera_model(message: CameraInfoMsg) -> CameraModel | DepthError:
+    """The camera model of a CameraInfo, or why it cannot be used (said with the points it would lift)."""
+    try:
+        return CameraModel.from_camera_info(
+            message.width,
+            message.height,
+            message.distortion_model,
+            [float(value) for value in message.d],
+            [float(value) for value in message.k],
+            [float(value) for value in message.p],
+        )
+    except DepthError as error:
+        return error
 
 
-def depth_frame(message: Image, camera: str, scale: float | None) -> DepthFrame:
+def depth_frame(message: Image, scale: float | None) -> DepthFrame:
     """Kept undecoded: most depth frames are never used, and the one used is read only where needed."""
     return DepthFrame(
-        camera=camera,
         stamp_ns=stamp_ns(message.header.stamp),
         frame_id=message.header.frame_id,
-        width=message.width,
-        height=message.height,
         decode=lambda: read_depth(
             message.data,
             message.encoding,

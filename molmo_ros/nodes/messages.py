@@ -8,8 +8,12 @@ from geometry_msgs.msg import PointStamped, Pose, Vector3
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
+from molmo_ros.depth.pairing import DepthMissing
 from molmo_ros.msg import CameraView, PointingResult
-from molmo_ros.pointing.outcomes import PointingOutcome, View
+from molmo_ros.nodes.parameters import said_with_parameters
+from molmo_ros.pointing.outcomes import DepthUsed, PointingOutcome, View
+from molmo_ros.pointing.settings import CameraSettings
+from molmo_ros.settings_fields import SettingRef
 
 NANOSECONDS = 1_000_000_000
 MARKER_DIAMETER_M = 0.03
@@ -30,6 +34,23 @@ def view_header(view: View) -> Header:
     return Header(stamp=stamp(view.stamp_ns), frame_id=view.frame_id)
 
 
+def depth_status(view: View) -> str:
+    """Empty when the view's points were lifted with depth, else why not, naming the parameters."""
+    if isinstance(view.depth, DepthUsed):
+        return ""
+    if isinstance(view.depth, DepthMissing):
+        return said_with_parameters(view.depth.reason, view.depth.settings)
+    return said_with_parameters(
+        "no depth topic configured", [SettingRef(CameraSettings, "depth_topic", view.camera)]
+    )
+
+
+def depth_stamp(view: View) -> Time:
+    """The stamp of the depth frame used; zero when none was."""
+    used = isinstance(view.depth, DepthUsed) and view.depth.stamp_ns is not None
+    return stamp(view.depth.stamp_ns if used else 0)
+
+
 def result_message(outcome: PointingOutcome) -> PointingResult:
     first = outcome.view
     points_3d, valid, spread = [], [], []
@@ -37,7 +58,7 @@ def result_message(outcome: PointingOutcome) -> PointingResult:
         position = point.position_m
         valid.append(position is not None)
         points_3d.append(PointMsg(x=position[0], y=position[1], z=position[2]) if position else PointMsg())
-        spread.append(point.depth_spread_m if position else math.nan)
+        spread.append(point.depth.spread if position else math.nan)
     return PointingResult(
         header=view_header(first),
         camera=first.camera,
@@ -53,8 +74,8 @@ def result_message(outcome: PointingOutcome) -> PointingResult:
                 camera=view.camera,
                 image_width=view.width,
                 image_height=view.height,
-                depth_stamp=stamp(view.depth_stamp_ns),
-                depth_status=view.depth_status,
+                depth_stamp=depth_stamp(view),
+                depth_status=depth_status(view),
             )
             for view in outcome.views
         ],
@@ -72,9 +93,9 @@ def result_message(outcome: PointingOutcome) -> PointingResult:
 
 def summary(outcome: PointingOutcome) -> str:
     parts = [f"{len(outcome.points)} point(s)"]
-    if any(view.depth_configured for view in outcome.views):
+    if any(view.depth is not None for view in outcome.views):
         parts.append(f"{sum(point.position_m is not None for point in outcome.points)} with depth")
-    statuses = {view.depth_status for view in outcome.views if view.depth_status and view.depth_configured}
+    statuses = {depth_status(view) for view in outcome.views if isinstance(view.depth, DepthMissing)}
     if statuses:
         parts.append("no depth: " + "; ".join(sorted(statuses)))
     if outcome.points_outside_image:

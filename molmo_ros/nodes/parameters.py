@@ -14,7 +14,18 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from molmo_ros.settings_fields import SettingSpec, check_setting_bounds, setting, setting_specs
+from molmo_ros.backends.settings import BackendSettings
+from molmo_ros.depth.settings import DepthSettings
+from molmo_ros.pointing.settings import CameraSettings, PointingSettings
+from molmo_ros.settings_fields import (
+    SettingRef,
+    SettingSpec,
+    check_setting_bounds,
+    setting,
+    setting_specs,
+    with_setting_names,
+    worded,
+)
 
 SettingsT = TypeVar("SettingsT")
 QOS_CHOICES = ("sensor_data", "reliable")
@@ -119,3 +130,42 @@ def float_parameter_names(*specs_sources: tuple[type, str]) -> set[str]:
         for spec in setting_specs(settings_class, prefix)
         if isinstance(spec.default, float)
     }
+
+
+# Every settings class whose fields are parameters, with its parameter prefix (cameras.<name>.* are
+# declared at configure, once camera_names is known).
+SETTINGS: tuple[tuple[type, str], ...] = (
+    (NodeSettings, ""),
+    (PointingSettings, ""),
+    (DepthSettings, ""),
+    (BackendSettings, "engine."),
+)
+
+
+def camera_prefix(camera: str) -> str:
+    return f"cameras.{camera}."
+
+
+def parameter_name(ref: SettingRef) -> str | None:
+    """The ROS parameter a setting is, e.g. engine.device or cameras.front.depth_topic."""
+    if ref.settings_class is CameraSettings:
+        prefix = camera_prefix(ref.scope or "<name>")
+    else:
+        prefix = dict(SETTINGS).get(ref.settings_class)
+        if prefix is None:
+            return None
+    return next(
+        spec.parameter
+        for spec in setting_specs(ref.settings_class, prefix)
+        if spec.field_name == ref.field_name
+    )
+
+
+def with_parameter_names(error: BaseException) -> str:
+    """The error's message with the parameters it is about, e.g. "... (parameter max_frame_age)"."""
+    return worded(error, parameter_name, "parameter")
+
+
+def said_with_parameters(message: str, refs: Sequence[SettingRef]) -> str:
+    """`message` with the parameters `refs` name (see `with_parameter_names`)."""
+    return with_setting_names(message, refs, parameter_name, "parameter")

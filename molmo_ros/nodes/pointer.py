@@ -36,30 +36,33 @@ from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
 from molmo_ros.action import Point as PointAction
+from molmo_ros.backends.errors import BackendError
 from molmo_ros.backends.interface import PointingBackend, Stage
 from molmo_ros.backends.settings import BackendSettings
-from molmo_ros.depth import DepthSettings
+from molmo_ros.depth.settings import DepthSettings
 from molmo_ros.drawing import draw_points
-from molmo_ros.engine.errors import EngineError
 from molmo_ros.image_conversion import rgb_to_raw
 from molmo_ros.msg import PointingResult
 from molmo_ros.nodes import messages
-from molmo_ros.nodes.image_messages import camera_info, depth_frame, frame_from_compressed, frame_from_image
+from molmo_ros.nodes.image_messages import camera_model, depth_frame, frame_from_compressed, frame_from_image
 from molmo_ros.nodes.parameters import (
+    SETTINGS,
     NodeSettings,
+    camera_prefix,
     declare_setting_parameters,
     float_parameter_names,
     read_settings,
     runtime_specs,
     setting_value,
     to_float_parameters,
+    with_parameter_names,
 )
 from molmo_ros.nodes.runner import CONFIGURATION_ERRORS, run_node
 from molmo_ros.nodes.throttled_log import ThrottledErrorLog
 from molmo_ros.pointing.errors import ErrorCode, PointingError
-from molmo_ros.pointing.frames import LatestFrames
 from molmo_ros.pointing.outcomes import AskOutcome, PointingOutcome
-from molmo_ros.pointing.service import PointingRequest, PointingService, Ticket
+from molmo_ros.pointing.requests import PointingRequest
+from molmo_ros.pointing.service import PointingService, Ticket, checked_settings
 from molmo_ros.pointing.settings import CameraSettings, PointingSettings
 from molmo_ros.srv import Ask, Point
 
@@ -73,9 +76,6 @@ REQUEST_QOS = QoSProfile(
 )
 RESULTS_DEPTH = 10
 MARKER_NAMESPACE = "molmo"
-# Every settings class whose fields are parameters, with its parameter prefix (cameras.<name>.* are
-# declared at configure, once camera_names is known).
-SETTINGS = ((NodeSettings, ""), (PointingSettings, ""), (DepthSettings, ""), (BackendSettings, "engine."))
 
 
 class PointerNode(LifecycleNode):
@@ -95,10 +95,8 @@ class PointerNode(LifecycleNode):
         self._ros_entities: list[Any] = []
         self._goal_tickets: dict[bytes, Ticket] = {}
         self._action: ActionServer | None = None
-        self.frames = LatestFrames()
         for settings_class, prefix in SETTINGS:
             declare_setting_parameters(self, settings_class, prefix)
-        self.settings: PointingSettings | None = None  # read at configure
         self._runtime = runtime_specs(PointingSettings)
         float_names = float_parameter_names(*SETTINGS)
         self.add_pre_set_parameters_callback(lambda parameters: to_float_parameters(parameters, float_names))
@@ -121,26 +119,34 @@ class PointerNode(LifecycleNode):
             and self.trigger_activate() == TransitionCallbackReturn.SUCCESS
         )
 
-    def _read_parameters(self) -> None:
-        """All settings from the parameters; ValueError (or rclpy's own) with the reason when one is bad."""
+    def _read_parameters(self) -> PointingService:
+        """All settings from the parameters, in the service they configure; ValueError (or rclpy's own)
+        with the reason when one is bad. The node keeps only its own and the engine's settings."""
         self.node_settings = read_settings(self, NodeSettings)
-        self.settings = read_settings(self, PointingSettings)
+        settings = read_settings(self, PointingSettings)
         self.cameras = {}
-        for name in self.settings.cameras:
-            declare_setting_parameters(self, CameraSettings, f"cameras.{name}.")
-            self.cameras[name] = read_settings(self, CameraSettings, f"cameras.{name}.", name=name)
-        self.depth_settings = read_settings(self, DepthSettings)
-        self.engine_settings = read_settings(self, BackendSettings, "engine.")
+        for name in settings.cameras:
+            declare_setting_parameters(self, CameraSettings, camera_prefix(name))
+            self.cameras[name] = read_settings(self, CameraSettings, camera_prefix(name), name=name)
         for camera in self.cameras.values():
             for topic in (camera.image_topic(), camera.info_topic(), camera.depth_topic):
                 if topic:
                     validate_topic_name(topic)
+        self.engine_settings = read_settings(self, BackendSettings, "engine.")
+        return PointingService(
+            settings,
+            self._now_ns,
+            self._publish_standing_outcome,
+            self._log_error,
+            cameras=self.cameras,
+            depth_settings=read_settings(self, DepthSettings),
+        )
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Reads and checks the parameters, then creates the subscriptions, publishers, services and the
         action; the model is loaded on activate. Bad parameters fail the transition with the reason."""
         try:
-            self._read_parameters()
+            pointing = self._read_parameters()
         except CONFIGURATION_ERRORS as error:
             self.get_logger().error(f"cannot configure: {error}")
             return TransitionCallbackReturn.FAILURE
@@ -154,15 +160,7 @@ class PointerNode(LifecycleNode):
             else ReliabilityPolicy.BEST_EFFORT,
             durability=DurabilityPolicy.VOLATILE,
         )
-        self.pointing = PointingService(
-            self.frames,
-            self.settings,
-            self._now_ns,
-            self._publish_outcome,
-            self._log_error,
-            cameras=self.cameras,
-            depth_settings=self.depth_settings,
-        )
+        self.pointing = pointing
         self._points = self.create_lifecycle_publisher(PointingResult, "points", RESULTS_DEPTH)
         self._target = self.create_lifecycle_publisher(PointStamped, "target", RESULTS_DEPTH)
         self._markers = self.create_lifecycle_publisher(MarkerArray, "markers", RESULTS_DEPTH)
@@ -192,9 +190,10 @@ class PointerNode(LifecycleNode):
             callback_group=group,
         )
         self._ros_entities = entities
+        settings = pointing.settings
         self.get_logger().info(
-            f"configured: cameras {', '.join(self.settings.cameras)} (default "
-            f"{self.settings.camera_for_default}), service {self.resolve_service_name('point')}, results on "
+            f"configured: cameras {', '.join(settings.cameras)} (default "
+            f"{settings.camera_for_default}), service {self.resolve_service_name('point')}, results on "
             f"{self._points.topic_name}"
         )
         return super().on_configure(state)
@@ -207,8 +206,8 @@ class PointerNode(LifecycleNode):
         )
         try:
             backend = self._backend_factory(settings)
-        except (EngineError, ValueError) as error:
-            self.get_logger().error(f"cannot activate: {error}")
+        except (BackendError, ValueError) as error:
+            self.get_logger().error(f"cannot activate: {with_parameter_names(error)}")
             return TransitionCallbackReturn.FAILURE
         except Exception as error:  # a missing library, a CUDA that cannot start: said, never swallowed
             self.get_logger().error(f"cannot activate: {type(error).__name__}: {error}")
@@ -290,17 +289,15 @@ class PointerNode(LifecycleNode):
             if self.pointing is None:  # not configured yet: the other parameters are checked at configure
                 read_settings(self, PointingSettings, **changes)
             else:
-                self.pointing.checked_settings(**changes)
+                checked_settings(self.pointing.settings, **changes)
         except ValueError as error:
             return SetParametersResult(successful=False, reason=str(error))
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, parameters: list[Parameter]) -> None:
         changes = self._runtime_changes(parameters)
-        if changes and self.settings is not None:
-            self.settings = replace(self.settings, **changes)
-            if self.pointing is not None:
-                self.pointing.apply_settings(self.settings)
+        if changes and self.pointing is not None:
+            self.pointing.apply_settings(replace(self.pointing.settings, **changes))
 
     # --- cameras ------------------------------------------------------------------------------------------
 
@@ -309,20 +306,16 @@ class PointerNode(LifecycleNode):
             (CompressedImage, frame_from_compressed) if camera.compressed else (Image, frame_from_image)
         )
 
+        pointing = self.pointing
+
         def on_frame(message: Image | CompressedImage) -> None:
-            if self.pointing is not None and self.pointing.active:
-                self.frames.put(to_frame(message, camera.name, self._now_ns()))
-                self.pointing.frame_arrived()
+            pointing.put_frame(to_frame(message, camera.name, self._now_ns()))
 
         def on_camera_info(message: CameraInfoMsg) -> None:
-            if self.pointing is not None and self.pointing.active:
-                self.frames.put_camera_info(camera.name, camera_info(message))
-
-        scale = camera.depth_scale
+            pointing.put_camera_model(camera.name, camera_model(message))
 
         def on_depth(message: Image) -> None:
-            if self.pointing is not None and self.pointing.active:
-                self.frames.put_depth(depth_frame(message, camera.name, scale))
+            pointing.put_depth(camera.name, depth_frame(message, camera.depth_scale))
 
         subscriptions = [
             self.create_subscription(message_type, camera.image_topic(), on_frame, qos, callback_group=group),
@@ -378,12 +371,14 @@ class PointerNode(LifecycleNode):
             if goal is not None:
                 self._goal_tickets.pop(bytes(goal.goal_id.uuid), None)
         try:
+            result = messages.result_message(outcome)
             response.message = messages.summary(outcome)
-            response.result = messages.result_message(outcome)
         except Exception as error:  # the answer must still go out
             return _failed(response, _unconvertible(error))
+        response.result = result
         response.success = True
         response.error_code = Point.Response.OK
+        self._publish_outcome(outcome, result)
         return response
 
     async def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
@@ -414,7 +409,7 @@ class PointerNode(LifecycleNode):
         now_ns = self._now_ns()
         image = frame_from_image(request.image, "", now_ns) if len(request.image.data) else None
         depth = None
-        info = None
+        model = None
         if len(request.depth.data):
             if image is None:
                 raise PointingError(
@@ -422,16 +417,16 @@ class PointerNode(LifecycleNode):
                     "the request carries a depth image but no image: its depth goes with its own image "
                     "(a camera's depth comes from its depth topic)",
                 )
-            # An unusable CameraInfo (all zeros, wrong size) is reported by the lifting, with its reason.
-            depth = depth_frame(request.depth, "", None)
-            info = camera_info(request.camera_info)
+            # An unusable CameraInfo (all zeros, wrong size) is reported with the points, with its reason.
+            depth = depth_frame(request.depth, None)
+            model = camera_model(request.camera_info)
         return PointingRequest(
             query=request.query,
             camera=request.camera,
             cameras=tuple(request.cameras),
             image=image,
             depth=depth,
-            camera_info=info,
+            camera_model=model,
             require_depth=request.require_depth,
         )
 
@@ -452,18 +447,18 @@ class PointerNode(LifecycleNode):
 
     def _accept_goal(self, goal: PointAction.Goal) -> GoalResponse:
         """A goal beyond the queue, or for an inactive node, is rejected at once."""
-        if self.pointing is None or not self.pointing.active:
-            return GoalResponse.REJECT
-        if self.pointing.pending() >= self.pointing.settings.queue_size:
-            self.get_logger().warning("point goal rejected: the queue is full (parameter queue_size)")
+        if self.pointing is None or not self.pointing.has_room():
+            self.get_logger().warning(
+                "point goal rejected: the node is not active or its queue is full (parameter queue_size)"
+            )
             return GoalResponse.REJECT
         return GoalResponse.ACCEPT
 
     def _cancel_goal(self, goal: ServerGoalHandle) -> CancelResponse:
         """A waiting goal is removed at once; a running one stops at the model's next decode step."""
         ticket = self._goal_tickets.get(bytes(goal.goal_id.uuid))
-        if ticket is not None:
-            ticket.cancel()
+        if ticket is not None and self.pointing is not None:
+            self.pointing.cancel(ticket)
         return CancelResponse.ACCEPT
 
     async def _execute_point_goal(self, goal: ServerGoalHandle) -> PointAction.Result:
@@ -484,16 +479,24 @@ class PointerNode(LifecycleNode):
 
     # --- outcomes -----------------------------------------------------------------------------------------
 
-    def _publish_outcome(self, outcome: PointingOutcome) -> None:
-        """Called on a worker thread for every answer (requests and the standing query)."""
-        self._points.publish(messages.result_message(outcome))
-        target = messages.first_target(outcome)
-        if target is not None:
-            self._target.publish(target)
-        if self._markers.get_subscription_count() > 0:
-            self._markers.publish(messages.markers(outcome, MARKER_NAMESPACE))
-        if self._debug_image.get_subscription_count() > 0:
-            self._debug_image.publish(self._debug_image_message(outcome))
+    def _publish_standing_outcome(self, outcome: PointingOutcome) -> None:
+        """Called on a worker thread for every answer to the standing query."""
+        self._publish_outcome(outcome, messages.result_message(outcome))
+
+    def _publish_outcome(self, outcome: PointingOutcome, result: PointingResult) -> None:
+        """Every answer goes out on the results topic, with its target, markers and debug image. A
+        publish that fails (a node shutting down) is logged; the request was still answered."""
+        try:
+            self._points.publish(result)
+            target = messages.first_target(outcome)
+            if target is not None:
+                self._target.publish(target)
+            if self._markers.get_subscription_count() > 0:
+                self._markers.publish(messages.markers(outcome, MARKER_NAMESPACE))
+            if self._debug_image.get_subscription_count() > 0:
+                self._debug_image.publish(self._debug_image_message(outcome))
+        except Exception as error:
+            self.get_logger().warning(f"publishing an answer failed: {type(error).__name__}: {error}")
 
     def _debug_image_message(self, outcome: PointingOutcome) -> Image:
         """The first frame the model saw, with its points, their labels and the query drawn (rgb8)."""
@@ -527,7 +530,7 @@ def _publish_feedback(goal: ServerGoalHandle, stage: Stage, count: int) -> None:
 def _failed(response: Any, error: PointingError) -> Any:
     response.success = False
     response.error_code = int(error.code)
-    response.message = str(error)
+    response.message = with_parameter_names(error)
     return response
 
 
@@ -551,7 +554,7 @@ def _load_backend(settings: BackendSettings) -> PointingBackend:
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node("pointer", PointerNode, (EngineError, *CONFIGURATION_ERRORS), args)
+    return run_node("pointer", PointerNode, (BackendError, *CONFIGURATION_ERRORS), args)
 
 
 if __name__ == "__main__":

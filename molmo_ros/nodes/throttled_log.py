@@ -3,6 +3,7 @@
 import threading
 import time
 
+from molmo_ros.nodes.parameters import with_parameter_names
 from molmo_ros.pointing.errors import ErrorCode, PointingError
 
 ERROR_LOG_INTERVAL_S = 5.0
@@ -36,4 +37,4 @@ class ThrottledErrorLog:
             if held_back
             else ""
         )
-        self._logger.warning(f"{error.code.name}: {error}{suffix}")
+        self._logger.warning(f"{error.code.name}: {with_parameter_names(error)}{suffix}")

@@ -5,7 +5,10 @@ The codes are the constants of the Point and Ask service responses and the Point
 read the message.
 """
 
+from collections.abc import Sequence
 from enum import IntEnum
+
+from molmo_ros.settings_fields import RefersToSettings, SettingRef
 
 
 class ErrorCode(IntEnum):
@@ -25,9 +28,10 @@ class ErrorCode(IntEnum):
     CANCELED = 13
 
 
-class PointingError(Exception):
-    """A request that cannot be answered; the message is meant for the user and says what to do."""
+class PointingError(RefersToSettings):
+    """A request that cannot be answered; the message is meant for the user and says what to do. The
+    settings it is about are named by the edge (the node adds "parameter max_frame_age")."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, code: ErrorCode, message: str, settings: Sequence[SettingRef] = ()) -> None:
+        super().__init__(message, settings)
         self.code = code

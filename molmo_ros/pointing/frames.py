@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from molmo_ros.depth import DepthImage
+from molmo_ros.depth.camera import CameraModel
+from molmo_ros.depth.errors import DepthError
+from molmo_ros.depth.pairing import DepthFrame
 
 DEPTH_FRAMES_KEPT = 30  # one second of a 30 Hz depth stream: more than any sensible max_depth_skew
 
@@ -52,45 +54,17 @@ class Frame:
         object.__setattr__(self, "decode", _DecodeOnce(self.decode))
 
 
-@dataclass(frozen=True)
-class DepthFrame:
-    """One depth image; `decode` checks it and returns a `molmo_ros.depth.DepthImage` (metres where read)."""
-
-    camera: str
-    stamp_ns: int
-    frame_id: str
-    width: int
-    height: int
-    decode: Callable[[], DepthImage | np.ndarray]  # raises DepthError for an unreadable image
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "decode", _DecodeOnce(self.decode))
-
-
-@dataclass(frozen=True)
-class CameraInfo:
-    """The fields of sensor_msgs/CameraInfo that lifting needs, without ROS types."""
-
-    frame_id: str
-    width: int
-    height: int
-    distortion_model: str
-    d: tuple[float, ...]
-    k: tuple[float, ...]
-    p: tuple[float, ...]
-
-
 @dataclass
 class _CameraStore:
     frame: Frame | None = None
     sequence: int = 0
     depth: deque[DepthFrame] = field(default_factory=lambda: deque(maxlen=DEPTH_FRAMES_KEPT))
-    camera_info: CameraInfo | None = None
+    camera_model: CameraModel | DepthError | None = None  # the error when its CameraInfo is unusable
 
 
 class LatestFrames:
     """The newest frame per camera (older ones are dropped, so nothing queues up while the model runs),
-    a few recent depth frames per camera, and the newest CameraInfo."""
+    a few recent depth frames per camera, and the camera model of the newest CameraInfo."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -116,9 +90,9 @@ class LatestFrames:
             store = self._cameras.get(camera)
             return store.sequence if store else 0
 
-    def put_depth(self, depth: DepthFrame) -> None:
+    def put_depth(self, camera: str, depth: DepthFrame) -> None:
         with self._lock:
-            self._store(depth.camera).depth.append(depth)
+            self._store(camera).depth.append(depth)
 
     def nearest_depth(self, camera: str, stamp_ns: int) -> DepthFrame | None:
         """The kept depth frame stamped nearest `stamp_ns`, the newest among equally near ones (a driver
@@ -128,14 +102,14 @@ class LatestFrames:
             newest_first = list(reversed(store.depth)) if store else []
         return min(newest_first, key=lambda depth: abs(depth.stamp_ns - stamp_ns), default=None)
 
-    def put_camera_info(self, camera: str, info: CameraInfo) -> None:
+    def put_camera_model(self, camera: str, model: CameraModel | DepthError) -> None:
         with self._lock:
-            self._store(camera).camera_info = info
+            self._store(camera).camera_model = model
 
-    def camera_info(self, camera: str) -> CameraInfo | None:
+    def camera_model(self, camera: str) -> CameraModel | DepthError | None:
         with self._lock:
             store = self._cameras.get(camera)
-            return store.camera_info if store else None
+            return store.camera_model if store else None
 
     def clear(self) -> None:
         """Forget everything (the node was deactivated: old frames must not answer new requests)."""

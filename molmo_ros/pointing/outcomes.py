@@ -1,22 +1,35 @@
-"""What the pointing service answers: plain dataclasses the node turns into messages."""
+"""What the pointing service answers: plain dataclasses the node turns into messages and the CLI prints."""
 
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from molmo_ros.depth.lifting import LiftedPoint
+from molmo_ros.depth.pairing import DepthMissing
+from molmo_ros.geometry import PixelPoint
+
+
+@dataclass(frozen=True)
+class DepthUsed:
+    """The view's points were lifted with a depth frame stamped `stamp_ns` (None: a file, no stamp)."""
+
+    stamp_ns: int | None
+
+
+# A view's depth: used, missing (with the reason), or None when its camera has no depth source at all.
+ViewDepthState = DepthUsed | DepthMissing | None
+
 
 @dataclass(frozen=True)
 class View:
-    """One frame the model saw: where it came from, its size, and the depth used to lift its points."""
+    """One frame the model saw: where it came from, its size, and what became of its depth."""
 
     camera: str
     stamp_ns: int
     frame_id: str
     width: int
     height: int
-    depth_stamp_ns: int = 0  # 0: no depth frame was used
-    depth_status: str = ""  # empty when depth was used, else why not
-    depth_configured: bool = True  # False when the camera has no depth source, so 2D is all it can give
+    depth: ViewDepthState = None
 
 
 @dataclass(frozen=True)
@@ -27,8 +40,12 @@ class OutcomePoint:
     y: float
     label: str
     view: int
-    position_m: tuple[float, float, float] | None  # in the view's optical frame; None without depth
-    depth_spread_m: float  # NaN without depth
+    depth: LiftedPoint | None  # None when the view has no usable depth; else lifted, or why not
+
+    @property
+    def position_m(self) -> tuple[float, float, float] | None:
+        """In the view's optical frame; None without depth."""
+        return None if self.depth is None else self.depth.xyz
 
 
 @dataclass(frozen=True)
@@ -37,7 +54,8 @@ class PointingOutcome:
     prompt: str
     views: tuple[View, ...]
     points: tuple[OutcomePoint, ...]
-    points_outside_image: int
+    outside_points: tuple[PixelPoint, ...]  # in the answer, but outside their frame (its pixels): dropped
+    points_for_unseen_images: int  # in the answer, for an image number the model was not shown: dropped
     raw_text: str
     answer_malformed: bool
     parse_problems: tuple[str, ...]
@@ -50,6 +68,10 @@ class PointingOutcome:
     def view(self) -> View:
         """The first (for most requests the only) frame."""
         return self.views[0]
+
+    @property
+    def points_outside_image(self) -> int:
+        return len(self.outside_points) + self.points_for_unseen_images
 
 
 @dataclass(frozen=True)

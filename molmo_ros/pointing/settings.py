@@ -3,11 +3,14 @@ default written once (see `molmo_ros.settings_fields`)."""
 
 from dataclasses import dataclass, field
 
-from molmo_ros.depth import MILLIMETRES, camera_info_topic_beside
+from molmo_ros.depth.images import MILLIMETRES
 from molmo_ros.prompts import POINT_ALL_TEMPLATE, POINT_TEMPLATE, QUERY_PLACEHOLDER, make_point_prompt
 from molmo_ros.settings_fields import check_setting_bounds, setting
 
+DEFAULT_CAMERA = ""  # a request naming this camera (none) asks about the default camera
 ALL_CAMERAS = "*"  # a request naming this camera asks about the newest frame of every camera at once
+# The transports image_transport appends to an image topic's name.
+TRANSPORT_SUFFIXES = ("compressed", "compressedDepth", "theora", "zstd")
 
 
 @dataclass(frozen=True)
@@ -100,3 +103,14 @@ class CameraSettings:
 
     def info_topic(self) -> str:
         return self.camera_info_topic or camera_info_topic_beside(self.image_topic())
+
+
+def camera_info_topic_beside(image_topic: str) -> str:
+    """The CameraInfo topic of an image topic, as image_transport names it: camera_info in the same namespace.
+
+    /camera/image_raw -> /camera/camera_info; a transport suffix (/camera/image_raw/compressed) is skipped.
+    """
+    parts = image_topic.rstrip("/").split("/")
+    if len(parts) > 1 and parts[-1] in TRANSPORT_SUFFIXES:
+        parts = parts[:-1]
+    return "/".join([*parts[:-1], "camera_info"])

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from doubles.scripted_engine import ScriptedEngine, fixed_points_answer  # noqa: E402
-from molmo_ros.engine.errors import EngineError  # noqa: E402
+from molmo_ros.backends.errors import BackendError  # noqa: E402
 from molmo_ros.nodes.pointer import PointerNode  # noqa: E402
 from molmo_ros.nodes.runner import CONFIGURATION_ERRORS, run_node  # noqa: E402
 from molmo_ros.srv import Point  # noqa: E402
@@ -45,7 +45,7 @@ def main() -> int:
     return run_node(
         "scripted_pointer",
         lambda: CountingPointerNode(backend_factory=lambda settings: engine),
-        (EngineError, *CONFIGURATION_ERRORS),
+        (BackendError, *CONFIGURATION_ERRORS),
         sys.argv[2:],
     )
 

@@ -18,8 +18,8 @@ from torch import nn
 from transformers import CLIPVisionModel, OlmoeModel
 from transformers.models.olmoe.modeling_olmoe import OlmoeRotaryEmbedding
 
-from molmo_ros.engine.config import MolmoConfig
-from molmo_ros.engine.quantization import experts_are_int8, experts_implementation
+from molmo_ros.backends.molmoe.config import MolmoConfig
+from molmo_ros.backends.molmoe.quantization import experts_are_int8, experts_implementation
 
 PADDING_ID = -1  # fills prompts (right padding) and padded crops in a batch
 PADDING_EMBEDDING_ID = 0  # the token a PADDING_ID is embedded as (its value is masked out of attention)

@@ -27,8 +27,8 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from molmo_ros.backends.interface import GenerationControl, Stage
-from molmo_ros.engine.generation import GenerationOutput, GenerationTimings, StageClock, trim_at_eos
-from molmo_ros.engine.modeling import MolmoEForPointing
+from molmo_ros.backends.molmoe.generation import GenerationOutput, GenerationTimings, StageClock, trim_at_eos
+from molmo_ros.backends.molmoe.modeling import MolmoEForPointing
 
 logger = logging.getLogger(__name__)
 

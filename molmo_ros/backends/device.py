@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from molmo_ros.backends.settings import DEVICES_HELP
-from molmo_ros.engine.errors import EngineOutOfMemoryError, InvalidSettingError
+from molmo_ros.backends.errors import DeviceOutOfMemoryError, InvalidSettingError
+from molmo_ros.backends.settings import DEVICES_HELP, backend_setting
 
 AUTO = "auto"
 # The torch dtype of each name the dtype setting accepts (besides "auto").
@@ -26,9 +26,9 @@ def parse_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError) as error:
-        raise InvalidSettingError(f"engine.device must be {DEVICES_HELP}; got {name!r}") from error
+        raise _device_error(f"the device setting must be {DEVICES_HELP}; got {name!r}") from error
     if device.type not in ("cpu", "cuda"):
-        raise InvalidSettingError(f"engine.device must be {DEVICES_HELP}; got {name!r}")
+        raise _device_error(f"the device setting must be {DEVICES_HELP}; got {name!r}")
     return device
 
 
@@ -39,12 +39,12 @@ def resolve_device(name: str) -> torch.device:
     device = parse_device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise InvalidSettingError(
-                f"engine.device {name!r} was asked for but CUDA is not available here; use cpu or auto"
+            raise _device_error(
+                f"device {name!r} was asked for but CUDA is not available here; use cpu or auto"
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InvalidSettingError(
-                f"engine.device {name!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)"
+            raise _device_error(
+                f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)"
             )
     return device
 
@@ -54,20 +54,28 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == AUTO:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if name not in DTYPES:
-        raise InvalidSettingError(f"engine.dtype must be auto or one of {', '.join(DTYPES)}; got {name!r}")
+        raise InvalidSettingError(
+            f"the dtype setting must be auto or one of {', '.join(DTYPES)}; got {name!r}",
+            [backend_setting("dtype")],
+        )
     return DTYPES[name]
+
+
+def _device_error(message: str) -> InvalidSettingError:
+    return InvalidSettingError(message, [backend_setting("device")])
 
 
 @contextlib.contextmanager
 def out_of_memory_guard(device: torch.device, activity: str) -> Iterator[None]:
-    """Turn torch's OOM into EngineOutOfMemoryError with the numbers and what to lower."""
+    """Turn torch's OOM into DeviceOutOfMemoryError with the numbers and what to lower."""
     try:
         yield
     except torch.OutOfMemoryError as error:
-        raise EngineOutOfMemoryError(
+        raise DeviceOutOfMemoryError(
             f"out of memory on {device}{_memory_report(device)} while {activity}. Lower the memory use: "
             "run in bfloat16 (dtype), send smaller images (fewer crops) or fewer prompts at once, lower "
-            "max_new_tokens, free the GPU of other processes, or use another GPU (device)."
+            "max_new_tokens, free the GPU of other processes, or use another GPU (device).",
+            [backend_setting(name) for name in ("dtype", "max_new_tokens", "device")],
         ) from error
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from molmo_ros.engine.modeling import PADDING_ID, MolmoEForPointing, position_ids_from_mask
+from molmo_ros.backends.molmoe.modeling import PADDING_ID, MolmoEForPointing, position_ids_from_mask
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Self
 import torch
 from safetensors import safe_open
 
-from molmo_ros.engine.errors import IncompatibleCheckpointError
+from molmo_ros.backends.errors import IncompatibleCheckpointError
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from molmo_ros.engine.config import MolmoConfig
-from molmo_ros.engine.errors import IncompatibleCheckpointError
-from molmo_ros.engine.modeling import MolmoEForPointing, build_meta_model
-from molmo_ros.engine.quantization import quantize_tensors, quantized_weight_names
+from molmo_ros.backends.errors import IncompatibleCheckpointError
+from molmo_ros.backends.molmoe.config import MolmoConfig
+from molmo_ros.backends.molmoe.modeling import MolmoEForPointing, build_meta_model
+from molmo_ros.backends.molmoe.quantization import quantize_tensors, quantized_weight_names
 
 GetTensor = Callable[[str], torch.Tensor]
 _LLM = "model.transformer"

@@ -21,7 +21,7 @@ import tokenizers
 import torch
 import torch.nn.functional as F
 
-from molmo_ros.engine.errors import IncompatibleCheckpointError, InvalidImageError
+from molmo_ros.backends.errors import IncompatibleCheckpointError, InvalidImageError
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -17,15 +17,20 @@ import numpy as np
 import PIL.Image
 import torch
 
+from molmo_ros.backends.device import (
+    out_of_memory_guard,
+    release_device_memory,
+    resolve_device,
+    resolve_dtype,
+)
+from molmo_ros.backends.errors import BackendError
 from molmo_ros.backends.interface import GenerationControl, Stage
-from molmo_ros.backends.settings import BackendSettings
-from molmo_ros.engine.checkpoint import load_checkpoint
-from molmo_ros.engine.defaults import DEFAULT_REVISION, default_model
-from molmo_ros.engine.device import out_of_memory_guard, release_device_memory, resolve_device, resolve_dtype
-from molmo_ros.engine.errors import EngineError
-from molmo_ros.engine.fast_generation import FastGenerator, PrefixCache
-from molmo_ros.engine.modeling import MolmoEForPointing
-from molmo_ros.engine.preprocessing import MolmoPreprocessor
+from molmo_ros.backends.molmoe.checkpoint import load_checkpoint
+from molmo_ros.backends.molmoe.defaults import DEFAULT_MODEL
+from molmo_ros.backends.molmoe.fast_generation import FastGenerator, PrefixCache
+from molmo_ros.backends.molmoe.modeling import MolmoEForPointing
+from molmo_ros.backends.molmoe.preprocessing import MolmoPreprocessor
+from molmo_ros.backends.settings import BackendSettings, chosen_model
 
 Image = np.ndarray | PIL.Image.Image
 
@@ -116,10 +121,9 @@ class MolmoEngine:
         use raises InvalidSettingError before anything is read."""
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
-        model = settings.model or default_model()
         loaded = load_checkpoint(
-            model,
-            settings.revision or DEFAULT_REVISION,
+            chosen_model(settings.model, DEFAULT_MODEL),
+            settings.revision or DEFAULT_MODEL.revision,
             device,
             dtype,
             use_cache=cache_weights,
@@ -142,7 +146,7 @@ class MolmoEngine:
     @property
     def model(self) -> MolmoEForPointing:
         if self._model is None:
-            raise EngineError(
+            raise BackendError(
                 f"the engine for {self._model_name} is closed (its model was freed); load a new one"
             )
         return self._model
@@ -150,7 +154,7 @@ class MolmoEngine:
     @property
     def _generator(self) -> FastGenerator:
         if self._fast is None:
-            raise EngineError(
+            raise BackendError(
                 f"the engine for {self._model_name} is closed (its model was freed); load a new one"
             )
         return self._fast

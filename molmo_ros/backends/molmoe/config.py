@@ -14,7 +14,8 @@ from typing import Any
 
 from transformers import CLIPVisionConfig, OlmoeConfig
 
-from molmo_ros.engine.errors import IncompatibleCheckpointError
+from molmo_ros.backends.errors import IncompatibleCheckpointError
+from molmo_ros.backends.families import MOLMOE, check_family
 
 # Settings whose other values would change inference numerics; (field, required value).
 _REQUIRED_TOP_LEVEL: tuple[tuple[str, Any], ...] = (
@@ -46,25 +47,6 @@ _REQUIRED_VISION: tuple[tuple[str, Any], ...] = (
     ("image_model_type", "openai"),
     ("image_mlp_activations", "quick_gelu"),
 )
-
-
-def check_model_family(d: dict[str, Any]) -> None:
-    """Recognise the other Molmo checkpoints by config.json's `model_type` and `architectures` and name the
-    backend that runs them, instead of failing later on a field this engine needs."""
-    model_type = str(d.get("model_type", ""))
-    architectures = [str(name) for name in d.get("architectures") or []]
-    if model_type.startswith("molmo2") or any(name.startswith("Molmo2") for name in architectures):
-        raise IncompatibleCheckpointError(
-            f"this is a Molmo2 checkpoint (model_type {model_type!r}, architectures {architectures}), which "
-            "the molmoe engine cannot run: use the molmo2 backend (setting engine.backend: molmo2)"
-        )
-    if model_type == "molmo" and d.get("block_type") != "moe" and "moe_num_experts" not in d:
-        raise IncompatibleCheckpointError(
-            f"this is a dense Molmo checkpoint such as Molmo-7B-D or Molmo-7B-O (model_type 'molmo', "
-            f"architectures {architectures}, no mixture of experts), which the molmoe engine cannot run: "
-            "serve it with vLLM and use the openai backend (settings engine.backend: openai and engine.url: "
-            "that server's OpenAI-compatible URL)"
-        )
 
 
 def _incompatible(field: str, problem: str) -> IncompatibleCheckpointError:
@@ -119,7 +101,7 @@ class MolmoConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MolmoConfig:
-        check_model_family(d)
+        check_family(d, MOLMOE, "the checkpoint")
         for name, required in _REQUIRED_TOP_LEVEL:
             if _field(d, name) != required:
                 raise _incompatible(name, f"is {d[name]!r}, only {required!r} is supported")

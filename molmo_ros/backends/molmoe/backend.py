@@ -1,13 +1,13 @@
-"""The `molmoe` backend: our own MolmoE-1B engine (`molmo_ros.engine`) behind the backend interface."""
+"""The `molmoe` backend: our own MolmoE-1B engine (`engine.MolmoEngine`) behind the backend interface."""
 
 from collections.abc import Sequence
 
 import numpy as np
 
+from molmo_ros.backends.errors import SEVERAL_IMAGES_HINT, BackendError, UnsupportedRequestError
 from molmo_ros.backends.interface import BackendAnswer, GenerationControl
-from molmo_ros.backends.settings import BackendSettings
-from molmo_ros.engine.engine import MolmoEngine
-from molmo_ros.engine.errors import EngineError, UnsupportedRequestError
+from molmo_ros.backends.molmoe.engine import MolmoEngine
+from molmo_ros.backends.settings import BackendSettings, backend_setting
 
 
 class MolmoEBackend:
@@ -23,7 +23,7 @@ class MolmoEBackend:
     @property
     def engine(self) -> MolmoEngine:
         if self._engine is None:
-            raise EngineError("the molmoe backend was closed; activate the node again to reload the model")
+            raise BackendError("the molmoe backend was closed; activate the node again to reload the model")
         return self._engine
 
     def generate(
@@ -31,8 +31,9 @@ class MolmoEBackend:
     ) -> BackendAnswer:
         if len(images) != self.max_images:
             raise UnsupportedRequestError(
-                f"engine.backend molmoe answers about exactly one image, got {len(images)}; several images "
-                "in one prompt need engine.backend molmo2, or openai with a server that serves Molmo2"
+                f"the molmoe backend answers about exactly one image, got {len(images)}; "
+                + SEVERAL_IMAGES_HINT,
+                [backend_setting("backend")],
             )
         return BackendAnswer(texts=self.engine.generate(images[0], prompts, control=control).texts)
 

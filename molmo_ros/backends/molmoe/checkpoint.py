@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from molmo_ros.engine.checkpoint_reader import CheckpointReader
-from molmo_ros.engine.checkpoint_source import CheckpointSource, resolve_checkpoint
-from molmo_ros.engine.config import MolmoConfig
-from molmo_ros.engine.device import out_of_memory_guard
-from molmo_ros.engine.key_mapping import load_reference_model
-from molmo_ros.engine.modeling import MolmoEForPointing
-from molmo_ros.engine.weights_cache import (
+from molmo_ros.backends.device import out_of_memory_guard
+from molmo_ros.backends.molmoe.checkpoint_reader import CheckpointReader
+from molmo_ros.backends.molmoe.checkpoint_source import CheckpointSource, resolve_checkpoint
+from molmo_ros.backends.molmoe.config import MolmoConfig
+from molmo_ros.backends.molmoe.key_mapping import load_reference_model
+from molmo_ros.backends.molmoe.modeling import MolmoEForPointing
+from molmo_ros.backends.molmoe.weights_cache import (
     CACHE_DIR_ENV_VAR,
     CACHEABLE_DTYPES,
     build_cache_entry,

@@ -29,14 +29,15 @@ from torchao.prototype.safetensors.safetensors_support import (
 from torchao.quantization import Int8Tensor
 from tqdm import tqdm
 
-from molmo_ros.engine.checkpoint_reader import CheckpointReader
-from molmo_ros.engine.checkpoint_source import METADATA_FILES, CheckpointSource, is_commit, is_hub_id
-from molmo_ros.engine.config import MolmoConfig
-from molmo_ros.engine.defaults import DEFAULT_REVISION
-from molmo_ros.engine.device import out_of_memory_guard
-from molmo_ros.engine.errors import IncompatibleCheckpointError
-from molmo_ros.engine.key_mapping import convert_weights
-from molmo_ros.engine.modeling import MolmoEForPointing, build_meta_model
+from molmo_ros.backends.device import out_of_memory_guard
+from molmo_ros.backends.errors import IncompatibleCheckpointError
+from molmo_ros.backends.hub import is_commit, is_hub_id
+from molmo_ros.backends.molmoe.checkpoint_reader import CheckpointReader
+from molmo_ros.backends.molmoe.checkpoint_source import METADATA_FILES, CheckpointSource
+from molmo_ros.backends.molmoe.config import MolmoConfig
+from molmo_ros.backends.molmoe.defaults import DEFAULT_MODEL
+from molmo_ros.backends.molmoe.key_mapping import convert_weights
+from molmo_ros.backends.molmoe.modeling import MolmoEForPointing, build_meta_model
 
 CACHE_DIR_ENV_VAR = "MOLMO_CACHE_DIR"
 CACHE_FORMAT_VERSION = 1
@@ -58,7 +59,7 @@ def weights_cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def pinned_hub_origin(model: str, revision: str | None) -> dict[str, object] | None:
     """A hub id at a full commit names immutable files, so it identifies a cache entry by itself."""
-    revision = revision or DEFAULT_REVISION
+    revision = revision or DEFAULT_MODEL.revision
     if not is_hub_id(model) or not is_commit(revision):
         return None
     return {"model": model, "revision": revision}

@@ -1,0 +1,168 @@
+"""Answering one accepted request: what the model is shown (its frames, checked for age and decoded, each
+with the depth frame and camera model that go with it), the model's answer, and the outcome."""
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from molmo_ros.backends.interface import GenerationControl, PointingBackend
+from molmo_ros.depth.pairing import DepthMissing, ViewDepth, pair_depth
+from molmo_ros.depth.settings import DepthSettings
+from molmo_ros.image_conversion import ImageConversionError
+from molmo_ros.pointing.answer import ViewInput, ask_model, pointing_outcome
+from molmo_ros.pointing.errors import ErrorCode, PointingError
+from molmo_ros.pointing.frames import Frame, LatestFrames
+from molmo_ros.pointing.outcomes import AskOutcome, PointingOutcome, View
+from molmo_ros.pointing.requests import PointingRequest
+from molmo_ros.pointing.settings import CameraSettings, PointingSettings
+from molmo_ros.prompts import make_point_prompt
+from molmo_ros.settings_fields import SettingRef
+
+MAX_FRAME_AGE = SettingRef(PointingSettings, "max_frame_age_s")
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    images: list[np.ndarray]  # RGB, one per view
+    views: list[ViewInput]
+    ages_s: list[float]  # of each frame, by its stamp, when the model started
+
+
+@dataclass(frozen=True)
+class Context:
+    """What answering needs besides the request and the model: the service's frames and settings."""
+
+    frames: LatestFrames
+    settings: PointingSettings
+    cameras: Mapping[str, CameraSettings]
+    depth_settings: DepthSettings
+    now_ns: Callable[[], int]
+
+
+def answer_request(
+    request: PointingRequest, backend: PointingBackend, control: GenerationControl, context: Context
+) -> PointingOutcome | AskOutcome:
+    """The outcome of one accepted request, or PointingError; nothing else escapes, so each request gets
+    its answer."""
+    try:
+        settings = context.settings
+        inputs = gather_inputs(
+            request, context.frames, settings, context.cameras, context.depth_settings, context.now_ns
+        )
+        query = request.query.strip()
+        prompt = query if request.ask else make_point_prompt(settings.prompt_template, query)
+        started = time.perf_counter()
+        text = ask_model(backend, inputs.images, prompt, control)
+        seconds = time.perf_counter() - started
+        if request.ask:
+            return AskOutcome(prompt, inputs.views[0].view, text, seconds, inputs.ages_s[0])
+        return pointing_outcome(
+            query=request.query,
+            prompt=prompt,
+            text=text,
+            inputs=inputs.views,
+            depth_settings=context.depth_settings,
+            require_depth=request.require_depth or settings.require_depth,
+            model_seconds=seconds,
+            frame_age_seconds=max(inputs.ages_s),
+            images=inputs.images,
+        )
+    except PointingError:
+        raise
+    except Exception as error:
+        raise PointingError(
+            ErrorCode.ENGINE_ERROR, f"internal error: {type(error).__name__}: {error}"
+        ) from error
+
+
+def gather_inputs(
+    request: PointingRequest,
+    frames: LatestFrames,
+    settings: PointingSettings,
+    cameras: Mapping[str, CameraSettings],
+    depth_settings: DepthSettings,
+    now_ns: Callable[[], int],
+) -> ModelInputs:
+    """The request's own image, or the newest frame of each of its cameras; PointingError for a frame
+    that is too old, stamped in the future, or cannot be decoded."""
+    own = request.image is not None
+    chosen = [request.image] if own else [frames.get(camera) for camera in request.cameras]
+    assert all(frame is not None for frame in chosen), "checked at submit; frames are cleared only inactive"
+    images, views, ages = [], [], []
+    for frame in chosen:
+        ages.append(_checked_age_s(frame, now_ns(), None if own else settings.max_frame_age_s))
+        image = _decoded(frame, own)
+        height, width = image.shape[:2]
+        view = View(frame.camera, frame.stamp_ns, frame.frame_id, width, height)
+        if own:
+            depth = _own_depth(request, depth_settings)
+        else:
+            depth = _camera_depth(frame, frames, cameras, depth_settings)
+        images.append(image)
+        views.append(ViewInput(view, depth))
+    return ModelInputs(images, views, ages)
+
+
+def _own_depth(request: PointingRequest, settings: DepthSettings) -> ViewDepth:
+    """The depth a request sent with its image: paired by the request itself, so stamps are not compared."""
+    if request.depth is None or request.camera_model is None:
+        return DepthMissing("the request carries no depth image and CameraInfo")
+    assert request.image is not None
+    return pair_depth(
+        request.image.stamp_ns, request.depth, request.camera_model, settings, check_stamps=False
+    )
+
+
+def _camera_depth(
+    frame: Frame, frames: LatestFrames, cameras: Mapping[str, CameraSettings], settings: DepthSettings
+) -> ViewDepth:
+    camera = cameras.get(frame.camera) or CameraSettings(name=frame.camera)
+    if not camera.depth_topic:
+        return None
+    model = frames.camera_model(frame.camera)
+    if model is None:
+        return DepthMissing(f"no CameraInfo received on {camera.info_topic()}")
+    depth = frames.nearest_depth(frame.camera, frame.stamp_ns)
+    if depth is not None and depth.frame_id != frame.frame_id and not camera.depth_registered:
+        return DepthMissing(
+            f"the depth frame's frame_id {depth.frame_id!r} differs from the colour frame's "
+            f"{frame.frame_id!r}, so it is not registered to it; use an aligned depth topic, or declare "
+            "this camera's depth registered if it is",
+            (SettingRef(CameraSettings, "depth_registered", frame.camera),),
+        )
+    return pair_depth(frame.stamp_ns, depth, model, settings)
+
+
+def _checked_age_s(frame: Frame, now_ns: int, limit_s: float | None) -> float:
+    """Age by the frame's own stamp (a frame without a stamp is aged from when it arrived), checked
+    against `limit_s` unless that is None (a request's own image) or 0 (checks disabled)."""
+    reference_ns = frame.stamp_ns if frame.stamp_ns > 0 else frame.received_ns
+    age_s = (now_ns - reference_ns) / 1e9
+    if not limit_s:
+        return age_s
+    if age_s > limit_s:
+        raise PointingError(
+            ErrorCode.STALE_FRAME,
+            f"the newest frame from camera {frame.camera!r} is {age_s:.2f} s old; the limit is "
+            f"{limit_s:g} s; is the camera still publishing?",
+            [MAX_FRAME_AGE],
+        )
+    if -age_s > limit_s:
+        raise PointingError(
+            ErrorCode.FRAME_FROM_FUTURE,
+            f"the newest frame from camera {frame.camera!r} is stamped {-age_s:.2f} s ahead of this "
+            f"node's clock (more than the frame age limit, {limit_s:g} s): the camera's clock and the "
+            "node's disagree; synchronise them (NTP/PTP), or check use_sim_time on both",
+            [MAX_FRAME_AGE],
+        )
+    return age_s
+
+
+def _decoded(frame: Frame, own_image: bool) -> np.ndarray:
+    try:
+        return frame.decode()
+    except ImageConversionError as error:
+        source = "the request's image" if own_image else f"the frame from camera {frame.camera!r}"
+        raise PointingError(ErrorCode.BAD_IMAGE, f"cannot use {source}: {error}") from error
