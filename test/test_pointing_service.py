@@ -80,7 +80,8 @@ def make_camera_model(width: int = 64, height: int = 48) -> CameraModel:
 
 
 def public_name(ref: SettingRef) -> str:
-    return next(spec.parameter for spec in setting_specs(ref.settings_class) if spec.field_name == ref.field_name)
+    specs = setting_specs(ref.settings_class)
+    return next(spec.parameter for spec in specs if spec.field_name == ref.field_name)
 
 
 def words(error: PointingError) -> str:
