@@ -17,22 +17,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from molmo_ros.depth import (
-    MILLIMETRES,
-    CameraModel,
-    DepthError,
-    DepthSettings,
-    LiftedPoint,
-    camera_info_topic_beside,
-    depth_to_metres,
-    lift_points,
-    read_depth,
-)
+from molmo_ros.depth.camera import CameraModel
+from molmo_ros.depth.errors import DepthError
+from molmo_ros.depth.images import MILLIMETRES, depth_to_metres, read_depth
+from molmo_ros.depth.lifting import LiftedPoint, lift_points
+from molmo_ros.depth.settings import DepthSettings
+from molmo_ros.pointing.settings import camera_info_topic_beside
 
 # float32 depth holds about 7 significant digits (2**-24 relative per rounding, a few roundings per
 # point): 1e-6 relative is that rounding with room, never a geometric error.
 REL = 1e-6
-# Undistortion is iterated to a step below 1e-12 px (depth.UNDISTORT_CRITERIA); round trips through
+# Undistortion is iterated to a step below 1e-12 px (depth.camera.UNDISTORT_CRITERIA); round trips through
 # cv2.projectPoints measured 1.1-1.5e-12 px on 3000 random lenses, so 1e-9 px leaves a wide margin.
 PIXEL_TOL = 1e-9
 WIDTH, HEIGHT = 640, 480

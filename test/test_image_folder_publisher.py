@@ -13,7 +13,10 @@ from ros_helpers import Spinner, wait_until
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from molmo_ros.depth import MILLIMETRES, CameraModel, DepthSettings, depth_to_metres, lift_points
+from molmo_ros.depth.camera import CameraModel
+from molmo_ros.depth.images import MILLIMETRES, depth_to_metres
+from molmo_ros.depth.lifting import lift_points
+from molmo_ros.depth.settings import DepthSettings
 from molmo_ros.nodes.image_folder_publisher import (
     DEFAULT_DEPTH_TOPIC,
     HORIZONTAL_FOV_DEG,
