@@ -143,10 +143,7 @@ class Molmo2Backend:
         return cls(model, processor, model_name=name, max_new_tokens=settings.max_new_tokens)
 
     def generate(
-        self,
-        images: Sequence[np.ndarray],
-        prompts: Sequence[str],
-        control: GenerationControl | None = None,
+        self, images: Sequence[np.ndarray], prompts: Sequence[str], control: GenerationControl | None = None
     ) -> BackendAnswer:
         control = control or GenerationControl()
         check_images(images, self.max_images, self.name)

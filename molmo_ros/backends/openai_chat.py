@@ -70,10 +70,7 @@ class OpenAIChatBackend:
         return cls(settings)
 
     def generate(
-        self,
-        images: Sequence[np.ndarray],
-        prompts: Sequence[str],
-        control: GenerationControl | None = None,
+        self, images: Sequence[np.ndarray], prompts: Sequence[str], control: GenerationControl | None = None
     ) -> BackendAnswer:
         control = control or GenerationControl()
         check_images(images, self.max_images, self.name)

@@ -9,7 +9,7 @@ lists the mapping and how it was verified.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -109,19 +109,6 @@ def check_reference_keys(names: Iterable[str], config: MolmoConfig) -> None:
     if problems:
         raise IncompatibleCheckpointError(
             "checkpoint does not match the MolmoE config; " + "; ".join(problems)
-        )
-
-
-def check_reference_shapes(shapes: Mapping[str, Sequence[int]], config: MolmoConfig) -> None:
-    """Check a checkpoint's keys and shapes up front (e.g. from safetensors headers), before any load."""
-    check_reference_keys(shapes.keys(), config)
-    expected = expected_reference_shapes(config)
-    wrong = {name: tuple(shape) for name, shape in shapes.items() if tuple(shape) != expected[name]}
-    if wrong:
-        details = ", ".join(f"{name} {wrong[name]} != {expected[name]}" for name in sorted(wrong)[:_SHOWN])
-        more = f" ... and {len(wrong) - _SHOWN} more" if len(wrong) > _SHOWN else ""
-        raise IncompatibleCheckpointError(
-            f"checkpoint tensors have unexpected shapes: {details}{more} ({len(wrong)} in all)"
         )
 
 
