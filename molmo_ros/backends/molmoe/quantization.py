@@ -27,7 +27,6 @@ from torchao.quantization import Int8Tensor
 from torchao.quantization.granularity import PerRow
 from transformers.integrations.moe import ExpertsInterface, _grouped_mm
 
-QUANTIZATIONS = ("none", "int8")
 # The experts kernel that reads int8 weights, for each of transformers' kernels for full-precision weights.
 INT8_EXPERTS_IMPLEMENTATIONS = {
     "grouped_mm": "int8_grouped_mm",
@@ -90,7 +89,7 @@ def experts_implementation(name: str, quantized: bool) -> str:
     if name not in INT8_EXPERTS_IMPLEMENTATIONS:
         raise ValueError(
             f"the {name!r} experts kernel cannot run int8 weights; use one of "
-            f"{', '.join(INT8_EXPERTS_IMPLEMENTATIONS)} (or engine.quantization none)"
+            f"{', '.join(INT8_EXPERTS_IMPLEMENTATIONS)} (or set the quantization setting to none)"
         )
     return INT8_EXPERTS_IMPLEMENTATIONS[name]
 
