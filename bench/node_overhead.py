@@ -107,31 +107,38 @@ def serve(depth: bool, openai_url: str | None) -> None:
     """Child process: the real pointer node, run as its program runs it, counting the frames it takes."""
     from rclpy.parameter import Parameter
 
+    from molmo_ros.depth.pairing import DepthFrame
     from molmo_ros.nodes.pointer import PointerNode
     from molmo_ros.nodes.runner import run_node
-    from molmo_ros.pointing.frames import DepthFrame, LatestFrames
+    from molmo_ros.pointing.frames import LatestFrames
 
     class CountingFrames(LatestFrames):
         """Counts depth frames too (LatestFrames counts colour frames in `sequence`)."""
 
         depth_taken = 0
 
-        def put_depth(self, depth: DepthFrame) -> None:
+        def put_depth(self, camera: str, depth: DepthFrame) -> None:
             self.depth_taken += 1
-            super().put_depth(depth)
+            super().put_depth(camera, depth)
 
     class CountingPointerNode(PointerNode):
         def __init__(self, **options: object) -> None:
             super().__init__(**options)
-            self.frames = CountingFrames()  # before configure, which hands it to the pointing service
             self._counted = False
+
+        def on_configure(self, state):
+            result = super().on_configure(state)
+            if self.pointing is not None:  # the service owns the frames; count them from the start
+                self.pointing.frames = CountingFrames()
+            return result
 
         def shut_down(self) -> None:
             # Before the pointing service stops: stopping forgets the frames and their count.
-            if not self._counted:
+            if not self._counted and self.pointing is not None:
                 self._counted = True
-                print(f"colour frames taken: {self.frames.sequence(CAMERA_NAME)}", flush=True)
-                print(f"depth frames taken: {self.frames.depth_taken}", flush=True)
+                frames = self.pointing.frames
+                print(f"colour frames taken: {frames.sequence(CAMERA_NAME)}", flush=True)
+                print(f"depth frames taken: {frames.depth_taken}", flush=True)
             super().shut_down()
 
     overrides = []

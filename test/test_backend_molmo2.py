@@ -16,8 +16,9 @@ from molmo_ros.backends.errors import (
     WeightsNotFoundError,
 )
 from molmo_ros.backends.interface import GenerationControl, Stage
-from molmo_ros.backends.molmo2 import DEFAULT_REVISION, Molmo2Backend
+from molmo_ros.backends.molmo2 import MOLMO2_DEFAULT, Molmo2Backend
 from molmo_ros.backends.settings import BackendSettings
+from molmo_ros.nodes.parameters import with_parameter_names
 
 MAX_NEW_TOKENS = 5
 
@@ -148,8 +149,9 @@ def test_model_comes_from_the_environment_when_the_setting_is_empty(tiny_molmo2_
 
 
 def test_molmoe_checkpoint_names_the_molmoe_backend(tiny_model_dir):
-    with pytest.raises(IncompatibleCheckpointError, match="engine.backend molmoe"):
+    with pytest.raises(IncompatibleCheckpointError, match="molmoe backend") as failure:
         Molmo2Backend.load(BackendSettings(backend="molmo2", model=str(tiny_model_dir), device="cpu"))
+    assert "(parameter engine.backend)" in with_parameter_names(failure.value)
 
 
 def test_molmo_7b_checkpoint_names_the_openai_backend(tmp_path):
@@ -157,15 +159,16 @@ def test_molmo_7b_checkpoint_names_the_openai_backend(tmp_path):
         json.dumps({"model_type": "molmo", "architectures": ["MolmoForCausalLM"]})
     )
     (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(IncompatibleCheckpointError, match="MolmoForCausalLM.*engine.backend openai"):
+    with pytest.raises(IncompatibleCheckpointError, match="MolmoForCausalLM.*openai backend") as failure:
         Molmo2Backend.load(BackendSettings(backend="molmo2", model=str(tmp_path), device="cpu"))
+    assert "(parameter engine.backend, engine.url)" in with_parameter_names(failure.value)
 
 
 def test_missing_directory_names_what_to_set(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(WeightsNotFoundError) as failure:
         Molmo2Backend.load(BackendSettings(backend="molmo2", model=str(missing)))
-    message = str(failure.value)
+    message = with_parameter_names(failure.value)
     assert str(missing) in message
     assert all(name in message for name in ("engine.model", "MOLMO_MODEL", "HF_HOME"))
 
@@ -182,6 +185,6 @@ def test_uncached_hub_model_offline_names_model_revision_and_fix(tmp_path, monke
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     with pytest.raises(WeightsNotFoundError) as failure:
         Molmo2Backend.load(BackendSettings(backend="molmo2", model="allenai/Molmo2-8B"))
-    message = str(failure.value)
-    assert "allenai/Molmo2-8B" in message and f"revision {DEFAULT_REVISION}" in message
+    message = with_parameter_names(failure.value)
+    assert "allenai/Molmo2-8B" in message and f"revision {MOLMO2_DEFAULT.revision}" in message
     assert all(name in message for name in ("engine.model", "MOLMO_MODEL", "HF_HOME", "HF_HUB_OFFLINE"))

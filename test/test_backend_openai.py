@@ -23,6 +23,7 @@ from molmo_ros.backends.errors import (
 from molmo_ros.backends.interface import GenerationControl, Stage
 from molmo_ros.backends.openai_chat import OpenAIChatBackend
 from molmo_ros.backends.settings import BackendSettings
+from molmo_ros.nodes.parameters import with_parameter_names
 from molmo_ros.parsing import parse_answer
 
 KEY_VARIABLE = "MOLMO_TEST_API_KEY"
@@ -106,7 +107,7 @@ def test_api_key_is_sent_from_the_named_variable_and_never_shown(server, monkeyp
     server.misbehave("error")
     with pytest.raises(ServerResponseError) as failure:
         backend.generate([frame()], ["p"])
-    assert "401" in str(failure.value) and "api_key_env" in str(failure.value)
+    assert "401" in str(failure.value) and "engine.api_key_env" in with_parameter_names(failure.value)
     assert SECRET not in str(failure.value) and SECRET not in repr(failure.value)
     assert SECRET not in caplog.text
 
@@ -139,8 +140,9 @@ def test_5xx_after_the_last_retry_is_a_response_error_naming_the_url(server):
 def test_4xx_is_not_retried(server):
     server.error_status = 404
     server.misbehave("error")
-    with pytest.raises(ServerResponseError, match="HTTP 404.*engine.model"):
+    with pytest.raises(ServerResponseError, match="HTTP 404.*served model name") as failure:
         backend_for(server, max_retries=3).generate([frame()], ["p"])
+    assert with_parameter_names(failure.value).endswith("(parameter engine.model)")
     assert len(server.requests) == 1
 
 
@@ -164,7 +166,7 @@ def test_unreachable_server_is_unavailable_naming_the_url():
     backend = OpenAIChatBackend.load(BackendSettings(backend="openai", url=url, max_retries=1))
     with pytest.raises(ServerUnavailableError) as failure:
         backend.generate([frame()], ["p"])
-    assert url in str(failure.value) and "engine.url" in str(failure.value)
+    assert url in str(failure.value) and "engine.url" in with_parameter_names(failure.value)
 
 
 def test_slow_server_times_out_as_unavailable(server):

@@ -14,15 +14,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from molmo_ros.backends import hub
 from molmo_ros.backends.errors import IncompatibleCheckpointError, WeightsNotFoundError
 from molmo_ros.backends.molmoe import (
     checkpoint,
     checkpoint_reader,
     checkpoint_source,
-    defaults,
     weights_cache,
 )
 from molmo_ros.backends.molmoe.config import MolmoConfig
+from molmo_ros.backends.molmoe.defaults import MOLMOE_DEFAULT
+from molmo_ros.backends.settings import MODEL_ENV_VAR
+from molmo_ros.cli.point import with_option_names
+from molmo_ros.nodes.parameters import with_parameter_names
 
 CPU = torch.device("cpu")
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -140,9 +144,9 @@ def test_missing_directory_names_the_path_and_the_fix(tmp_path):
     missing = tmp_path / "no" / "such" / "checkpoint"
     with pytest.raises(WeightsNotFoundError) as raised:
         checkpoint_source.resolve_checkpoint(str(missing))
-    message = str(raised.value)
-    assert str(missing) in message
-    assert "--model" in message and "engine.model" in message and defaults.MODEL_ENV_VAR in message
+    assert str(missing) in str(raised.value) and MODEL_ENV_VAR in str(raised.value)
+    assert "(parameter engine.model)" in with_parameter_names(raised.value)
+    assert "(option --model)" in with_option_names(raised.value)
 
 
 def test_directory_without_weights_says_so(tmp_path, tiny_model_dir):
@@ -156,15 +160,15 @@ def test_hub_id_offline_with_empty_cache_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsNotFoundError) as raised:
-        checkpoint_source.resolve_checkpoint(defaults.DEFAULT_MODEL_ID, defaults.DEFAULT_REVISION)
-    message = str(raised.value)
+        checkpoint_source.resolve_checkpoint(MOLMOE_DEFAULT.model_id, MOLMOE_DEFAULT.revision)
+    message = with_option_names(raised.value)
     for expected in (
-        defaults.DEFAULT_MODEL_ID,
-        defaults.DEFAULT_REVISION,
+        MOLMOE_DEFAULT.model_id,
+        MOLMOE_DEFAULT.revision,
         "HF_HUB_OFFLINE",
         "HF_HOME",
         "--model",
-        defaults.MODEL_ENV_VAR,
+        MODEL_ENV_VAR,
         str(tmp_path / "hf" / "hub"),
     ):
         assert expected in message
@@ -200,7 +204,7 @@ def test_bfloat16_cache_is_built_once_then_loaded_directly(
     def no_conversion(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(weights_cache, "convert_reference_state_dict", no_conversion)
+    monkeypatch.setattr(weights_cache, "convert_weights", no_conversion)
     monkeypatch.setattr(checkpoint, "load_reference_model", no_conversion)
     second = checkpoint.load_checkpoint(str(tiny_model_dir), None, CPU, torch.bfloat16, cache_dir=cache_root)
     assert second.files_dir == entry
@@ -289,7 +293,7 @@ def test_hub_download_failure_online_is_weights_not_found(hub_env, monkeypatch):
         def list_repo_files(self, repo_id, revision=None):
             raise RuntimeError("Read timed out")  # what an HTTP client raises varies
 
-    monkeypatch.setattr(checkpoint_source, "HfApi", FakeFailingHub)
+    monkeypatch.setattr(hub, "HfApi", FakeFailingHub)
     with socket.create_server(("127.0.0.1", 0)) as reachable_hub:  # the probe's connection is queued
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{reachable_hub.getsockname()[1]}")
         with pytest.raises(
@@ -326,7 +330,7 @@ def test_unreachable_hub_fails_at_once_without_the_hub_clients_retries(hub_env, 
     with pytest.raises(WeightsNotFoundError, match=f"cannot be reached \\({why}") as raised:
         checkpoint_source.resolve_checkpoint("acme/tiny-molmo", FAKE_COMMIT)
     assert retried == []
-    assert endpoint in str(raised.value) and defaults.MODEL_ENV_VAR in str(raised.value)
+    assert endpoint in str(raised.value) and MODEL_ENV_VAR in str(raised.value)
 
 
 def test_converted_pinned_hub_commit_loads_without_the_hf_cache(tmp_path, monkeypatch, tiny_model_dir):
@@ -407,9 +411,9 @@ def test_hub_behind_a_proxy_is_probed_through_the_proxy(hub_env, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with socket.create_server(("127.0.0.1", 0)) as proxy:
         monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
-        assert checkpoint_source.hub_unreachable_reason("https://molmo-ros-test.invalid") is None
+        assert hub.hub_unreachable_reason("https://molmo-ros-test.invalid") is None
     monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{_closed_local_port()}")
-    reason = checkpoint_source.hub_unreachable_reason("https://molmo-ros-test.invalid")
+    reason = hub.hub_unreachable_reason("https://molmo-ros-test.invalid")
     assert reason is not None and "proxy" in reason and "ConnectionRefusedError" in reason
 
 
@@ -433,7 +437,7 @@ MOLMO_7B_D_CONFIG = {
 
 @pytest.mark.parametrize(
     ("config", "backend"),
-    [(MOLMO2_CONFIG, "engine.backend: molmo2"), (MOLMO_7B_D_CONFIG, "engine.backend: openai")],
+    [(MOLMO2_CONFIG, "molmo2 backend"), (MOLMO_7B_D_CONFIG, "openai backend")],
     ids=["molmo2", "molmo-7b-d"],
 )
 def test_other_molmo_checkpoints_are_refused_naming_the_backend_that_runs_them(tmp_path, config, backend):

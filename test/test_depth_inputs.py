@@ -11,15 +11,10 @@ import PIL.Image
 import pytest
 
 from molmo_ros.cli import point as cli
-from molmo_ros.cli.depth_inputs import (
-    DepthInputError,
-    describe_lifted,
-    lifted_to_json,
-    parse_intrinsics,
-    read_camera_info,
-    read_depth_file,
-)
-from molmo_ros.depth import LiftedPoint
+from molmo_ros.cli.depth_options import describe_lifted, lifted_to_json, parse_intrinsics
+from molmo_ros.depth.errors import DepthError
+from molmo_ros.depth.files import read_camera_info, read_depth_file
+from molmo_ros.depth.lifting import LiftedPoint
 
 WIDTH, HEIGHT = 64, 48
 
@@ -99,12 +94,12 @@ def test_unusable_depth_files_say_what_they_must_be(tmp_path, name, content, fra
         write_png(path, content)
     else:
         np.save(path, content)
-    with pytest.raises(DepthInputError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(DepthError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         read_depth_file(path)
 
 
 def test_missing_depth_file_is_named(tmp_path):
-    with pytest.raises(DepthInputError, match="depth file not found: .*nowhere.png"):
+    with pytest.raises(DepthError, match="depth file not found: .*nowhere.png"):
         read_depth_file(tmp_path / "nowhere.png")
 
 
@@ -119,7 +114,7 @@ def test_intrinsics_make_a_pinhole_camera_for_the_image():
 
 @pytest.mark.parametrize("text", ["50,52,31.5", "50,52,31.5,x", "50,52,31.5,nan", "", "0,52,31.5,23.5"])
 def test_bad_intrinsics_are_refused(text):
-    with pytest.raises(DepthInputError, match="--intrinsics"):
+    with pytest.raises(DepthError, match="--intrinsics"):
         parse_intrinsics(text, WIDTH, HEIGHT)
 
 
@@ -168,7 +163,7 @@ def test_camera_calibration_yaml_gives_its_matrices(tmp_path):
 def test_bad_camera_yaml_names_the_file_and_the_problem(tmp_path, old, new, fragment):
     path = tmp_path / "camera.yaml"
     path.write_text(CAMERA_YAML.replace(old, new, 1))
-    with pytest.raises(DepthInputError, match=fragment) as raised:
+    with pytest.raises(DepthError, match=fragment) as raised:
         read_camera_info(path)
     assert str(path) in str(raised.value)
 

@@ -88,7 +88,7 @@ class Rig:
         stamp_ns = stamp_ns or self.now_ns()
 
         def arrived() -> bool:
-            frame = self.node.frames.get("front")
+            frame = self.node.pointing.frames.get("front")
             return frame is not None and frame.stamp_ns == stamp_ns
 
         assert publish_until(
@@ -98,7 +98,7 @@ class Rig:
 
     def send_front_depth(self, metres: float, stamp_ns: int, frame_id: str = "front_optical") -> None:
         def arrived() -> bool:
-            depth = self.node.frames.nearest_depth("front", stamp_ns)
+            depth = self.node.pointing.frames.nearest_depth("front", stamp_ns)
             return depth is not None and depth.stamp_ns == stamp_ns
 
         assert publish_until(
@@ -109,7 +109,7 @@ class Rig:
         assert publish_until(
             self.front_info,
             lambda: camera_info_message(width, height, fx, "front_optical"),
-            lambda: self.node.frames.camera_info("front") is not None,
+            lambda: self.node.pointing.frames.camera_model("front") is not None,
         )
 
     def close(self) -> None:
@@ -167,7 +167,7 @@ def test_compressed_camera_and_two_cameras(make_rig):
     assert publish_until(
         rig.wrist,
         lambda: jpeg_message(value_image(200), stamp_ns, "wrist_optical"),
-        lambda: rig.node.frames.get("wrist") is not None,
+        lambda: rig.node.pointing.frames.get("wrist") is not None,
     )
 
     wrist = rig.user.point("cup", camera="wrist")
@@ -189,7 +189,7 @@ def test_one_query_over_two_cameras_tags_each_point_with_its_camera(make_rig):
     assert publish_until(
         rig.wrist,
         lambda: jpeg_message(value_image(200, width=32, height=16), wrist_stamp, "wrist_optical"),
-        lambda: rig.node.frames.get("wrist") is not None,
+        lambda: rig.node.pointing.frames.get("wrist") is not None,
     )
 
     response = rig.user.call(Point.Request(query="cup", camera="*"))
@@ -322,7 +322,8 @@ def test_standing_query_streams_results_until_cleared(make_rig):
     assert wait_until(lambda: len(rig.user.received()) >= 3)
     results = rig.user.received()
     assert all(r.query == "cup" and r.camera == "front" and len(r.points) == 1 for r in results)
-    assert len(results) <= rig.node.frames.sequence("front"), "at most one answer per frame that arrived"
+    arrived = rig.node.pointing.frames.sequence("front")
+    assert len(results) <= arrived, "at most one answer per frame that arrived"
 
     rig.standing.publish(String(data=""))
     assert wait_until(lambda: rig.node.pointing.standing_query is None)
@@ -384,7 +385,7 @@ def test_corrupt_and_unsupported_images(make_rig):
     rig = make_rig()
     broken = image_message(value_image(1), rig.now_ns(), "front_optical")
     broken.data = bytes(broken.data[:100])
-    assert publish_until(rig.front, lambda: broken, lambda: rig.node.frames.get("front") is not None)
+    assert publish_until(rig.front, lambda: broken, lambda: rig.node.pointing.frames.get("front") is not None)
     response = rig.user.point("cup")
     assert response.error_code == Point.Response.BAD_IMAGE and "camera 'front'" in response.message
 
@@ -425,7 +426,7 @@ def test_frame_flood_while_busy_keeps_only_the_newest(make_rig):
     for value in range(1, 120):
         rig.front.publish(image_message(value_image(value), rig.now_ns(), "front_optical"))
     last_stamp = rig.send_front(250)
-    assert rig.node.frames.get("front").stamp_ns == last_stamp, "the store holds the newest frame"
+    assert rig.node.pointing.frames.get("front").stamp_ns == last_stamp, "the store holds the newest frame"
     assert rig.node.pointing.pending() == 1, "frames never become queued work"
     engine.release(2)
     assert wait_until(lambda: first.done() and second.done())
@@ -478,7 +479,7 @@ def test_runtime_parameters_apply_to_the_next_request_and_the_rest_are_read_only
 
 def test_a_float_parameter_takes_an_integer(make_rig):
     rig = make_rig(max_frame_age=1)  # as a params file or launch argument writes it
-    assert rig.node.settings.max_frame_age_s == 1.0
+    assert rig.node.pointing.settings.max_frame_age_s == 1.0
     result = rig.node.set_parameters([Parameter("max_frame_age", value=5)])[0]
     assert result.successful, result.reason
     assert rig.node.get_parameter("max_frame_age").value == 5.0
@@ -495,7 +496,7 @@ def test_reliable_qos_on_request(make_rig):
     assert publish_until(
         reliable,
         lambda: image_message(value_image(9), stamp_ns, "front_optical"),
-        lambda: rig.node.frames.get("front") is not None,
+        lambda: rig.node.pointing.frames.get("front") is not None,
     )
     assert rig.user.point("cup").success
     subscription = next(s for s in rig.node.subscriptions if s.topic_name == "/front/image_raw")
@@ -558,7 +559,7 @@ def test_lifecycle_transitions_over_dds_and_requests_while_inactive(make_rig):
 
     assert lifecycle.transition(Transition.TRANSITION_DEACTIVATE)
     assert engine.closed, "deactivate frees the model"
-    assert rig.node.frames.get("front") is None, "frames are not taken while inactive"
+    assert rig.node.pointing.frames.get("front") is None, "frames are not taken while inactive"
     after = rig.user.point("cup")
     assert after.error_code == Point.Response.NOT_ACTIVE and "deactivated" in after.message
 
