@@ -14,11 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
-from rclpy.qos import qos_profile_sensor_data
-from ros_helpers import Spinner, TestClient, image_message, publish_until, wait_until
-from sensor_msgs.msg import Image
-
-from molmo_ros.srv import Point
+from ros_helpers import Spinner, TestClient, point_once_ready, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -40,31 +36,6 @@ def interrupt(process: subprocess.Popen) -> tuple[int, str]:
     """Ctrl-C, as a user stops the node."""
     process.send_signal(signal.SIGINT)
     return exit_of(process, 30)
-
-
-# Answers that mean "not ready yet, send a fresh frame and ask again": the model may load for a while on a
-# busy machine, and frames sent meanwhile are not taken (inactive) or grow older than max_frame_age.
-WAITING_FOR_THE_NODE = (Point.Response.NO_FRAME, Point.Response.STALE_FRAME, Point.Response.NOT_ACTIVE)
-
-
-def point_once_ready(user: TestClient, rgb: np.ndarray) -> tuple[object, list[Image]]:
-    """Streams fresh frames of `rgb` and asks until the node is ready; returns the answer and the frames."""
-    camera = user.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
-    assert user.client.wait_for_service(timeout_sec=120), "the node never offered /molmo/point"
-    sent, response = [], None
-
-    def fresh_frame() -> Image:
-        frame = image_message(rgb, user.get_clock().now().nanoseconds, "camera_optical_frame")
-        sent.append(frame)
-        return frame
-
-    def answered() -> bool:
-        nonlocal response
-        response = user.point("red mug", timeout=120)
-        return response.error_code not in WAITING_FOR_THE_NODE
-
-    assert publish_until(camera, fresh_frame, answered, timeout=120)
-    return response, sent
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from molmo_ros.backends.api_key import check_api_key
 from molmo_ros.backends.errors import BackendError, WeightsNotFoundError
 from molmo_ros.backends.interface import GenerationControl
 from molmo_ros.backends.settings import BackendSettings
@@ -97,9 +98,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def backend_settings(args: argparse.Namespace) -> BackendSettings:
     try:
-        return BackendSettings(
+        settings = BackendSettings(
             **{spec.field_name: getattr(args, spec.field_name) for spec in setting_specs(BackendSettings)}
         )
+        check_api_key(settings)
+        return settings
     except ValueError as error:
         raise UsageError(str(error)) from error
 

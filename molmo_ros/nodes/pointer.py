@@ -36,6 +36,7 @@ from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
 from molmo_ros.action import Point as PointAction
+from molmo_ros.backends.api_key import check_api_key
 from molmo_ros.backends.errors import BackendError
 from molmo_ros.backends.interface import PointingBackend, Stage
 from molmo_ros.backends.settings import BackendSettings
@@ -133,6 +134,7 @@ class PointerNode(LifecycleNode):
                 if topic:
                     validate_topic_name(topic)
         self.engine_settings = read_settings(self, BackendSettings, "engine.")
+        check_api_key(self.engine_settings)
         return PointingService(
             settings,
             self._now_ns,
