@@ -126,6 +126,18 @@ class CameraModel:
         undistorted = undistort(opencv, self.k, self.d, None, None, self.p[:, :3], UNDISTORT_CRITERIA)
         return undistorted.reshape(-1, 2)
 
+    def grid_rays(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The x and y ray components (as in `rays`) of every continuous point (x, y) of a grid, each
+        len(ys) x len(xs); a camera without distortion needs no per-point work."""
+        if self.distortion_model == "":
+            ray_x = (np.asarray(xs, dtype=np.float64) - 0.5 - self.cx) / self.fx
+            ray_y = (np.asarray(ys, dtype=np.float64) - 0.5 - self.cy) / self.fy
+            shape = (len(ys), len(xs))
+            return np.broadcast_to(ray_x[np.newaxis, :], shape), np.broadcast_to(ray_y[:, np.newaxis], shape)
+        grid_x, grid_y = np.meshgrid(xs, ys)
+        rays = self.rays(np.stack([grid_x.reshape(-1), grid_y.reshape(-1)], axis=1))
+        return rays[:, 0].reshape(grid_x.shape), rays[:, 1].reshape(grid_x.shape)
+
     def rays(self, points_px: np.ndarray) -> np.ndarray:
         """Nx3 rays (x, y, 1) in the optical frame; a point at depth Z is Z times its ray."""
         rectified = self.rectify(points_px)
