@@ -30,7 +30,7 @@ from molmo_ros.nodes.image_folder_publisher import (
 WIDTH, HEIGHT = 320, 240
 # depth is stored in whole millimetres: rounding moves Z by at most half a millimetre
 QUANTUM = MILLIMETRES / 2
-ONE_PIXEL = DepthSettings(depth_window=1, depth_search_radius=0)
+ONE_PIXEL = DepthSettings(depth_window=1, depth_min_support=1, depth_search_radius=0)
 
 
 def demo_camera(width: int = WIDTH, height: int = HEIGHT) -> CameraModel:

@@ -158,4 +158,4 @@ def _checked(
             f"the point is on an edge: it lies {off * 1000:.1f} mm off the plane of the surface around it",
         )
     normal = -plane.normal if plane.normal @ seed > 0 else plane.normal  # towards the camera, at the origin
-    return SurfaceNormal(tuple(float(value) for value in normal), residual, count)
+    return SurfaceNormal(tuple(float(value) + 0.0 for value in normal), residual, count)  # no -0.0
