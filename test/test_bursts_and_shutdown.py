@@ -44,7 +44,7 @@ def start_node(model_seconds: float, queue_size: int) -> subprocess.Popen:
 
 
 def start_clients(count: int, requests: int, wait_s: float, name: str = "c") -> list[subprocess.Popen]:
-    """Client processes, each with its own node name (shared names made DDS lose answers more often)."""
+    """Client processes, each with its own node name, as ROS expects: clients sharing a name lose answers."""
     clients = [
         spawn(
             [
@@ -102,7 +102,7 @@ def test_a_burst_of_100_requests_is_answered_in_full(camera, clients, requests):
         for name, count in report["codes"].items():
             total[name] = total.get(name, 0) + count
     taken, answered = node_counts(output)
-    print(f"burst {clients}x{requests}: {total}; node took {taken} and answered {answered}")  # for the note
+    print(f"burst {clients}x{requests}: {total}; node took {taken} and answered {answered}")  # with -s
     assert code == 0 and "Traceback" not in output, output
     # Every request reached the node and the node answered every one (each client's probe call included),
     # and every answer reached its client.

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from molmo_ros.depth.camera import CameraModel
 from molmo_ros.depth.errors import DepthError
-from molmo_ros.depth.images import MILLIMETRES, depth_to_metres, read_depth
+from molmo_ros.depth.images import MILLIMETRES, read_depth
 from molmo_ros.depth.lifting import LiftedPoint, lift_points
 from molmo_ros.depth.settings import DepthSettings
 from molmo_ros.pointing.settings import camera_info_topic_beside
@@ -84,7 +84,7 @@ def test_no_points_give_no_lifted_points():
 @pytest.mark.parametrize("hole", [np.nan, 0.0, np.inf, -np.inf], ids=["nan", "zero", "inf", "minus-inf"])
 def test_holes_in_float_depth_are_no_depth(hole):
     encoded = plane(hole).tobytes()
-    depth = depth_to_metres(encoded, "32FC1", HEIGHT, WIDTH, WIDTH * 4, False)
+    depth = read_depth(encoded, "32FC1", HEIGHT, WIDTH, WIDTH * 4, False).metres()
     assert np.isnan(depth).all()
     (point,) = lift_points([(100.0, 100.0)], (WIDTH, HEIGHT), depth, pinhole(), DEFAULTS)
     assert not point.valid and point.xyz is None
@@ -223,8 +223,8 @@ def test_millimetres_and_metres_give_the_same_points():
     millimetres = np.full((HEIGHT, WIDTH), 1234, dtype=np.uint16)
     data_mm, step_mm = pack(millimetres, "<u2", padding=6)
     data_m, step_m = pack(millimetres.astype(np.float32) * np.float32(MILLIMETRES), "<f4")
-    from_mm = depth_to_metres(data_mm, "16UC1", HEIGHT, WIDTH, step_mm, False)
-    from_m = depth_to_metres(data_m, "32FC1", HEIGHT, WIDTH, step_m, False)
+    from_mm = read_depth(data_mm, "16UC1", HEIGHT, WIDTH, step_mm, False).metres()
+    from_m = read_depth(data_m, "32FC1", HEIGHT, WIDTH, step_m, False).metres()
     np.testing.assert_allclose(from_mm, 1.234, rtol=REL)
     np.testing.assert_array_equal(from_mm, from_m)
     lifted_mm = lift_points([(50.0, 60.0)], (WIDTH, HEIGHT), from_mm, pinhole(), DEFAULTS)
@@ -235,7 +235,7 @@ def test_millimetres_and_metres_give_the_same_points():
 def test_integer_depth_zero_is_no_depth_and_scale_overrides_millimetres():
     values = np.array([[0, 1, 500], [65535, 2, 3]], dtype=np.uint16)
     data, step = pack(values, ">u2")
-    depth = depth_to_metres(data, "mono16", 2, 3, step, True, scale=0.0001)
+    depth = read_depth(data, "mono16", 2, 3, step, True, scale=0.0001).metres()
     expected = np.array([[np.nan, 0.0001, 0.05], [6.5535, 0.0002, 0.0003]], dtype=np.float32)
     np.testing.assert_allclose(depth, expected, rtol=REL)
 
@@ -243,13 +243,13 @@ def test_integer_depth_zero_is_no_depth_and_scale_overrides_millimetres():
 def test_float_depth_ignores_the_integer_scale_and_keeps_big_endian_values():
     values = np.array([[1.5, np.nan]], dtype=np.float32)
     data, step = pack(values, ">f4")
-    depth = depth_to_metres(np.frombuffer(data, np.uint8), "32FC1", 1, 2, step, True, scale=0.5)
+    depth = read_depth(np.frombuffer(data, np.uint8), "32FC1", 1, 2, step, True, scale=0.5).metres()
     np.testing.assert_array_equal(depth, [[1.5, np.nan]])
 
 
 def test_decoding_does_not_write_into_the_message_buffer():
     buffer = bytearray(np.array([[0.0, 2.0]], dtype="<f4").tobytes())
-    depth_to_metres(buffer, "32FC1", 1, 2, 8, False)
+    read_depth(buffer, "32FC1", 1, 2, 8, False).metres()
     assert np.frombuffer(bytes(buffer), "<f4").tolist() == [0.0, 2.0]
 
 
@@ -268,13 +268,13 @@ def test_bad_depth_images_raise_depth_errors_naming_the_problem(
     encoding, height, width, step, size, fragment
 ):
     with pytest.raises(DepthError, match=fragment):
-        depth_to_metres(bytes(size), encoding, height, width, step, False)
+        read_depth(bytes(size), encoding, height, width, step, False).metres()
 
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, math.nan])
 def test_a_bad_depth_scale_is_refused(scale):
     with pytest.raises(DepthError, match="depth scale must be a positive number"):
-        depth_to_metres(bytes(4), "16UC1", 1, 2, 4, False, scale=scale)
+        read_depth(bytes(4), "16UC1", 1, 2, 4, False, scale=scale).metres()
 
 
 # --- depth at another resolution ---
@@ -506,7 +506,7 @@ def test_a_slice_of_a_depth_image_equals_the_same_slice_of_the_whole_conversion(
         raw[5, 10], raw[6, 11], raw[7, 12] = np.nan, np.inf, 0.0
     data = raw.tobytes()
     args = (data, encoding, 48, 64, 64 * raw.itemsize, big_endian)
-    whole = depth_to_metres(*args)
+    whole = read_depth(*args).metres()
     image = read_depth(*args)
     assert image.shape == (48, 64)
     np.testing.assert_array_equal(image[3:12, 8:25], whole[3:12, 8:25])

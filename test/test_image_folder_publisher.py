@@ -14,7 +14,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from molmo_ros.depth.camera import CameraModel
-from molmo_ros.depth.images import MILLIMETRES, depth_to_metres
+from molmo_ros.depth.images import MILLIMETRES, read_depth
 from molmo_ros.depth.lifting import lift_points
 from molmo_ros.depth.settings import DepthSettings
 from molmo_ros.nodes.image_folder_publisher import (
@@ -166,9 +166,9 @@ def test_colour_depth_and_camera_info_share_stamp_and_frame(ros, folder):
             assert (message.width, message.height) == (WIDTH, HEIGHT)
     depth = listener.received[DEFAULT_DEPTH_TOPIC][0]
     assert depth.encoding == "16UC1"
-    metres = depth_to_metres(
+    metres = read_depth(
         bytes(depth.data), depth.encoding, depth.height, depth.width, depth.step, bool(depth.is_bigendian)
-    )
+    ).metres()
     np.testing.assert_array_equal(metres, synthetic_depth_mm(WIDTH, HEIGHT) * np.float32(MILLIMETRES))
     info = listener.received["/camera/camera_info"][0]
     model = CameraModel.from_camera_info(

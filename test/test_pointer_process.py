@@ -74,7 +74,8 @@ def ros():
     rclpy.try_shutdown()
 
 
-def test_console_entry_point_with_params_file_and_tiny_model(ros, tiny_model_dir):
+@pytest.mark.parametrize("quantization", ["none", "int8"])
+def test_console_entry_point_with_params_file_and_tiny_model(ros, tiny_model_dir, quantization, tmp_path):
     node = start(
         [
             str(BIN / "pointer"),
@@ -87,6 +88,10 @@ def test_console_entry_point_with_params_file_and_tiny_model(ros, tiny_model_dir
             "engine.device:=cpu",
             "-p",
             "engine.max_new_tokens:=8",
+            "-p",
+            f"engine.quantization:={quantization}",
+            "-p",
+            f"engine.cache_dir:={tmp_path}",
         ]
     )
     user = TestClient()
@@ -109,6 +114,8 @@ def test_console_entry_point_with_params_file_and_tiny_model(ros, tiny_model_dir
         code, output = interrupt(node)
     assert code == 0, output
     assert "active: molmoe backend ready" in output
+    int8_entries = [path for path in tmp_path.iterdir() if "-int8-" in path.name]
+    assert len(int8_entries) == (quantization == "int8"), "int8 weights load through their own cache entry"
 
 
 def test_console_entry_point_with_the_tiny_molmo2_backend(ros, tmp_path):
@@ -198,3 +205,17 @@ def test_bad_parameters_stop_the_node_before_the_model_loads(parameter, fragment
     code, output = exit_of(start([str(BIN / "pointer"), "--ros-args", "-p", parameter]), 60)
     assert code == 1 and "cannot start" in output and fragment in output, output
     assert "Traceback" not in output and "loading" not in output, "checked before any model load"
+
+
+def test_int8_with_the_openai_backend_stops_the_node_saying_the_server_quantizes():
+    command = [
+        str(BIN / "pointer"),
+        "--ros-args",
+        "-p",
+        "engine.backend:=openai",
+        "-p",
+        "engine.quantization:=int8",
+    ]
+    code, output = exit_of(start(command), 60)
+    assert code == 1 and "cannot start" in output and "quantizes them itself" in output, output
+    assert "Traceback" not in output

@@ -25,7 +25,7 @@ from molmo_ros.backends.interface import BackendAnswer, GenerationControl, Stage
 from molmo_ros.backends.settings import BackendSettings, DefaultModel, backend_setting, chosen_model
 
 # What `vllm serve allenai/Molmo2-8B` serves under when no --served-model-name is given.
-DEFAULT_SERVED_MODEL = DefaultModel(family="served Molmo", model_id="allenai/Molmo2-8B")
+SERVED_DEFAULT = DefaultModel(family="served Molmo", model_id="allenai/Molmo2-8B")
 # Molmo2 was trained on multi-image prompts; 8 covers a robot's cameras. The server must allow as many
 # (vLLM: --limit-mm-per-prompt '{"image": 8}').
 MAX_IMAGES_PER_PROMPT = 8
@@ -51,7 +51,7 @@ class OpenAIChatBackend:
 
     def __init__(self, settings: BackendSettings, transport: httpx.BaseTransport | None = None) -> None:
         self.url = settings.url.rstrip("/")
-        self.model_name = chosen_model(settings.model, DEFAULT_SERVED_MODEL)
+        self.model_name = chosen_model(settings.model, SERVED_DEFAULT)
         self.max_concurrent_calls = settings.max_in_flight
         self._settings = settings
         self._api_key = os.environ.get(settings.api_key_env, "")
@@ -70,10 +70,7 @@ class OpenAIChatBackend:
         return cls(settings)
 
     def generate(
-        self,
-        images: Sequence[np.ndarray],
-        prompts: Sequence[str],
-        control: GenerationControl | None = None,
+        self, images: Sequence[np.ndarray], prompts: Sequence[str], control: GenerationControl | None = None
     ) -> BackendAnswer:
         control = control or GenerationControl()
         check_images(images, self.max_images, self.name)

@@ -164,6 +164,20 @@ class PointerNode(LifecycleNode):
         except Exception as error:  # rclpy would turn it into ERROR without a word
             self.get_logger().error(f"cannot configure: {type(error).__name__}: {error}")
             return TransitionCallbackReturn.FAILURE
+        self.pointing = pointing
+        self._create_interfaces()
+        settings = pointing.settings
+        self.get_logger().info(
+            f"configured: cameras {', '.join(settings.cameras)} (default "
+            f"{settings.camera_for_default}), service {self.resolve_service_name('point')}, results on "
+            f"{self._points.topic_name}"
+        )
+        return super().on_configure(state)
+
+    def _create_interfaces(self) -> None:
+        """The publishers, the camera subscriptions, the services and the action, all in one reentrant
+        group: a request awaiting the model must not keep the next request or a frame from being taken
+        (a mutually exclusive group would hold its callbacks until the awaiting coroutine ends)."""
         qos = QoSProfile(
             depth=1,
             reliability=ReliabilityPolicy.RELIABLE
@@ -171,14 +185,11 @@ class PointerNode(LifecycleNode):
             else ReliabilityPolicy.BEST_EFFORT,
             durability=DurabilityPolicy.VOLATILE,
         )
-        self.pointing = pointing
         self._points = self.create_lifecycle_publisher(PointingResult, "points", RESULTS_DEPTH)
         self._target = self.create_lifecycle_publisher(PointStamped, "target", RESULTS_DEPTH)
         self._target_pose = self.create_lifecycle_publisher(PoseStamped, "target_pose", RESULTS_DEPTH)
         self._markers = self.create_lifecycle_publisher(MarkerArray, "markers", RESULTS_DEPTH)
         self._debug_image = self.create_lifecycle_publisher(Image, "debug_image", 1)
-        # Reentrant: a request awaiting the model must not keep the next request or a frame from being taken
-        # (a mutually exclusive group would hold its callbacks until the awaiting coroutine ends).
         group = ReentrantCallbackGroup()
         entities = [
             self.create_subscription(String, "query", self._on_standing_query, 10, callback_group=group),
@@ -202,13 +213,6 @@ class PointerNode(LifecycleNode):
             callback_group=group,
         )
         self._ros_entities = entities
-        settings = pointing.settings
-        self.get_logger().info(
-            f"configured: cameras {', '.join(settings.cameras)} (default "
-            f"{settings.camera_for_default}), service {self.resolve_service_name('point')}, results on "
-            f"{self._points.topic_name}"
-        )
-        return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Loads the model (weights and GPU memory); cameras are taken and requests answered from now on."""

@@ -26,7 +26,7 @@ from molmo_ros.depth.settings import DepthSettings
 from molmo_ros.depth.transforms import RigidTransform, approach_pose
 from molmo_ros.geometry import PixelPoint, to_pixels
 from molmo_ros.parsing import ParsedPoint, parse_answer
-from molmo_ros.pointing.errors import ErrorCode, PointingError
+from molmo_ros.pointing.errors import ErrorCode, PointingError, unexpected_error
 from molmo_ros.pointing.outcomes import DepthUsed, OutcomePoint, PointingOutcome, Target, View, ViewDepthState
 from molmo_ros.pointing.settings import CameraSettings
 from molmo_ros.pointing.target_frame import TargetFrame
@@ -65,13 +65,9 @@ def ask_model(
             if isinstance(error, error_type):
                 message = CANCELLED if what is None else f"{what}: {error}" if what else str(error)
                 raise PointingError(code, message, error.settings) from error
-        raise PointingError(
-            ErrorCode.ENGINE_ERROR, f"the model failed: {type(error).__name__}: {error}", error.settings
-        ) from error
+        raise unexpected_error("the model failed", error, error.settings) from error
     except Exception as error:
-        raise PointingError(
-            ErrorCode.ENGINE_ERROR, f"the model failed: {type(error).__name__}: {error}"
-        ) from error
+        raise unexpected_error("the model failed", error) from error
 
 
 def pointing_outcome(

@@ -12,7 +12,7 @@ from molmo_ros.depth.pairing import DepthMissing, ViewDepth, pair_depth
 from molmo_ros.depth.settings import DepthSettings
 from molmo_ros.image_conversion import ImageConversionError
 from molmo_ros.pointing.answer import ViewInput, ask_model, pointing_outcome
-from molmo_ros.pointing.errors import ErrorCode, PointingError
+from molmo_ros.pointing.errors import ErrorCode, PointingError, unexpected_error
 from molmo_ros.pointing.frames import Frame, LatestFrames
 from molmo_ros.pointing.outcomes import AskOutcome, PointingOutcome, View
 from molmo_ros.pointing.requests import PointingRequest
@@ -75,9 +75,7 @@ def answer_request(
     except PointingError:
         raise
     except Exception as error:
-        raise PointingError(
-            ErrorCode.ENGINE_ERROR, f"internal error: {type(error).__name__}: {error}"
-        ) from error
+        raise unexpected_error("internal error", error) from error
 
 
 def gather_inputs(

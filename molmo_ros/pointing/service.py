@@ -111,8 +111,6 @@ class PointingService:
         with self._wake:
             self._settings = settings
 
-    # --- frames in --------------------------------------------------------------------------------------
-
     def put_frame(self, frame: Frame) -> None:
         """Keeps `frame` as its camera's newest, while active, and wakes a waiting standing query."""
         if self._state is _State.ACTIVE:
@@ -129,8 +127,6 @@ class PointingService:
         """`model` is the error when the camera's CameraInfo cannot be used (reported with its points)."""
         if self._state is _State.ACTIVE:
             self.frames.put_camera_model(camera, model)
-
-    # --- lifecycle --------------------------------------------------------------------------------------
 
     @property
     def active(self) -> bool:
@@ -182,8 +178,6 @@ class PointingService:
             self._state = _State.STOPPED
         return backend
 
-    # --- requests ---------------------------------------------------------------------------------------
-
     def pending(self) -> int:
         with self._wake:
             return len(self._jobs)
@@ -191,7 +185,10 @@ class PointingService:
     def has_room(self) -> bool:
         """Whether a request submitted now would be taken rather than answered NOT_ACTIVE or BUSY."""
         with self._wake:
-            return self._state is _State.ACTIVE and len(self._jobs) < self._settings.queue_size
+            return self._state is _State.ACTIVE and not self._queue_full()
+
+    def _queue_full(self) -> bool:
+        return len(self._jobs) >= self._settings.queue_size
 
     def submit(self, request: PointingRequest, on_progress: ProgressCallback | None = None) -> Ticket:
         """A ticket whose future resolves to an outcome or fails with a PointingError; never blocks."""
@@ -204,7 +201,7 @@ class PointingService:
                 ticket.request = checked_request(
                     request, self._settings, self.frames, backend.max_images, backend.name
                 )
-                if len(self._jobs) >= self._settings.queue_size:
+                if self._queue_full():
                     raise PointingError(
                         ErrorCode.BUSY,
                         f"busy: {len(self._jobs)} requests are already waiting; try again shortly",
@@ -242,8 +239,6 @@ class PointingService:
     def standing_query(self) -> str | None:
         return self._standing.query
 
-    # --- the workers ------------------------------------------------------------------------------------
-
     def _next_task(self) -> tuple[Ticket | None, str | None]:
         """Waits for a request or, failing that, a new frame for the standing query: (ticket, None),
         (None, standing camera), or (None, None) when the service is no longer active."""
@@ -274,12 +269,12 @@ class PointingService:
         try:
             outcome = self._answer(ticket.request, ticket.control)
         except PointingError as error:
-            with self._wake:
-                self._running.discard(ticket)
-            self._fail(ticket, ticket.stop_reason or error)
+            outcome = error
+        with self._wake:
+            self._running.discard(ticket)
+        if isinstance(outcome, PointingError):
+            self._fail(ticket, ticket.stop_reason or outcome)
         else:
-            with self._wake:
-                self._running.discard(ticket)
             ticket.future.set_result(outcome)
 
     def _answer_standing_query(self, camera: str) -> None:
