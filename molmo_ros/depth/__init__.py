@@ -23,4 +23,3 @@ Conventions:
 - The depth image is registered to the colour image (same field of view, same pixel grid up to a scale),
   so depth is sampled at the pointed pixel itself, not at its undistorted position.
 """
-

@@ -127,14 +127,16 @@ class CameraModel:
         return undistorted.reshape(-1, 2)
 
     def grid_rays(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The x and y ray components (as in `rays`) of every continuous point (x, y) of a grid, each
-        len(ys) x len(xs); a camera without distortion needs no per-point work."""
+        """The x and y ray components (as in `rays`) of k grids of continuous points: xs and ys are k x n
+        (columns and rows of each grid); the results broadcast to k x n x n. A camera without
+        distortion needs no per-point work (k x 1 x n and k x n x 1)."""
+        xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
         if self.distortion_model == "":
-            ray_x = (np.asarray(xs, dtype=np.float64) - 0.5 - self.cx) / self.fx
-            ray_y = (np.asarray(ys, dtype=np.float64) - 0.5 - self.cy) / self.fy
-            shape = (len(ys), len(xs))
-            return np.broadcast_to(ray_x[np.newaxis, :], shape), np.broadcast_to(ray_y[:, np.newaxis], shape)
-        grid_x, grid_y = np.meshgrid(xs, ys)
+            return ((xs - 0.5 - self.cx) / self.fx)[:, np.newaxis, :], ((ys - 0.5 - self.cy) / self.fy)[
+                :, :, np.newaxis
+            ]
+        grid_x = np.broadcast_to(xs[:, np.newaxis, :], (xs.shape[0], ys.shape[1], xs.shape[1]))
+        grid_y = np.broadcast_to(ys[:, :, np.newaxis], grid_x.shape)
         rays = self.rays(np.stack([grid_x.reshape(-1), grid_y.reshape(-1)], axis=1))
         return rays[:, 0].reshape(grid_x.shape), rays[:, 1].reshape(grid_x.shape)
 

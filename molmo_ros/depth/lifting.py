@@ -20,7 +20,7 @@ import numpy as np
 from molmo_ros.depth.camera import CameraModel
 from molmo_ros.depth.errors import DepthError
 from molmo_ros.depth.images import DepthImage
-from molmo_ros.depth.normals import surface_normal
+from molmo_ros.depth.normals import surface_normals
 from molmo_ros.depth.settings import DepthSettings
 from molmo_ros.depth.surface import pointed_surface
 
@@ -96,9 +96,13 @@ def lift_points(
     if points.size == 0:
         return []
     rays = camera.rays(points)
+    surfaces = [pointed_surface(depth_m, x * scale[0], y * scale[1], settings) for x, y in points]
+    found = [surface for surface in surfaces if surface is not None]
+    normals = iter(
+        surface_normals(depth_m, camera, scale, found, settings)
+    )  # all at once: one fit per answer
     lifted = []
-    for (x, y), ray in zip(points, rays, strict=True):
-        surface = pointed_surface(depth_m, x * scale[0], y * scale[1], settings)
+    for ray, surface in zip(rays, surfaces, strict=True):
         if surface is None:
             reason = (
                 f"no valid depth within {settings.depth_search_radius} depth-image pixels of the point "
@@ -107,7 +111,7 @@ def lift_points(
             )
             lifted.append(LiftedPoint(None, math.nan, 0, math.nan, False, math.nan, reason=reason))
             continue
-        normal = surface_normal(depth_m, camera, scale, surface, settings)
+        normal = next(normals)
         lifted.append(
             LiftedPoint(
                 xyz=(float(ray[0] * surface.depth), float(ray[1] * surface.depth), surface.depth),

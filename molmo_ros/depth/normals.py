@@ -20,9 +20,13 @@ No normal is better than a made-up one, so the fit is refused, with the reason, 
   the planes of the two sides differ by more than normal_max_error plus three times what their noise
   explains (a ridge, a crease or the corner between two faces, where one plane would average the faces);
 - the pointed surface point lies off the plane by more than the tolerance (an edge).
+
+The points of an answer are fitted together, as arrays of k neighbourhoods of M pixels each, so an
+answer costs a fixed number of numpy calls whatever its number of points.
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,50 +49,106 @@ class SurfaceNormal:
     """The fitted normal, or why there is none."""
 
     normal: tuple[float, float, float] | None  # unit, optical frame, towards the camera
-    residual: float  # RMS distance of the inliers from the plane, metres; NaN without a fit
+    residual: float  # RMS distance of the inliers from the plane along the line of sight (m); NaN if none
     inliers: int  # neighbourhood points the plane was fitted to
     reason: str = ""  # empty when there is a normal
 
 
 @dataclass(frozen=True)
-class _Plane:
-    """t = t0 + slopes . ((u, v) - (u0, v0)) in the line-of-sight frame (see the module's docstring)."""
+class _Neighbourhoods:
+    """k neighbourhoods of M = (2 normal_radius + 1)^2 pixels, each in its own line-of-sight frame."""
 
-    centroid: np.ndarray  # (u0, v0, t0)
-    slopes: np.ndarray  # (b, c): metres along the line of sight per metre across it
-    across: float  # spread (standard deviation) of the points across the line of sight, narrower way
-    residual: float  # RMS of the points' distances from the plane along the line of sight
-    count: int
+    coordinates: np.ndarray  # k x M x 3: (u, v, t) of each pixel's point; 0 where it has no depth
+    depths: np.ndarray  # k x M: each pixel's depth (Z); NaN where it has none
+    valid: np.ndarray  # k x M
+    seeds: np.ndarray  # k x 3: (u, v, t) of each seed pixel's point, at its surface's depth
+    frames: np.ndarray  # k x 3 x 3: columns u, v, t in the optical frame
+
+
+@dataclass(frozen=True)
+class _Planes:
+    """k planes t = t0 + slopes . ((u, v) - (u0, v0)), each fitted to the chosen points of its
+    neighbourhood by least squares along the line of sight."""
+
+    centroids: np.ndarray  # k x 3: (u0, v0, t0)
+    slopes: np.ndarray  # k x 2: metres along the line of sight per metre across it
+    across: np.ndarray  # k: spread (standard deviation) of the points across the sight, the narrower way
+    counts: np.ndarray  # k
 
     def along_sight(self, coordinates: np.ndarray) -> np.ndarray:
-        """Distances of (u, v, t) rows from the plane along the line of sight."""
-        centred = coordinates - self.centroid
-        return centred[..., 2] - centred[..., :2] @ self.slopes
-
-    def error_deg(self, sigma: float) -> float:
-        """Expected normal error for depth noise `sigma`: the standard error of the worse slope."""
-        return _expected_error_deg(sigma, self.across, self.count)
+        """k x M distances of k x M x 3 points from their planes, along the line of sight."""
+        centred = coordinates - self.centroids[:, np.newaxis]
+        return centred[..., 2] - np.sum(centred[..., :2] * self.slopes[:, np.newaxis], axis=-1)
 
 
-def surface_normal(
+def surface_normals(
     depth_m: np.ndarray | DepthImage,
     camera: CameraModel,
     scale: tuple[float, float],
-    surface: Surface,
+    surfaces: Sequence[Surface],
     settings: DepthSettings,
-) -> SurfaceNormal:
-    """The normal of `surface` (found in `depth_m`, whose pixels are `scale` = (sx, sy) times the colour
-    image's); `camera` is the colour camera."""
+) -> list[SurfaceNormal]:
+    """The normal of each of `surfaces` (found in `depth_m`, whose pixels are `scale` = (sx, sy) times the
+    colour image's), or why it has none; `camera` is the colour camera."""
     if settings.normal_radius == 0:
-        return SurfaceNormal(None, math.nan, 0, "normals are off (normal_radius is 0)")
-    points, seed = _neighbourhood(depth_m, camera, scale, surface, settings)
-    frame = _sight_frame(seed)
-    coordinates, seed_coordinates = points @ frame, seed @ frame
-    tolerance = float(surface_tolerance(surface.depth, settings))
-    inliers = np.abs(points[:, 2] - surface.depth) <= tolerance
+        return [SurfaceNormal(None, math.nan, 0, "normals are off (normal_radius is 0)") for _ in surfaces]
+    if not surfaces:
+        return []
+    near = _neighbourhoods(depth_m, camera, scale, surfaces, settings)
+    depths = np.array([surface.depth for surface in surfaces])
+    tolerances = surface_tolerance(depths, settings)[:, np.newaxis]
+    with np.errstate(invalid="ignore"):  # NaN depths (no depth) are never within the band
+        chosen = near.valid & (np.abs(near.depths - depths[:, np.newaxis]) <= tolerances)
+    too_few = np.zeros(len(surfaces), dtype=bool)
     for _ in range(MAX_REFITS + 1):
-        count = int(inliers.sum())
-        if count < settings.normal_min_points:
+        too_few |= chosen.sum(axis=1) < settings.normal_min_points
+        planes = _fit(near.coordinates, chosen)
+        refit = near.valid & (np.abs(planes.along_sight(near.coordinates)) <= tolerances)
+        refit[too_few] = chosen[too_few]  # too few points: refused as it stands
+        if np.array_equal(refit, chosen):
+            break
+        chosen = refit
+    else:
+        planes = _fit(near.coordinates, chosen)
+    distances = planes.along_sight(near.coordinates)
+    residuals = np.sqrt(np.sum(chosen * distances**2, axis=1) / np.maximum(planes.counts, 1))
+    sigmas = np.maximum(noise_sigma(depths, settings), residuals)
+    bends, allowed = _bends(near, chosen, sigmas, settings.normal_max_error)
+    offsets = near.seeds - planes.centroids
+    off = np.abs(offsets[:, 2] - np.sum(offsets[:, :2] * planes.slopes, axis=1))
+    normals = (
+        near.frames @ np.concatenate([planes.slopes, -np.ones((len(surfaces), 1))], axis=1)[..., np.newaxis]
+    )
+    normals = normals[..., 0] / np.linalg.norm(normals[..., 0], axis=1, keepdims=True)
+    checks = _Checks(planes, residuals, sigmas, too_few, bends, allowed, off, tolerances[:, 0], normals)
+    return [checks.verdict(index, surfaces[index], camera, scale, settings) for index in range(len(surfaces))]
+
+
+@dataclass(frozen=True)
+class _Checks:
+    """What the fits of an answer's neighbourhoods say, point by point (see the module's docstring)."""
+
+    planes: _Planes
+    residuals: np.ndarray
+    sigmas: np.ndarray  # the depth noise taken for each: the model's or its residual, the larger
+    too_few: np.ndarray
+    bends: np.ndarray
+    allowed: np.ndarray
+    off: np.ndarray  # each seed's distance from its plane along the line of sight
+    tolerances: np.ndarray
+    normals: np.ndarray  # k x 3, optical frame, towards the camera
+
+    def verdict(
+        self,
+        index: int,
+        surface: Surface,
+        camera: CameraModel,
+        scale: tuple[float, float],
+        settings: DepthSettings,
+    ) -> SurfaceNormal:
+        """Point `index`'s normal, or the first reason it has none."""
+        count, residual = int(self.planes.counts[index]), float(self.residuals[index])
+        if self.too_few[index]:
             return SurfaceNormal(
                 None,
                 math.nan,
@@ -96,160 +156,164 @@ def surface_normal(
                 f"too few points on the surface around the point to fit a plane ({count}; "
                 f"normal_min_points is {settings.normal_min_points})",
             )
-        plane = _fit(coordinates[inliers])
-        refit = np.abs(plane.along_sight(coordinates)) <= tolerance
-        if np.array_equal(refit, inliers):
-            break
-        inliers = refit
-    checked = _checked(plane, coordinates[inliers], seed_coordinates, surface, camera, scale, settings)
-    if checked is not None:
-        return checked
-    normal = frame @ np.array([plane.slopes[0], plane.slopes[1], -1.0])  # (b, c, -1): towards the camera
-    normal /= np.linalg.norm(normal)
-    normal = tuple(float(value) + 0.0 for value in normal)  # + 0.0: no -0.0 in what is printed
-    return SurfaceNormal(normal, plane.residual, plane.count)
+        sigma, across = float(self.sigmas[index]), float(self.planes.across[index])
+        expected_error = _expected_error_deg(sigma, across, count)
+        if expected_error > settings.normal_max_error:
+            pixel_m = surface.depth / (0.5 * (camera.fx * scale[0] + camera.fy * scale[1]))
+            return SurfaceNormal(
+                None,
+                residual,
+                count,
+                f"the surface is too thin or too noisy here to orient: its points spread "
+                f"{across / pixel_m:.1f} pixels across with {sigma * 1000:.1f} mm of depth noise, which "
+                f"would tilt a normal by about {expected_error:.0f} degrees (normal_max_error is "
+                f"{settings.normal_max_error:g})",
+            )
+        if self.bends[index] > self.allowed[index]:
+            return SurfaceNormal(
+                None,
+                residual,
+                count,
+                f"the surface bends at the point: the planes on its two sides differ by "
+                f"{self.bends[index]:.0f} degrees, more than the {self.allowed[index]:.0f} that noise and "
+                "normal_max_error allow (a ridge, a crease or a corner between faces)",
+            )
+        if self.off[index] > self.tolerances[index]:
+            return SurfaceNormal(
+                None,
+                residual,
+                count,
+                f"the point is on an edge: it lies {self.off[index] * 1000:.1f} mm off the plane of the "
+                "surface around it",
+            )
+        normal = tuple(float(value) + 0.0 for value in self.normals[index])  # + 0.0: no -0.0 printed
+        return SurfaceNormal(normal, residual, count)
 
 
-def _sight_frame(seed: np.ndarray) -> np.ndarray:
-    """Columns: across the line of sight to `seed` (image-right and image-down made perpendicular to
-    it), then along it; points @ frame gives their (u, v, t)."""
-    sx, sy, sz = seed / math.sqrt(float(seed @ seed))
-    # image-right minus its part along the sight, normalised; then sight x that (written out: np.cross is
-    # slow on single vectors)
-    ux, uy, uz = 1.0 - sx * sx, -sx * sy, -sx * sz
-    norm = math.sqrt(ux * ux + uy * uy + uz * uz)
-    ux, uy, uz = ux / norm, uy / norm, uz / norm
-    return np.array([[ux, sy * uz - sz * uy, sx], [uy, sz * ux - sx * uz, sy], [uz, sx * uy - sy * ux, sz]])
-
-
-def _neighbourhood(
+def _neighbourhoods(
     depth_m: np.ndarray | DepthImage,
     camera: CameraModel,
     scale: tuple[float, float],
-    surface: Surface,
+    surfaces: Sequence[Surface],
     settings: DepthSettings,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Nx3 points of the valid neighbourhood pixels, and the seed pixel's point at the surface depth."""
+) -> _Neighbourhoods:
+    """The (2 normal_radius + 1)-pixel squares centred on the surfaces' seed pixels (NaN beyond the
+    image), each valid pixel lifted along its own ray."""
     radius = settings.normal_radius
+    side = 2 * radius + 1
     rows, columns = depth_m.shape
-    top, left = max(0, surface.row - radius), max(0, surface.column - radius)
-    bottom, right = min(rows, surface.row + radius + 1), min(columns, surface.column + radius + 1)
-    patch = depth_m[top:bottom, left:right].astype(np.float64)
+    patches = np.full((len(surfaces), side, side), np.nan)
+    for index, surface in enumerate(surfaces):
+        top, left = max(0, surface.row - radius), max(0, surface.column - radius)
+        bottom, right = min(rows, surface.row + radius + 1), min(columns, surface.column + radius + 1)
+        first_row, first_column = top - surface.row + radius, left - surface.column + radius
+        patches[index, first_row : first_row + bottom - top, first_column : first_column + right - left] = (
+            depth_m[top:bottom, left:right]
+        )
     with np.errstate(invalid="ignore"):
-        valid = (patch >= settings.min_depth) & (patch <= settings.max_depth)
+        valid = (patches >= settings.min_depth) & (patches <= settings.max_depth)
+    steps = np.arange(side) - radius + 0.5  # pixel centres relative to the seed pixel's corner
+    seed_rows = np.array([surface.row for surface in surfaces])[:, np.newaxis]
+    seed_columns = np.array([surface.column for surface in surfaces])[:, np.newaxis]
     # depth-image pixel centres as continuous points of the colour image, which the camera model is for
-    ray_x, ray_y = camera.grid_rays(
-        (np.arange(left, right) + 0.5) / scale[0], (np.arange(top, bottom) + 0.5) / scale[1]
+    ray_x, ray_y = camera.grid_rays((seed_columns + steps) / scale[0], (seed_rows + steps) / scale[1])
+    points = np.stack([ray_x * patches, ray_y * patches, patches], axis=-1).reshape(len(surfaces), -1, 3)
+    valid = valid.reshape(len(surfaces), -1)
+    points[~valid] = 0.0
+    seed_rays = np.stack(
+        [
+            np.broadcast_to(ray_x, patches.shape)[:, radius, radius],
+            np.broadcast_to(ray_y, patches.shape)[:, radius, radius],
+        ],
+        axis=1,
     )
-    depths = patch[valid]
-    points = np.stack([ray_x[valid] * depths, ray_y[valid] * depths, depths], axis=1)
-    seed_row, seed_column = surface.row - top, surface.column - left
-    seed = np.array([ray_x[seed_row, seed_column], ray_y[seed_row, seed_column], 1.0]) * surface.depth
-    return points, seed
+    seeds = np.concatenate([seed_rays, np.ones((len(surfaces), 1))], axis=1)
+    seeds *= np.array([surface.depth for surface in surfaces])[:, np.newaxis]
+    frames = _sight_frames(seeds)
+    return _Neighbourhoods(
+        points @ frames,
+        patches.reshape(len(surfaces), -1),
+        valid,
+        (seeds[:, np.newaxis] @ frames)[:, 0],
+        frames,
+    )
 
 
-def _fit(coordinates: np.ndarray) -> _Plane:
-    """The least-squares plane of (u, v, t) rows (at least 3; the slopes are 0 when they lie on a line,
-    which `across` = 0 then says)."""
-    count = len(coordinates)
-    centroid = coordinates.sum(axis=0) / count
-    centred = coordinates - centroid
-    slopes, across = _slopes((centred.T @ centred / count)[np.newaxis])
-    residuals = centred[:, 2] - centred[:, :2] @ slopes[0]
-    return _Plane(
-        centroid, slopes[0], float(across[0]), math.sqrt(float(residuals @ residuals) / count), count
-    )
+def _sight_frames(seeds: np.ndarray) -> np.ndarray:
+    """k x 3 x 3: columns across the line of sight to each seed (image-right and image-down made
+    perpendicular to it), then along it; points @ frame gives their (u, v, t)."""
+    sight = seeds / np.linalg.norm(seeds, axis=1, keepdims=True)
+    right = np.array([1.0, 0.0, 0.0]) - sight[:, :1] * sight
+    right /= np.linalg.norm(right, axis=1, keepdims=True)
+    return np.stack([right, np.cross(sight, right), sight], axis=2)
+
+
+def _fit(coordinates: np.ndarray, chosen: np.ndarray) -> _Planes:
+    """The least-squares planes of the chosen (k x M) points of each neighbourhood."""
+    weights = chosen.astype(np.float64)[..., np.newaxis]
+    counts = weights[..., 0].sum(axis=1)
+    safe = np.maximum(counts, 1.0)
+    centroids = (weights * coordinates).sum(axis=1) / safe[:, np.newaxis]
+    centred = (coordinates - centroids[:, np.newaxis]) * weights
+    slopes, across = _slopes(centred.transpose(0, 2, 1) @ centred / safe[:, np.newaxis, np.newaxis])
+    return _Planes(centroids, slopes, across, counts)
 
 
 def _slopes(covariances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For k 3x3 covariances of (u, v, t): the k regression slopes of t on (u, v), and the k spreads
-    across in the narrower direction (the square root of the smaller eigenvalue of the (u, v) block);
-    slopes 0 and spread 0 where the points lie on a line."""
-    uu, uv, vv = covariances[:, 0, 0], covariances[:, 0, 1], covariances[:, 1, 1]
-    ut, vt = covariances[:, 0, 2], covariances[:, 1, 2]
+    """For ... x 3 x 3 covariances of (u, v, t): the regression slopes of t on (u, v) (... x 2), and the
+    spreads across in the narrower direction (the square root of the smaller eigenvalue of the (u, v)
+    block); slopes and spread 0 where the points lie on a line."""
+    uu, uv, vv = covariances[..., 0, 0], covariances[..., 0, 1], covariances[..., 1, 1]
+    ut, vt = covariances[..., 0, 2], covariances[..., 1, 2]
     determinant = uu * vv - uv * uv
     smaller = 0.5 * (uu + vv) - np.sqrt(0.25 * (uu - vv) ** 2 + uv * uv)
     line = (smaller <= 0.0) | (determinant <= 0.0)
     safe = np.where(line, 1.0, determinant)
-    slopes = np.stack([vv * ut - uv * vt, uu * vt - uv * ut], axis=1) / safe[:, np.newaxis]
-    return np.where(line[:, np.newaxis], 0.0, slopes), np.sqrt(np.where(line, 0.0, smaller))
+    slopes = np.stack([vv * ut - uv * vt, uu * vt - uv * ut], axis=-1) / safe[..., np.newaxis]
+    return np.where(line[..., np.newaxis], 0.0, slopes), np.sqrt(np.where(line, 0.0, smaller))
 
 
-def _expected_error_deg(sigma: float, across: float, count: float) -> float:
-    return math.degrees(math.atan2(sigma, across * math.sqrt(count)))
+def _expected_error_deg(sigma: float | np.ndarray, across: float | np.ndarray, count: float | np.ndarray):
+    """The standard error of the worse slope, as an angle: noise over spread across over sqrt(count)."""
+    return np.degrees(np.arctan2(sigma, across * np.sqrt(count)))
 
 
-def _checked(
-    plane: _Plane,
-    coordinates: np.ndarray,
-    seed: np.ndarray,
-    surface: Surface,
-    camera: CameraModel,
-    scale: tuple[float, float],
-    settings: DepthSettings,
-) -> SurfaceNormal | None:
-    """Why the plane cannot be trusted (see the module's docstring); None when it can."""
-    sigma = max(float(noise_sigma(surface.depth, settings)), plane.residual)
-    expected_error = plane.error_deg(sigma)
-    if expected_error > settings.normal_max_error:
-        pixel_m = surface.depth / (0.5 * (camera.fx * scale[0] + camera.fy * scale[1]))
-        return SurfaceNormal(
-            None,
-            plane.residual,
-            plane.count,
-            f"the surface is too thin or too noisy here to orient: its points spread "
-            f"{plane.across / pixel_m:.1f} pixels across with {sigma * 1000:.1f} mm of "
-            f"depth noise, which would tilt a normal by about {expected_error:.0f} degrees "
-            f"(normal_max_error is {settings.normal_max_error:g})",
-        )
-    bend, allowed = _bend(coordinates, seed, sigma, settings.normal_max_error)
-    if bend > allowed:
-        return SurfaceNormal(
-            None,
-            plane.residual,
-            plane.count,
-            f"the surface bends at the point: the planes on its two sides differ by {bend:.0f} degrees, more "
-            f"than the {allowed:.0f} that noise and normal_max_error allow (a ridge, a crease or a corner "
-            "between faces)",
-        )
-    off = abs(float(plane.along_sight(seed)))
-    if off > surface_tolerance(surface.depth, settings):
-        return SurfaceNormal(
-            None,
-            plane.residual,
-            plane.count,
-            f"the point is on an edge: it lies {off * 1000:.1f} mm off the plane of the surface around it",
-        )
-    return None
-
-
-def _bend(coordinates: np.ndarray, seed: np.ndarray, sigma: float, max_error: float) -> tuple[float, float]:
-    """The largest angle between the planes of the two sides of the point (split across u and across
-    v), and the largest such angle allowed: max_error plus BEND_NOISE_SIGMAS times the angle the two
-    sides' noise explains. A split with a side of fewer than MIN_SIDE_POINTS is skipped; (0, 0) when both
-    are (the point is at the rim of its surface, which has no second side to compare)."""
-    offsets = coordinates - seed  # small numbers, so the moments below lose no precision
-    ahead = (offsets[:, :2] > 0).T.astype(np.float64)  # 2 x N: the side ahead along u, along v
+def _bends(
+    near: _Neighbourhoods, chosen: np.ndarray, sigmas: np.ndarray, max_error: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each neighbourhood: the larger angle between the planes of the two sides of its seed (split
+    across u and across v), and the angle allowed there: max_error plus BEND_NOISE_SIGMAS times what the
+    two sides' noise explains. A split with a side of fewer than MIN_SIDE_POINTS is skipped; (0, 0) when
+    both are (the point is at the rim of its surface, which has no second side to compare)."""
+    offsets = (near.coordinates - near.seeds[:, np.newaxis]) * chosen[
+        ..., np.newaxis
+    ]  # small: precise moments
+    ahead = (
+        ((offsets[..., :2] > 0) & chosen[..., np.newaxis]).transpose(0, 2, 1).astype(np.float64)
+    )  # k x 2 x M
     # the four sides' covariances from their first and second moments; the sides behind are the rest
     sums = ahead @ offsets
-    seconds = (ahead[:, :, np.newaxis] * offsets).transpose(0, 2, 1) @ offsets
-    counts = np.concatenate([ahead.sum(axis=1), len(offsets) - ahead.sum(axis=1)])
-    usable = np.minimum(counts[:2], counts[2:]) >= MIN_SIDE_POINTS
-    if not usable.any():
-        return 0.0, 0.0
-    counts = np.maximum(counts, 1.0)
-    means = np.concatenate([sums, offsets.sum(axis=0) - sums]) / counts[:, np.newaxis]
-    seconds = np.concatenate([seconds, offsets.T @ offsets - seconds]) / counts[:, np.newaxis, np.newaxis]
-    slopes, across = _slopes(seconds - means[:, :, np.newaxis] * means[:, np.newaxis, :])
-    normals = np.concatenate([slopes, -np.ones((4, 1))], axis=1)
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
-    errors = np.degrees(np.arctan2(sigma, across * np.sqrt(counts)))
-    worst_bend, worst_allowed = 0.0, 0.0
-    for split in (0, 1):
-        if not usable[split]:
-            continue
-        bend = math.degrees(math.acos(min(1.0, float(normals[split] @ normals[split + 2]))))
-        allowed = max_error + BEND_NOISE_SIGMAS * math.hypot(errors[split], errors[split + 2])
-        if bend - allowed > worst_bend - worst_allowed:
-            worst_bend, worst_allowed = bend, allowed
-    return worst_bend, worst_allowed
+    seconds = (ahead[..., np.newaxis] * offsets[:, np.newaxis]).swapaxes(-1, -2) @ offsets[:, np.newaxis]
+    total = chosen.sum(axis=1).astype(np.float64)[:, np.newaxis]
+    counts = np.concatenate([ahead.sum(axis=2), total - ahead.sum(axis=2)], axis=1)  # k x 4
+    sums = np.concatenate([sums, offsets.sum(axis=1)[:, np.newaxis] - sums], axis=1)
+    seconds = np.concatenate(
+        [seconds, (offsets.transpose(0, 2, 1) @ offsets)[:, np.newaxis] - seconds], axis=1
+    )
+    safe = np.maximum(counts, 1.0)
+    means = sums / safe[..., np.newaxis]
+    slopes, across = _slopes(
+        seconds / safe[..., np.newaxis, np.newaxis] - means[..., np.newaxis] * means[..., np.newaxis, :]
+    )
+    normals = np.concatenate([slopes, -np.ones(slopes.shape[:-1] + (1,))], axis=-1)
+    normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
+    cosines = np.abs(np.sum(normals[:, :2] * normals[:, 2:], axis=-1))
+    bends = np.degrees(np.arccos(np.minimum(1.0, cosines)))
+    errors = _expected_error_deg(sigmas[:, np.newaxis], across, counts)
+    allowed = max_error + BEND_NOISE_SIGMAS * np.hypot(errors[:, :2], errors[:, 2:])
+    usable = np.minimum(counts[:, :2], counts[:, 2:]) >= MIN_SIDE_POINTS
+    margins = np.where(usable, bends - allowed, -np.inf)
+    worst = np.argmax(margins, axis=1)
+    rows = np.arange(len(worst))
+    some = usable.any(axis=1)
+    return np.where(some, bends[rows, worst], 0.0), np.where(some, allowed[rows, worst], 0.0)

@@ -64,29 +64,27 @@ def quaternion_to_matrix(quaternion: Quaternion) -> np.ndarray:
     )
 
 
-def matrix_to_quaternion(rotation: np.ndarray) -> Quaternion:
+def matrix_to_quaternion(rotation: np.ndarray | Sequence[Sequence[float]]) -> Quaternion:
     """The unit quaternion (x, y, z, w), w >= 0, of a 3x3 rotation matrix (Shepperd's method: the
     largest of the four diagonal combinations is divided by, so no step loses precision)."""
-    m = np.asarray(rotation, dtype=np.float64)
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
-    candidates = (trace, m[0, 0], m[1, 1], m[2, 2])
-    largest = int(np.argmax(candidates))
+    (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = (tuple(map(float, row)) for row in rotation)
+    trace = m00 + m11 + m22
+    largest = max(range(4), key=(trace, m00, m11, m22).__getitem__)
     if largest == 0:
         s = 2.0 * math.sqrt(1.0 + trace)
-        q = ((m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, s / 4)
+        q = ((m21 - m12) / s, (m02 - m20) / s, (m10 - m01) / s, s / 4)
     elif largest == 1:
-        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
-        q = (s / 4, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s)
+        s = 2.0 * math.sqrt(1.0 + m00 - m11 - m22)
+        q = (s / 4, (m01 + m10) / s, (m02 + m20) / s, (m21 - m12) / s)
     elif largest == 2:
-        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
-        q = ((m[0, 1] + m[1, 0]) / s, s / 4, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s)
+        s = 2.0 * math.sqrt(1.0 + m11 - m00 - m22)
+        q = ((m01 + m10) / s, s / 4, (m12 + m21) / s, (m02 - m20) / s)
     else:
-        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
-        q = ((m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, s / 4, (m[1, 0] - m[0, 1]) / s)
-    quaternion = np.asarray(q) / np.linalg.norm(q)
-    if quaternion[3] < 0:
-        quaternion = -quaternion
-    return tuple(float(value) for value in quaternion)
+        s = 2.0 * math.sqrt(1.0 + m22 - m00 - m11)
+        q = ((m02 + m20) / s, (m12 + m21) / s, s / 4, (m10 - m01) / s)
+    norm = math.sqrt(sum(value * value for value in q))
+    sign = -1.0 if q[3] < 0 else 1.0
+    return tuple(sign * value / norm for value in q)
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,14 +131,16 @@ class RigidTransform:
 
 
 def approach_pose(position: Sequence[float], normal: Sequence[float]) -> Pose:
-    """The approach pose of a surface point in the camera's optical frame (see the module's docstring)."""
-    approach = -np.asarray(normal, dtype=np.float64)
-    approach /= np.linalg.norm(approach)
-    right, down = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
-    x_axis = right - (right @ approach) * approach
-    if np.linalg.norm(x_axis) <= PARALLEL_LIMIT:  # then down is perpendicular to the approach
-        x_axis = down - (down @ approach) * approach
-    x_axis /= np.linalg.norm(x_axis)
-    y_axis = np.cross(approach, x_axis)
-    rotation = np.column_stack([x_axis, y_axis, approach])
+    """The approach pose of a surface point in the camera's optical frame (see the module's docstring).
+    Written with plain floats: numpy's per-call cost is most of the work on three-vectors."""
+    nx, ny, nz = (float(value) for value in normal)
+    length = math.sqrt(nx * nx + ny * ny + nz * nz)
+    zx, zy, zz = -nx / length, -ny / length, -nz / length  # the approach
+    xx, xy, xz = 1.0 - zx * zx, -zx * zy, -zx * zz  # image-right minus its part along the approach
+    if math.sqrt(xx * xx + xy * xy + xz * xz) <= PARALLEL_LIMIT:  # then image-down is perpendicular to it
+        xx, xy, xz = -zy * zx, 1.0 - zy * zy, -zy * zz
+    length = math.sqrt(xx * xx + xy * xy + xz * xz)
+    xx, xy, xz = xx / length, xy / length, xz / length
+    yx, yy, yz = zy * xz - zz * xy, zz * xx - zx * xz, zx * xy - zy * xx  # y = z x x
+    rotation = ((xx, yx, zx), (xy, yy, zy), (xz, yz, zz))  # rows; the columns are the axes
     return Pose(tuple(float(value) for value in position), matrix_to_quaternion(rotation))
