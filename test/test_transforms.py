@@ -18,6 +18,7 @@ from molmo_ros.depth.errors import DepthError
 from molmo_ros.depth.pairing import PairedDepth
 from molmo_ros.depth.settings import DepthSettings
 from molmo_ros.depth.transforms import (
+    Pose,
     RigidTransform,
     approach_pose,
     matrix_to_quaternion,
@@ -69,20 +70,21 @@ def test_quaternions_and_matrices_agree_with_rodrigues_both_ways(rotation):
     np.testing.assert_allclose(quaternion_to_matrix(tuple(quaternion)), expected, atol=EXACT)
     back = np.array(matrix_to_quaternion(expected))
     assert back[3] >= 0 and np.linalg.norm(back) == pytest.approx(1.0, abs=EXACT)
-    np.testing.assert_allclose(back, quaternion if quaternion[3] >= 0 else -quaternion, atol=1e-9)
+    # q and -q are one rotation; w >= 0 picks one, except at w = 0 (a half turn), where rounding decides
+    assert abs(float(back @ quaternion)) == pytest.approx(1.0, abs=1e-9)
 
 
-def test_a_transform_maps_points_and_vectors_and_its_inverse_and_composition_undo_it():
+def test_a_transform_maps_points_vectors_and_poses():
     translation = np.array([0.4, -0.1, 1.2])
     quaternion = axis_angle_quaternion((1, 2, 3), 0.7)
     transform = RigidTransform.from_quaternion(translation, quaternion)
     point = np.array([0.3, -0.2, 2.0])
     assert transform.point(point) == pytest.approx(rotate(quaternion, point) + translation, abs=EXACT)
     assert transform.vector(point) == pytest.approx(rotate(quaternion, point), abs=EXACT)
-    assert transform.inverse().point(transform.point(point)) == pytest.approx(point, abs=EXACT)
-    identity = transform.then(transform.inverse())
-    np.testing.assert_allclose(identity.rotation, np.eye(3), atol=EXACT)
-    np.testing.assert_allclose(identity.translation, np.zeros(3), atol=EXACT)
+    turned = transform.pose(Pose((0.0, 0.0, 1.0), tuple(axis_angle_quaternion((0, 0, 1), 0.3))))
+    expected = hamilton(quaternion, axis_angle_quaternion((0, 0, 1), 0.3))
+    assert turned.position == pytest.approx(rotate(quaternion, [0, 0, 1]) + translation, abs=EXACT)
+    assert np.abs(np.dot(turned.orientation, expected)) == pytest.approx(1.0, abs=EXACT)  # q and -q: one turn
 
 
 @pytest.mark.parametrize(

@@ -120,15 +120,6 @@ class RigidTransform:
         rotation = self.rotation @ quaternion_to_matrix(pose.orientation)
         return Pose(self.point(pose.position), matrix_to_quaternion(rotation))
 
-    def then(self, other: "RigidTransform") -> "RigidTransform":
-        """This transform followed by `other` (other's target <- this source)."""
-        return RigidTransform(
-            other.rotation @ self.rotation, other.rotation @ self.translation + other.translation
-        )
-
-    def inverse(self) -> "RigidTransform":
-        return RigidTransform(self.rotation.T, -self.rotation.T @ self.translation)
-
 
 def approach_pose(position: Sequence[float], normal: Sequence[float]) -> Pose:
     """The approach pose of a surface point in the camera's optical frame (see the module's docstring).
