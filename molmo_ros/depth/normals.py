@@ -21,8 +21,9 @@ No normal is better than a made-up one, so the fit is refused, with the reason, 
   explains (a ridge, a crease or the corner between two faces, where one plane would average the faces);
 - the pointed surface point lies off the plane by more than the tolerance (an edge).
 
-The points of an answer are fitted together, as arrays of k neighbourhoods of M pixels each, so an
-answer costs a fixed number of numpy calls whatever its number of points.
+The points of an answer are fitted together, as arrays of k neighbourhoods of M pixels each, and every
+fit is one matrix product of the chosen points' weights with their moments (1, u, v, t, uu, uv, vv, ut,
+vt, about the seed), so an answer costs a fixed number of numpy calls whatever its number of points.
 """
 
 import math
@@ -56,29 +57,49 @@ class SurfaceNormal:
 
 @dataclass(frozen=True)
 class _Neighbourhoods:
-    """k neighbourhoods of M = (2 normal_radius + 1)^2 pixels, each in its own line-of-sight frame."""
+    """k neighbourhoods of M = (2 normal_radius + 1)^2 pixels, each in its own line-of-sight frame, with
+    the seed pixel's point (at its surface's depth) as the origin."""
 
-    coordinates: np.ndarray  # k x M x 3: (u, v, t) of each pixel's point; 0 where it has no depth
+    features: np.ndarray  # k x M x 9: 1, u, v, t, uu, uv, vv, ut, vt of each pixel's point; 0 without depth
     depths: np.ndarray  # k x M: each pixel's depth (Z); NaN where it has none
     valid: np.ndarray  # k x M
-    seeds: np.ndarray  # k x 3: (u, v, t) of each seed pixel's point, at its surface's depth
     frames: np.ndarray  # k x 3 x 3: columns u, v, t in the optical frame
+
+    def sight(self, index: int) -> np.ndarray:
+        """k x M: the u (0), v (1) or t (2) of every point."""
+        return self.features[..., 1 + index]
 
 
 @dataclass(frozen=True)
 class _Planes:
-    """k planes t = t0 + slopes . ((u, v) - (u0, v0)), each fitted to the chosen points of its
-    neighbourhood by least squares along the line of sight."""
+    """Planes t = t0 + slopes . ((u, v) - (u0, v0)), each fitted by least squares along the line of
+    sight to some of its neighbourhood's points; any leading shape (k, or k x sides)."""
 
-    centroids: np.ndarray  # k x 3: (u0, v0, t0)
-    slopes: np.ndarray  # k x 2: metres along the line of sight per metre across it
-    across: np.ndarray  # k: spread (standard deviation) of the points across the sight, the narrower way
-    counts: np.ndarray  # k
+    means: np.ndarray  # ... x 3: (u0, v0, t0)
+    slopes: np.ndarray  # ... x 2: metres along the line of sight per metre across it
+    across: np.ndarray  # ...: spread (standard deviation) of the points across the sight, the narrower way
+    counts: np.ndarray  # ...
 
-    def along_sight(self, coordinates: np.ndarray) -> np.ndarray:
-        """k x M distances of k x M x 3 points from their planes, along the line of sight."""
-        centred = coordinates - self.centroids[:, np.newaxis]
-        return centred[..., 2] - np.sum(centred[..., :2] * self.slopes[:, np.newaxis], axis=-1)
+    @classmethod
+    def from_moments(cls, moments: np.ndarray) -> "_Planes":
+        """From the sums of the features (... x 9) over the points fitted."""
+        counts = moments[..., 0]
+        averages = moments / np.maximum(counts, 1.0)[..., np.newaxis]
+        mu, mv, mt = averages[..., 1], averages[..., 2], averages[..., 3]
+        slopes, across = _slopes(
+            averages[..., 4] - mu * mu,
+            averages[..., 5] - mu * mv,
+            averages[..., 6] - mv * mv,
+            averages[..., 7] - mu * mt,
+            averages[..., 8] - mv * mt,
+        )
+        return cls(averages[..., 1:4], slopes, across, counts)
+
+    def along_sight(self, near: _Neighbourhoods) -> np.ndarray:
+        """k x M distances of the points from their (k) planes, along the line of sight."""
+        u0, v0, t0 = (self.means[:, axis, np.newaxis] for axis in range(3))
+        b, c = self.slopes[:, 0, np.newaxis], self.slopes[:, 1, np.newaxis]
+        return near.sight(2) - t0 - b * (near.sight(0) - u0) - c * (near.sight(1) - v0)
 
 
 def surface_normals(
@@ -102,20 +123,20 @@ def surface_normals(
     too_few = np.zeros(len(surfaces), dtype=bool)
     for _ in range(MAX_REFITS + 1):
         too_few |= chosen.sum(axis=1) < settings.normal_min_points
-        planes = _fit(near.coordinates, chosen)
-        refit = near.valid & (np.abs(planes.along_sight(near.coordinates)) <= tolerances)
+        planes = _fit(near, chosen)
+        refit = near.valid & (np.abs(planes.along_sight(near)) <= tolerances)
         refit[too_few] = chosen[too_few]  # too few points: refused as it stands
         if np.array_equal(refit, chosen):
             break
         chosen = refit
     else:
-        planes = _fit(near.coordinates, chosen)
-    distances = planes.along_sight(near.coordinates)
-    residuals = np.sqrt(np.sum(chosen * distances**2, axis=1) / np.maximum(planes.counts, 1))
+        planes = _fit(near, chosen)
+    distances = planes.along_sight(near)
+    residuals = np.sqrt(np.sum(chosen * distances * distances, axis=1) / np.maximum(planes.counts, 1))
     sigmas = np.maximum(noise_sigma(depths, settings), residuals)
     bends, allowed = _bends(near, chosen, sigmas, settings.normal_max_error)
-    offsets = near.seeds - planes.centroids
-    off = np.abs(offsets[:, 2] - np.sum(offsets[:, :2] * planes.slopes, axis=1))
+    u0, v0, t0 = planes.means[:, 0], planes.means[:, 1], planes.means[:, 2]
+    off = np.abs(planes.slopes[:, 0] * u0 + planes.slopes[:, 1] * v0 - t0)  # the seed is the origin
     normals = (
         near.frames @ np.concatenate([planes.slopes, -np.ones((len(surfaces), 1))], axis=1)[..., np.newaxis]
     )
@@ -230,13 +251,10 @@ def _neighbourhoods(
     seeds = np.concatenate([seed_rays, np.ones((len(surfaces), 1))], axis=1)
     seeds *= np.array([surface.depth for surface in surfaces])[:, np.newaxis]
     frames = _sight_frames(seeds)
-    return _Neighbourhoods(
-        points @ frames,
-        patches.reshape(len(surfaces), -1),
-        valid,
-        (seeds[:, np.newaxis] @ frames)[:, 0],
-        frames,
-    )
+    u, v, t = np.moveaxis((points - seeds[:, np.newaxis]) @ frames, -1, 0)
+    features = np.stack([np.ones_like(u), u, v, t, u * u, u * v, v * v, u * t, v * t], axis=-1)
+    features[~valid] = 0.0
+    return _Neighbourhoods(features, patches.reshape(len(surfaces), -1), valid, frames)
 
 
 def _sight_frames(seeds: np.ndarray) -> np.ndarray:
@@ -248,23 +266,17 @@ def _sight_frames(seeds: np.ndarray) -> np.ndarray:
     return np.stack([right, np.cross(sight, right), sight], axis=2)
 
 
-def _fit(coordinates: np.ndarray, chosen: np.ndarray) -> _Planes:
+def _fit(near: _Neighbourhoods, chosen: np.ndarray) -> _Planes:
     """The least-squares planes of the chosen (k x M) points of each neighbourhood."""
-    weights = chosen.astype(np.float64)[..., np.newaxis]
-    counts = weights[..., 0].sum(axis=1)
-    safe = np.maximum(counts, 1.0)
-    centroids = (weights * coordinates).sum(axis=1) / safe[:, np.newaxis]
-    centred = (coordinates - centroids[:, np.newaxis]) * weights
-    slopes, across = _slopes(centred.transpose(0, 2, 1) @ centred / safe[:, np.newaxis, np.newaxis])
-    return _Planes(centroids, slopes, across, counts)
+    return _Planes.from_moments((chosen.astype(np.float64)[:, np.newaxis, :] @ near.features)[:, 0])
 
 
-def _slopes(covariances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For ... x 3 x 3 covariances of (u, v, t): the regression slopes of t on (u, v) (... x 2), and the
-    spreads across in the narrower direction (the square root of the smaller eigenvalue of the (u, v)
-    block); slopes and spread 0 where the points lie on a line."""
-    uu, uv, vv = covariances[..., 0, 0], covariances[..., 0, 1], covariances[..., 1, 1]
-    ut, vt = covariances[..., 0, 2], covariances[..., 1, 2]
+def _slopes(
+    uu: np.ndarray, uv: np.ndarray, vv: np.ndarray, ut: np.ndarray, vt: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """From the (co)variances of u, v and t: the regression slopes of t on (u, v) (... x 2), and the
+    spread across in the narrower direction (the square root of the smaller eigenvalue of the (u, v)
+    covariance); slopes and spread 0 where the points lie on a line."""
     determinant = uu * vv - uv * uv
     smaller = 0.5 * (uu + vv) - np.sqrt(0.25 * (uu - vv) ** 2 + uv * uv)
     line = (smaller <= 0.0) | (determinant <= 0.0)
@@ -285,35 +297,17 @@ def _bends(
     across u and across v), and the angle allowed there: max_error plus BEND_NOISE_SIGMAS times what the
     two sides' noise explains. A split with a side of fewer than MIN_SIDE_POINTS is skipped; (0, 0) when
     both are (the point is at the rim of its surface, which has no second side to compare)."""
-    offsets = (near.coordinates - near.seeds[:, np.newaxis]) * chosen[
-        ..., np.newaxis
-    ]  # small: precise moments
-    ahead = (
-        ((offsets[..., :2] > 0) & chosen[..., np.newaxis]).transpose(0, 2, 1).astype(np.float64)
-    )  # k x 2 x M
-    # the four sides' covariances from their first and second moments; the sides behind are the rest
-    sums = ahead @ offsets
-    seconds = (ahead[..., np.newaxis] * offsets[:, np.newaxis]).swapaxes(-1, -2) @ offsets[:, np.newaxis]
-    total = chosen.sum(axis=1).astype(np.float64)[:, np.newaxis]
-    counts = np.concatenate([ahead.sum(axis=2), total - ahead.sum(axis=2)], axis=1)  # k x 4
-    sums = np.concatenate([sums, offsets.sum(axis=1)[:, np.newaxis] - sums], axis=1)
-    seconds = np.concatenate(
-        [seconds, (offsets.transpose(0, 2, 1) @ offsets)[:, np.newaxis] - seconds], axis=1
-    )
-    safe = np.maximum(counts, 1.0)
-    means = sums / safe[..., np.newaxis]
-    slopes, across = _slopes(
-        seconds / safe[..., np.newaxis, np.newaxis] - means[..., np.newaxis] * means[..., np.newaxis, :]
-    )
-    normals = np.concatenate([slopes, -np.ones(slopes.shape[:-1] + (1,))], axis=-1)
+    ahead_u, ahead_v = near.sight(0) > 0, near.sight(1) > 0
+    sides = np.stack([ahead_u, ~ahead_u, ahead_v, ~ahead_v], axis=1) & chosen[:, np.newaxis]  # k x 4 x M
+    planes = _Planes.from_moments(sides.astype(np.float64) @ near.features)  # k x 4 planes
+    normals = np.concatenate([planes.slopes, -np.ones(planes.slopes.shape[:-1] + (1,))], axis=-1)
     normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
-    cosines = np.abs(np.sum(normals[:, :2] * normals[:, 2:], axis=-1))
+    cosines = np.abs(np.sum(normals[:, ::2] * normals[:, 1::2], axis=-1))  # k x 2: ahead with behind
     bends = np.degrees(np.arccos(np.minimum(1.0, cosines)))
-    errors = _expected_error_deg(sigmas[:, np.newaxis], across, counts)
-    allowed = max_error + BEND_NOISE_SIGMAS * np.hypot(errors[:, :2], errors[:, 2:])
-    usable = np.minimum(counts[:, :2], counts[:, 2:]) >= MIN_SIDE_POINTS
-    margins = np.where(usable, bends - allowed, -np.inf)
-    worst = np.argmax(margins, axis=1)
+    errors = _expected_error_deg(sigmas[:, np.newaxis], planes.across, planes.counts)
+    allowed = max_error + BEND_NOISE_SIGMAS * np.hypot(errors[:, ::2], errors[:, 1::2])
+    usable = np.minimum(planes.counts[:, ::2], planes.counts[:, 1::2]) >= MIN_SIDE_POINTS
+    worst = np.argmax(np.where(usable, bends - allowed, -np.inf), axis=1)
     rows = np.arange(len(worst))
     some = usable.any(axis=1)
     return np.where(some, bends[rows, worst], 0.0), np.where(some, allowed[rows, worst], 0.0)
