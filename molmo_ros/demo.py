@@ -225,7 +225,8 @@ def _print_3d(result: PointingResult) -> None:
         )
         if result.normal_valid[index]:
             normal = result.normals[index]
-            print(f"    surface normal ({normal.x:.3f}, {normal.y:.3f}, {normal.z:.3f})")
+            x, y, z = (round(value, 3) + 0.0 for value in (normal.x, normal.y, normal.z))  # no "-0.000"
+            print(f"    surface normal ({x:.3f}, {y:.3f}, {z:.3f})")
         else:
             print(f"    no normal: {result.normal_status[index]}")
 

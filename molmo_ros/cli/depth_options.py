@@ -123,7 +123,7 @@ def describe_lifted(lifted: list[LiftedPoint]) -> list[str]:
         if point.normal is None:
             lines.append(f"     no normal: {point.normal_reason}")
         else:
-            nx, ny, nz = point.normal
+            nx, ny, nz = (round(value, 3) + 0.0 for value in point.normal)  # + 0.0: no "-0.000"
             lines.append(
                 f"     normal ({nx:.3f}, {ny:.3f}, {nz:.3f}), fit RMS {point.normal_residual * 1000:.1f} mm "
                 f"over {point.normal_inliers} points"
