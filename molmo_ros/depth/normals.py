@@ -240,7 +240,6 @@ def _neighbourhoods(
     ray_x, ray_y = camera.grid_rays((seed_columns + steps) / scale[0], (seed_rows + steps) / scale[1])
     points = np.stack([ray_x * patches, ray_y * patches, patches], axis=-1).reshape(len(surfaces), -1, 3)
     valid = valid.reshape(len(surfaces), -1)
-    points[~valid] = 0.0
     seed_rays = np.stack(
         [
             np.broadcast_to(ray_x, patches.shape)[:, radius, radius],
@@ -253,7 +252,7 @@ def _neighbourhoods(
     frames = _sight_frames(seeds)
     u, v, t = np.moveaxis((points - seeds[:, np.newaxis]) @ frames, -1, 0)
     features = np.stack([np.ones_like(u), u, v, t, u * u, u * v, v * v, u * t, v * t], axis=-1)
-    features[~valid] = 0.0
+    features[~valid] = 0.0  # no depth: no weight in any sum, and no NaN to spread through a product
     return _Neighbourhoods(features, patches.reshape(len(surfaces), -1), valid, frames)
 
 
