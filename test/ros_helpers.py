@@ -42,7 +42,15 @@ def image_message(rgb: np.ndarray, stamp_ns: int, frame_id: str, encoding: str =
 
 def depth_message(metres: float, width: int, height: int, stamp_ns: int, frame_id: str) -> Image:
     """A flat 16UC1 depth image (millimetres), as RealSense and most depth drivers publish it."""
-    depth = np.full((height, width), round(metres * 1000), dtype=np.uint16)
+    return depth_image_message(
+        np.full((height, width), round(metres * 1000), dtype=np.uint16), stamp_ns, frame_id
+    )
+
+
+def depth_image_message(depth: np.ndarray, stamp_ns: int, frame_id: str) -> Image:
+    """A 16UC1 depth image (millimetres) of any scene."""
+    height, width = depth.shape
+    depth = depth.astype(np.uint16)
     return Image(
         header=Header(stamp=stamp(stamp_ns), frame_id=frame_id),
         height=height,

@@ -855,7 +855,7 @@ def test_points_are_lifted_with_the_depth_of_their_frame(make_harness):
     (point,) = outcome.points
     assert (point.x, point.y) == (16.0, 24.0)
     assert point.position_m == pytest.approx(expected_position(16.0, 24.0, 2.0), abs=LIFT_TOLERANCE_M)
-    assert point.depth.spread == 0.0, "a constant depth has no spread"
+    assert point.depth.depth_step == 0.0 and not point.depth.edge, "a constant depth has no edge"
     assert depth_stamp_ns(outcome.view) == stamp + 10 * MILLISECOND and depth_words(outcome.view) == ""
 
 

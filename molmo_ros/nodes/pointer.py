@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from action_msgs.msg import GoalStatus
-from geometry_msgs.msg import PointStamped
+from geometry_msgs.msg import PointStamped, PoseStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
@@ -41,7 +41,7 @@ from molmo_ros.backends.errors import BackendError
 from molmo_ros.backends.interface import PointingBackend, Stage
 from molmo_ros.backends.settings import BackendSettings
 from molmo_ros.depth.settings import DepthSettings
-from molmo_ros.drawing import draw_points
+from molmo_ros.drawing import draw_points, normal_in_image
 from molmo_ros.image_conversion import rgb_to_raw
 from molmo_ros.msg import PointingResult
 from molmo_ros.nodes import messages
@@ -59,12 +59,14 @@ from molmo_ros.nodes.parameters import (
     with_parameter_names,
 )
 from molmo_ros.nodes.runner import CONFIGURATION_ERRORS, run_node
+from molmo_ros.nodes.tf2_transforms import Tf2Transforms
 from molmo_ros.nodes.throttled_log import ThrottledErrorLog
 from molmo_ros.pointing.errors import ErrorCode, PointingError
 from molmo_ros.pointing.outcomes import AskOutcome, PointingOutcome
 from molmo_ros.pointing.requests import PointingRequest
 from molmo_ros.pointing.service import PointingService, Ticket, checked_settings
 from molmo_ros.pointing.settings import CameraSettings, PointingSettings
+from molmo_ros.pointing.target_frame import target_frame
 from molmo_ros.srv import Ask, Point
 
 # Requests a burst may bring before the node has answered any: a service reader with a shorter queue
@@ -96,6 +98,7 @@ class PointerNode(LifecycleNode):
         self._ros_entities: list[Any] = []
         self._goal_tickets: dict[bytes, Ticket] = {}
         self._action: ActionServer | None = None
+        self._tf2: Tf2Transforms | None = None
         for settings_class, prefix in SETTINGS:
             declare_setting_parameters(self, settings_class, prefix)
         self._runtime = runtime_specs(PointingSettings)
@@ -135,14 +138,22 @@ class PointerNode(LifecycleNode):
                     validate_topic_name(topic)
         self.engine_settings = read_settings(self, BackendSettings, "engine.")
         check_api_key(self.engine_settings)
+        depth_settings = read_settings(self, DepthSettings)
+        target = target_frame(settings, self.cameras, self._load_tf2)
         return PointingService(
             settings,
             self._now_ns,
             self._publish_standing_outcome,
             self._log_error,
             cameras=self.cameras,
-            depth_settings=read_settings(self, DepthSettings),
+            depth_settings=depth_settings,
+            target=target,
         )
+
+    def _load_tf2(self) -> Tf2Transforms:
+        """tf2 for the cameras without a static pose; ImportError where tf2_ros is not installed."""
+        self._tf2 = Tf2Transforms(self)
+        return self._tf2
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Reads and checks the parameters, then creates the subscriptions, publishers, services and the
@@ -178,6 +189,7 @@ class PointerNode(LifecycleNode):
         )
         self._points = self.create_lifecycle_publisher(PointingResult, "points", RESULTS_DEPTH)
         self._target = self.create_lifecycle_publisher(PointStamped, "target", RESULTS_DEPTH)
+        self._target_pose = self.create_lifecycle_publisher(PoseStamped, "target_pose", RESULTS_DEPTH)
         self._markers = self.create_lifecycle_publisher(MarkerArray, "markers", RESULTS_DEPTH)
         self._debug_image = self.create_lifecycle_publisher(Image, "debug_image", 1)
         group = ReentrantCallbackGroup()
@@ -276,8 +288,11 @@ class PointerNode(LifecycleNode):
         self._ros_entities = []
         self._action.destroy()
         self._action = None
-        for publisher in (self._points, self._target, self._markers, self._debug_image):
+        for publisher in (self._points, self._target, self._target_pose, self._markers, self._debug_image):
             self.destroy_lifecycle_publisher(publisher)
+        if self._tf2 is not None:
+            self._tf2.close()
+            self._tf2 = None
 
     # --- parameters ---------------------------------------------------------------------------------------
 
@@ -494,9 +509,11 @@ class PointerNode(LifecycleNode):
         publish that fails (a node shutting down) is logged; the request was still answered."""
         try:
             self._points.publish(result)
-            target = messages.first_target(outcome)
+            target, pose = messages.first_target(outcome), messages.first_target_pose(outcome)
             if target is not None:
                 self._target.publish(target)
+            if pose is not None:
+                self._target_pose.publish(pose)
             if self._markers.get_subscription_count() > 0:
                 self._markers.publish(messages.markers(outcome, MARKER_NAMESPACE))
             if self._debug_image.get_subscription_count() > 0:
@@ -508,7 +525,8 @@ class PointerNode(LifecycleNode):
         """The first frame the model saw, with its points, their labels and the query drawn (rgb8)."""
         view = outcome.view
         points = [point for point in outcome.points if point.view == 0]
-        drawn = draw_points(outcome.images[0], points, outcome.query)
+        normals = [normal_in_image(point.depth) for point in points]
+        drawn = draw_points(outcome.images[0], points, outcome.query, normals)
         data, step = rgb_to_raw(drawn, "rgb8")
         return Image(
             header=Header(stamp=messages.stamp(view.stamp_ns), frame_id=view.frame_id),

@@ -30,6 +30,7 @@ from molmo_ros.pointing.outcomes import AskOutcome, PointingOutcome
 from molmo_ros.pointing.requests import PointingRequest, checked_request, validate_query
 from molmo_ros.pointing.settings import CameraSettings, PointingSettings
 from molmo_ros.pointing.standing import StandingQuery
+from molmo_ros.pointing.target_frame import TargetFrame
 from molmo_ros.settings_fields import SettingRef, setting_specs
 
 log = logging.getLogger(__name__)
@@ -83,12 +84,13 @@ class PointingService:
         on_error: Callable[[PointingError], None],
         cameras: Mapping[str, CameraSettings] | None = None,
         depth_settings: DepthSettings | None = None,
+        target: TargetFrame | None = None,
     ) -> None:
         self.frames = LatestFrames()
         self._settings = settings
-        self._cameras = dict(cameras or {})
-        self.depth_settings = depth_settings or DepthSettings()
-        self._now_ns = now_ns
+        # What answering needs besides the newest frames and settings, which it takes when it starts.
+        depths = depth_settings or DepthSettings()
+        self._context = Context(self.frames, settings, dict(cameras or {}), depths, now_ns, target)
         self._on_standing_outcome = on_standing_outcome
         self._on_error = on_error
         self._wake = threading.Condition()
@@ -295,7 +297,7 @@ class PointingService:
         backend = self._backend
         if backend is None:
             raise PointingError(ErrorCode.NOT_ACTIVE, self._inactive_reason)
-        context = Context(self.frames, self._settings, self._cameras, self.depth_settings, self._now_ns)
+        context = replace(self._context, frames=self.frames, settings=self._settings)
         return answer_request(request, backend, control, context)
 
     def _fail(self, ticket: Ticket, error: PointingError) -> None:
