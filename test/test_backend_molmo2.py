@@ -16,7 +16,7 @@ from molmo_ros.backends.errors import (
     WeightsNotFoundError,
 )
 from molmo_ros.backends.interface import GenerationControl, Stage
-from molmo_ros.backends.molmo2 import DEFAULT_MODEL, Molmo2Backend
+from molmo_ros.backends.molmo2 import MOLMO2_DEFAULT, Molmo2Backend
 from molmo_ros.backends.settings import BackendSettings
 from molmo_ros.nodes.parameters import with_parameter_names
 
@@ -186,5 +186,5 @@ def test_uncached_hub_model_offline_names_model_revision_and_fix(tmp_path, monke
     with pytest.raises(WeightsNotFoundError) as failure:
         Molmo2Backend.load(BackendSettings(backend="molmo2", model="allenai/Molmo2-8B"))
     message = with_parameter_names(failure.value)
-    assert "allenai/Molmo2-8B" in message and f"revision {DEFAULT_MODEL.revision}" in message
+    assert "allenai/Molmo2-8B" in message and f"revision {MOLMO2_DEFAULT.revision}" in message
     assert all(name in message for name in ("engine.model", "MOLMO_MODEL", "HF_HOME", "HF_HUB_OFFLINE"))

@@ -144,7 +144,7 @@ def start_node(model_seconds: float, queue_size: int, max_frame_age: float = 5.0
 def start_clients(
     count: int, requests: int, wait_s: float, name: str = "c", bursts: int = 1
 ) -> list[subprocess.Popen]:
-    """Client processes, each with its own node name (shared names made DDS lose answers more often)."""
+    """Client processes, each with its own node name, as ROS expects: clients sharing a name lose answers."""
     clients = [
         spawn(
             [
@@ -198,7 +198,7 @@ def test_a_burst_of_100_requests_is_answered_in_full(camera, clients, requests):
         for name, count in report["codes"].items():
             total[name] = total.get(name, 0) + count
     taken, answered = node_counts(output)
-    print(f"burst {clients}x{requests}: {total}; node took {taken} and answered {answered}")  # for the note
+    print(f"burst {clients}x{requests}: {total}; node took {taken} and answered {answered}")  # with -s
     assert code == 0 and "Traceback" not in output, output
     # Every request reached the node and the node answered every one (each client's probe call included),
     # and every answer reached its client.
@@ -267,7 +267,7 @@ def test_bursts_find_fresh_frames_while_other_processes_load_every_core(cpu_load
     assert timed_camera.poll() is None, "the camera must publish throughout: " + timed_camera.communicate()[0]
     longest_s = longest_publish_interval_s(timed_camera)
     ages = sorted(report.pop("frame_ages_s"))
-    print(  # for the note: how fresh the frames were under this load
+    print(  # with -s: how fresh the frames were under this load
         f"{cpu_load} busy processes: {report['codes']}; frame age of the answers with points: median "
         f"{statistics.median(ages):.3f} s, max {ages[-1]:.3f} s (n={len(ages)}); the camera's longest "
         f"interval between publishes {longest_s:.3f} s"

@@ -23,7 +23,7 @@ from molmo_ros.backends.molmoe import (
     weights_cache,
 )
 from molmo_ros.backends.molmoe.config import MolmoConfig
-from molmo_ros.backends.molmoe.defaults import DEFAULT_MODEL
+from molmo_ros.backends.molmoe.defaults import MOLMOE_DEFAULT
 from molmo_ros.backends.settings import MODEL_ENV_VAR
 from molmo_ros.cli.point import with_option_names
 from molmo_ros.nodes.parameters import with_parameter_names
@@ -160,11 +160,11 @@ def test_hub_id_offline_with_empty_cache_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsNotFoundError) as raised:
-        checkpoint_source.resolve_checkpoint(DEFAULT_MODEL.model_id, DEFAULT_MODEL.revision)
+        checkpoint_source.resolve_checkpoint(MOLMOE_DEFAULT.model_id, MOLMOE_DEFAULT.revision)
     message = with_option_names(raised.value)
     for expected in (
-        DEFAULT_MODEL.model_id,
-        DEFAULT_MODEL.revision,
+        MOLMOE_DEFAULT.model_id,
+        MOLMOE_DEFAULT.revision,
         "HF_HUB_OFFLINE",
         "HF_HOME",
         "--model",
@@ -204,7 +204,7 @@ def test_bfloat16_cache_is_built_once_then_loaded_directly(
     def no_conversion(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(weights_cache, "convert_reference_state_dict", no_conversion)
+    monkeypatch.setattr(weights_cache, "convert_weights", no_conversion)
     monkeypatch.setattr(checkpoint, "load_reference_model", no_conversion)
     second = checkpoint.load_checkpoint(str(tiny_model_dir), None, CPU, torch.bfloat16, cache_dir=cache_root)
     assert second.files_dir == entry

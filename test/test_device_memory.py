@@ -1,4 +1,4 @@
-"""release_device_memory gives a freed model's host memory back to the system (issue 10: deactivate)."""
+"""release_device_memory gives a freed model's host memory back to the system (what deactivate relies on)."""
 
 import json
 import os

@@ -11,7 +11,6 @@ from safetensors import safe_open
 from molmo_ros.backends.errors import IncompatibleCheckpointError
 from molmo_ros.backends.molmoe.config import MolmoConfig
 from molmo_ros.backends.molmoe.key_mapping import (
-    check_reference_shapes,
     convert_reference_state_dict,
     expected_reference_shapes,
     load_reference_weights,
@@ -83,10 +82,6 @@ def test_many_missing_keys_are_summarised_with_a_count(real_config, real_shapes)
 def test_wrong_shapes_are_named(real_config, real_shapes):
     shapes = dict(real_shapes)
     shapes["lm_head.weight"] = (50280, 2048)
-    with pytest.raises(
-        IncompatibleCheckpointError, match=r"lm_head.weight \(50280, 2048\) != \(50304, 2048\)"
-    ):
-        check_reference_shapes(shapes, real_config)
     with pytest.raises(IncompatibleCheckpointError, match=r"lm_head.weight has shape \(50280, 2048\)"):
         list(convert_reference_state_dict(meta_reader(shapes), shapes, real_config, torch.float32))
 

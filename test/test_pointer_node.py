@@ -256,7 +256,7 @@ def test_colour_depth_and_camera_info_give_3d_points_target_and_markers(make_rig
     # Pixel (32, 12) is OpenCV (31.5, 11.5); with cx = 31.5, cy = 23.5, fx = fy = 100 at 3 m:
     point = result.points_3d[0]
     assert (point.x, point.y, point.z) == pytest.approx((0.0, 3.0 * (11.5 - 23.5) / 100.0, 3.0), abs=1e-5)
-    assert result.depth_spread[0] == pytest.approx(0.0, abs=1e-6)
+    assert result.depth_step[0] == 0.0 and result.depth_support[0] == 25 and not result.depth_edge[0]
     assert wait_until(lambda: targets and markers)
     assert targets[0].header.frame_id == "front_optical" and targets[0].point.z == pytest.approx(3.0)
     kinds = [(m.action, m.type) for m in markers[-1].markers]
@@ -285,7 +285,7 @@ def test_unusable_depth_keeps_2d_points_with_a_reason_and_require_depth_refuses(
     response = rig.user.point("mug")
     assert response.success and list(response.result.depth_valid) == [False]
     assert fragment in response.result.views[0].depth_status
-    assert math.isnan(response.result.depth_spread[0])
+    assert math.isnan(response.result.depth_step[0]) and response.result.depth_support[0] == 0
 
     demanding = rig.user.call(Point.Request(query="mug", require_depth=True))
     assert demanding.error_code == Point.Response.NO_DEPTH and fragment in demanding.message

@@ -19,7 +19,7 @@ from molmo_ros.backends.errors import (
 from molmo_ros.backends.interface import Stage
 from molmo_ros.depth.camera import CameraModel
 from molmo_ros.depth.errors import DepthError
-from molmo_ros.depth.images import depth_to_metres
+from molmo_ros.depth.images import read_depth
 from molmo_ros.depth.pairing import DepthFrame, DepthMissing
 from molmo_ros.depth.settings import DepthSettings
 from molmo_ros.image_conversion import ImageConversionError, raw_to_rgb
@@ -69,7 +69,7 @@ def make_depth(
     return DepthFrame(
         stamp_ns=stamp_ns,
         frame_id=frame_id or f"{camera}_optical",
-        decode=lambda: depth_to_metres(data, "32FC1", height, width, width * 4, False),
+        decode=lambda: read_depth(data, "32FC1", height, width, width * 4, False).metres(),
     )
 
 
@@ -855,7 +855,7 @@ def test_points_are_lifted_with_the_depth_of_their_frame(make_harness):
     (point,) = outcome.points
     assert (point.x, point.y) == (16.0, 24.0)
     assert point.position_m == pytest.approx(expected_position(16.0, 24.0, 2.0), abs=LIFT_TOLERANCE_M)
-    assert point.depth.spread == 0.0, "a constant depth has no spread"
+    assert point.depth.depth_step == 0.0 and not point.depth.edge, "a constant depth has no edge"
     assert depth_stamp_ns(outcome.view) == stamp + 10 * MILLISECOND and depth_words(outcome.view) == ""
 
 
@@ -958,9 +958,8 @@ def test_unreadable_depth_image_keeps_2d_points_and_says_why(make_harness):
     stamp = harness.clock.now_ns
     harness.put(make_frame("front", stamp))
     data = bytes(64 * 48 * 3)
-    harness.service.put_depth(
-        "front", DepthFrame(stamp, "front_optical", lambda: depth_to_metres(data, "rgb8", 48, 64, 192, False))
-    )
+    unreadable = DepthFrame(stamp, "front_optical", lambda: read_depth(data, "rgb8", 48, 64, 192, False))
+    harness.service.put_depth("front", unreadable)
     outcome = harness.point("cup")
     assert outcome.points[0].position_m is None and (outcome.points[0].x, outcome.points[0].y) == (16.0, 24.0)
     assert "'rgb8' is not supported" in depth_words(outcome.view)

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 # commit of the Molmo2 repositories could be verified from where this was written (no network to the
 # hub, and no public source named one), so the default follows the repository's main branch; pin the
 # revision setting to a commit for reproducible answers.
-DEFAULT_MODEL = DefaultModel(family="Molmo2", model_id="allenai/Molmo2-4B", revision="main")
+MOLMO2_DEFAULT = DefaultModel(family="Molmo2", model_id="allenai/Molmo2-4B", revision="main")
 SUPPORTED = "allenai/Molmo2-4B, -8B or -O-7B"
 # Molmo2 was trained on multi-image inputs. 8 frames covers a robot's camera set, and even 8 frames of
 # 1920x1080 (9 crops, 1162 image tokens each with the processor's defaults) stay near 9,300 tokens, well
@@ -53,6 +53,9 @@ MAX_IMAGES_PER_PROMPT = 8
 # What a hub snapshot needs besides the weights; the repository's *.py (remote code) is never fetched.
 DOWNLOAD_PATTERNS = ("*.json", "*.jinja", "*.txt", "*.model", "*.safetensors")
 WEIGHT_SUFFIX = ".safetensors"
+# With int8 quantization these keep their weights in the dtype setting's dtype, as the molmoe backend
+# keeps its vision tower and connector (README, "Weight-only int8").
+FULL_PRECISION_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.")
 
 
 @dataclass
@@ -108,8 +111,8 @@ class Molmo2Backend:
 
     @classmethod
     def load(cls, settings: BackendSettings) -> "Molmo2Backend":
-        model_id = chosen_model(settings.model, DEFAULT_MODEL)
-        revision = settings.revision or DEFAULT_MODEL.revision
+        model_id = chosen_model(settings.model, MOLMO2_DEFAULT)
+        revision = settings.revision or MOLMO2_DEFAULT.revision
         directory = resolve_checkpoint(model_id, revision)
         check_model_type(directory, model_id)
         device = resolve_device(settings.device)
@@ -122,20 +125,25 @@ class Molmo2Backend:
                 raise IncompatibleCheckpointError(
                     f"{model_id} ({directory}) could not be loaded as Molmo2: {type(error).__name__}: {error}"
                 ) from error
+            if settings.quantization == "int8":
+                quantize_int8(model)
             model = model.to(device).eval()
         name = (
             model_id
-            if revision == DEFAULT_MODEL.revision or Path(model_id).is_dir()
+            if revision == MOLMO2_DEFAULT.revision or Path(model_id).is_dir()
             else f"{model_id}@{revision}"
         )
-        log.info("molmo2: loaded %s on %s in %s", name, device, dtype)
+        log.info(
+            "molmo2: loaded %s on %s in %s%s",
+            name,
+            device,
+            dtype,
+            " with int8 weights" if settings.quantization == "int8" else "",
+        )
         return cls(model, processor, model_name=name, max_new_tokens=settings.max_new_tokens)
 
     def generate(
-        self,
-        images: Sequence[np.ndarray],
-        prompts: Sequence[str],
-        control: GenerationControl | None = None,
+        self, images: Sequence[np.ndarray], prompts: Sequence[str], control: GenerationControl | None = None
     ) -> BackendAnswer:
         control = control or GenerationControl()
         check_images(images, self.max_images, self.name)
@@ -200,13 +208,29 @@ class Molmo2Backend:
         return self.processor.post_process_image_text_to_text(new_tokens, skip_special_tokens=True)[0]
 
 
+def quantize_int8(model: torch.nn.Module) -> None:
+    """Weight-only int8 (torchao, one scale per output channel) for every nn.Linear of the language model
+    and head, in place, where the model was loaded (the CPU), so only int8 weights reach a GPU.
+
+    Not through transformers' `TorchAoConfig` at load: with transformers 5.23 it keeps only the first
+    part of the weights the hub layout fuses (q of `att_proj`, up of `ff_proj`) and leaves k, v and gate
+    randomly initialised (measured on the tiny Molmo2 of the tests).
+    """
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    def language_linear(module: torch.nn.Module, name: str) -> bool:
+        return isinstance(module, torch.nn.Linear) and not name.startswith(FULL_PRECISION_PREFIXES)
+
+    quantize_(model, Int8WeightOnlyConfig(), filter_fn=language_linear)
+
+
 def resolve_checkpoint(model_id: str, revision: str) -> Path:
     """A local checkpoint directory as is, or the hub snapshot of `model_id` at `revision` (cache first)."""
     path = Path(model_id).expanduser()
     if path.is_dir():
         if not _is_complete(path):
             raise weights_not_found(
-                DEFAULT_MODEL,
+                MOLMO2_DEFAULT,
                 f"the directory {path} lacks config.json or *{WEIGHT_SUFFIX} weights",
                 model_id,
                 None,
@@ -214,7 +238,7 @@ def resolve_checkpoint(model_id: str, revision: str) -> Path:
         return path.resolve()
     if path.exists() or model_id.count("/") != 1 or model_id.startswith((".", "/", "~")):
         raise weights_not_found(
-            DEFAULT_MODEL,
+            MOLMO2_DEFAULT,
             f"{model_id!r} is neither a checkpoint directory nor a Hugging Face model id (owner/name)",
             model_id,
             None,
@@ -222,7 +246,7 @@ def resolve_checkpoint(model_id: str, revision: str) -> Path:
     return fetch_snapshot(
         model_id,
         revision,
-        DEFAULT_MODEL,
+        MOLMO2_DEFAULT,
         patterns=lambda files: list(DOWNLOAD_PATTERNS),
         is_complete=_is_complete,
     )

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from molmo_ros.backends.api_key import check_api_key
 from molmo_ros.backends.errors import BackendError, WeightsNotFoundError
 from molmo_ros.backends.interface import GenerationControl
 from molmo_ros.backends.settings import BackendSettings
@@ -31,7 +32,7 @@ from molmo_ros.depth.errors import DepthError
 from molmo_ros.depth.lifting import LiftedPoint
 from molmo_ros.depth.pairing import PairedDepth
 from molmo_ros.depth.settings import DepthSettings
-from molmo_ros.drawing import LabelledPoint, draw_points
+from molmo_ros.drawing import LabelledPoint, draw_points, normal_in_image
 from molmo_ros.pointing.answer import ViewInput, ask_model, pointing_outcome
 from molmo_ros.pointing.errors import ErrorCode, PointingError
 from molmo_ros.pointing.outcomes import PointingOutcome, View
@@ -97,9 +98,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def backend_settings(args: argparse.Namespace) -> BackendSettings:
     try:
-        return BackendSettings(
+        settings = BackendSettings(
             **{spec.field_name: getattr(args, spec.field_name) for spec in setting_specs(BackendSettings)}
         )
+        check_api_key(settings)
+        return settings
     except ValueError as error:
         raise UsageError(str(error)) from error
 
@@ -244,7 +247,8 @@ def _write_drawing(args: argparse.Namespace, outcome: PointingOutcome, pixels: n
     if args.output is None:
         return
     try:
-        drawn = draw_points(pixels, outcome.points, outcome.query)
+        normals = [normal_in_image(point.depth) for point in outcome.points]
+        drawn = draw_points(pixels, outcome.points, outcome.query, normals)
         PIL.Image.fromarray(drawn).save(args.output, format="PNG")
     except OSError as error:
         raise UsageError(f"cannot write {args.output}: {error}") from error

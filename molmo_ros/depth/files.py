@@ -13,7 +13,7 @@ import yaml
 
 from molmo_ros.depth.camera import CameraModel
 from molmo_ros.depth.errors import DepthError
-from molmo_ros.depth.images import depth_to_metres
+from molmo_ros.depth.images import read_depth
 
 IS_BIGENDIAN = sys.byteorder == "big"
 
@@ -50,7 +50,7 @@ def read_depth_file(path: Path) -> np.ndarray:
     values = np.ascontiguousarray(values)
     height, width = values.shape
     try:
-        return depth_to_metres(values, encoding, height, width, values.strides[0], IS_BIGENDIAN)
+        return read_depth(values, encoding, height, width, values.strides[0], IS_BIGENDIAN).metres()
     except DepthError as error:
         raise DepthError(f"{path}: {error}") from error
 

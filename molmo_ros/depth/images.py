@@ -27,6 +27,10 @@ class DepthImage:
     def shape(self) -> tuple[int, int]:
         return self._values.shape
 
+    def metres(self) -> np.ndarray:
+        """The whole image in metres, HxW float32, NaN where there is no depth."""
+        return self[:, :]
+
     def __getitem__(self, key: object) -> np.ndarray:
         values = self._values[key]
         metres = values.astype(np.float32)
@@ -82,16 +86,3 @@ def read_depth(
     dtype = np.dtype(f"{order}f4" if is_float else f"{order}u2")
     values = buffer[: step * height].reshape(height, step)[:, :row_bytes].view(dtype)
     return DepthImage(values, None if is_float else (MILLIMETRES if scale is None else scale))
-
-
-def depth_to_metres(
-    data: bytes | bytearray | memoryview | np.ndarray,
-    encoding: str,
-    height: int,
-    width: int,
-    step: int,
-    is_bigendian: bool,
-    scale: float | None = None,
-) -> np.ndarray:
-    """HxW float32 metres from the fields of a sensor_msgs/Image (all of it; see read_depth)."""
-    return read_depth(data, encoding, height, width, step, is_bigendian, scale)[:, :]

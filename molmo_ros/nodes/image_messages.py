@@ -28,18 +28,14 @@ def _frame(
     )
 
 
-def frame_from_image(message: Image, camera: str, received_ns: int) -> Frame:
-    def decode() -> np.ndarray:
-        return raw_to_rgb(
-            message.data,
-            message.encoding,
-            message.height,
-            message.width,
-            message.step,
-            bool(message.is_bigendian),
-        )
+def _buffer(message: Image) -> tuple[object, str, int, int, int, bool]:
+    """An Image's pixel buffer and its layout: data, encoding, height, width, step, big-endian."""
+    big_endian = bool(message.is_bigendian)
+    return message.data, message.encoding, message.height, message.width, message.step, big_endian
 
-    return _frame(message, camera, received_ns, decode)
+
+def frame_from_image(message: Image, camera: str, received_ns: int) -> Frame:
+    return _frame(message, camera, received_ns, lambda: raw_to_rgb(*_buffer(message)))
 
 
 def frame_from_compressed(message: CompressedImage, camera: str, received_ns: int) -> Frame:
@@ -66,13 +62,5 @@ def depth_frame(message: Image, scale: float | None) -> DepthFrame:
     return DepthFrame(
         stamp_ns=stamp_ns(message.header.stamp),
         frame_id=message.header.frame_id,
-        decode=lambda: read_depth(
-            message.data,
-            message.encoding,
-            message.height,
-            message.width,
-            message.step,
-            bool(message.is_bigendian),
-            scale,
-        ),
+        decode=lambda: read_depth(*_buffer(message), scale),
     )

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from action_msgs.msg import GoalStatus
-from geometry_msgs.msg import PointStamped
+from geometry_msgs.msg import PointStamped, PoseStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
@@ -37,11 +37,12 @@ from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
 from molmo_ros.action import Point as PointAction
+from molmo_ros.backends.api_key import check_api_key
 from molmo_ros.backends.errors import BackendError
 from molmo_ros.backends.interface import PointingBackend, Stage
 from molmo_ros.backends.settings import BackendSettings
 from molmo_ros.depth.settings import DepthSettings
-from molmo_ros.drawing import draw_points
+from molmo_ros.drawing import draw_points, normal_in_image
 from molmo_ros.image_conversion import rgb_to_raw
 from molmo_ros.msg import PointingResult
 from molmo_ros.nodes import messages
@@ -59,12 +60,14 @@ from molmo_ros.nodes.parameters import (
     with_parameter_names,
 )
 from molmo_ros.nodes.runner import CONFIGURATION_ERRORS, run_node
+from molmo_ros.nodes.tf2_transforms import Tf2Transforms
 from molmo_ros.nodes.throttled_log import ThrottledErrorLog
 from molmo_ros.pointing.errors import ErrorCode, PointingError
 from molmo_ros.pointing.outcomes import AskOutcome, PointingOutcome
 from molmo_ros.pointing.requests import PointingRequest
 from molmo_ros.pointing.service import PointingService, Ticket, checked_settings
 from molmo_ros.pointing.settings import CameraSettings, PointingSettings
+from molmo_ros.pointing.target_frame import target_frame
 from molmo_ros.srv import Ask, Point
 
 # Requests a burst may bring before the node has answered any: a service reader with a shorter queue
@@ -96,6 +99,7 @@ class PointerNode(LifecycleNode):
         self._ros_entities: list[Any] = []
         self._goal_tickets: dict[bytes, Ticket] = {}
         self._action: ActionServer | None = None
+        self._tf2: Tf2Transforms | None = None
         for settings_class, prefix in SETTINGS:
             declare_setting_parameters(self, settings_class, prefix)
         self._runtime = runtime_specs(PointingSettings)
@@ -134,14 +138,23 @@ class PointerNode(LifecycleNode):
                 if topic:
                     validate_topic_name(topic)
         self.engine_settings = read_settings(self, BackendSettings, "engine.")
+        check_api_key(self.engine_settings)
+        depth_settings = read_settings(self, DepthSettings)
+        target = target_frame(settings, self.cameras, self._load_tf2)
         return PointingService(
             settings,
             self._now_ns,
             self._publish_standing_outcome,
             self._log_error,
             cameras=self.cameras,
-            depth_settings=read_settings(self, DepthSettings),
+            depth_settings=depth_settings,
+            target=target,
         )
+
+    def _load_tf2(self) -> Tf2Transforms:
+        """tf2 for the cameras without a static pose; ImportError where tf2_ros is not installed."""
+        self._tf2 = Tf2Transforms(self)
+        return self._tf2
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Reads and checks the parameters, then creates the subscriptions, publishers, services and the
@@ -154,6 +167,20 @@ class PointerNode(LifecycleNode):
         except Exception as error:  # rclpy would turn it into ERROR without a word
             self.get_logger().error(f"cannot configure: {type(error).__name__}: {error}")
             return TransitionCallbackReturn.FAILURE
+        self.pointing = pointing
+        self._create_interfaces()
+        settings = pointing.settings
+        self.get_logger().info(
+            f"configured: cameras {', '.join(settings.cameras)} (default "
+            f"{settings.camera_for_default}), service {self.resolve_service_name('point')}, results on "
+            f"{self._points.topic_name}"
+        )
+        return super().on_configure(state)
+
+    def _create_interfaces(self) -> None:
+        """The publishers, the camera subscriptions, the services and the action, all in one reentrant
+        group: a request awaiting the model must not keep the next request or a frame from being taken
+        (a mutually exclusive group would hold its callbacks until the awaiting coroutine ends)."""
         qos = QoSProfile(
             depth=1,
             reliability=ReliabilityPolicy.RELIABLE
@@ -161,13 +188,11 @@ class PointerNode(LifecycleNode):
             else ReliabilityPolicy.BEST_EFFORT,
             durability=DurabilityPolicy.VOLATILE,
         )
-        self.pointing = pointing
         self._points = self.create_lifecycle_publisher(PointingResult, "points", RESULTS_DEPTH)
         self._target = self.create_lifecycle_publisher(PointStamped, "target", RESULTS_DEPTH)
+        self._target_pose = self.create_lifecycle_publisher(PoseStamped, "target_pose", RESULTS_DEPTH)
         self._markers = self.create_lifecycle_publisher(MarkerArray, "markers", RESULTS_DEPTH)
         self._debug_image = self.create_lifecycle_publisher(Image, "debug_image", 1)
-        # Reentrant: a request awaiting the model must not keep the next request or a frame from being taken
-        # (a mutually exclusive group would hold its callbacks until the awaiting coroutine ends).
         group = ReentrantCallbackGroup()
         entities = [
             self.create_subscription(String, "query", self._on_standing_query, 10, callback_group=group),
@@ -191,13 +216,6 @@ class PointerNode(LifecycleNode):
             callback_group=group,
         )
         self._ros_entities = entities
-        settings = pointing.settings
-        self.get_logger().info(
-            f"configured: cameras {', '.join(settings.cameras)} (default "
-            f"{settings.camera_for_default}), service {self.resolve_service_name('point')}, results on "
-            f"{self._points.topic_name}"
-        )
-        return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Loads the model (weights and GPU memory); cameras are taken and requests answered from now on."""
@@ -214,9 +232,9 @@ class PointerNode(LifecycleNode):
             self.get_logger().error(f"cannot activate: {type(error).__name__}: {error}")
             return TransitionCallbackReturn.FAILURE
         self.pointing.activate(backend)
-        # Everything loaded so far (modules, the model: 417k objects with the tiny MolmoE) lives until
+        # Everything loaded so far (modules, the model: 414k objects with the tiny MolmoE) lives until
         # deactivate. Left to the collector, each full collection walks it all while holding the GIL:
-        # about 200 ms of CPU, 1.2 s under CPU contention, with no frame taken (bench/frames_under_load.py).
+        # 235 ms of CPU, 1.2 s under CPU contention, with no frame taken (bench/frames_under_load.py).
         gc.freeze()
         self.get_logger().info(f"active: {backend.name} backend ready")
         return super().on_activate(state)
@@ -276,8 +294,11 @@ class PointerNode(LifecycleNode):
         self._ros_entities = []
         self._action.destroy()
         self._action = None
-        for publisher in (self._points, self._target, self._markers, self._debug_image):
+        for publisher in (self._points, self._target, self._target_pose, self._markers, self._debug_image):
             self.destroy_lifecycle_publisher(publisher)
+        if self._tf2 is not None:
+            self._tf2.close()
+            self._tf2 = None
 
     # --- parameters ---------------------------------------------------------------------------------------
 
@@ -494,9 +515,11 @@ class PointerNode(LifecycleNode):
         publish that fails (a node shutting down) is logged; the request was still answered."""
         try:
             self._points.publish(result)
-            target = messages.first_target(outcome)
+            target, pose = messages.first_target(outcome), messages.first_target_pose(outcome)
             if target is not None:
                 self._target.publish(target)
+            if pose is not None:
+                self._target_pose.publish(pose)
             if self._markers.get_subscription_count() > 0:
                 self._markers.publish(messages.markers(outcome, MARKER_NAMESPACE))
             if self._debug_image.get_subscription_count() > 0:
@@ -508,7 +531,8 @@ class PointerNode(LifecycleNode):
         """The first frame the model saw, with its points, their labels and the query drawn (rgb8)."""
         view = outcome.view
         points = [point for point in outcome.points if point.view == 0]
-        drawn = draw_points(outcome.images[0], points, outcome.query)
+        normals = [normal_in_image(point.depth) for point in points]
+        drawn = draw_points(outcome.images[0], points, outcome.query, normals)
         data, step = rgb_to_raw(drawn, "rgb8")
         return Image(
             header=Header(stamp=messages.stamp(view.stamp_ns), frame_id=view.frame_id),

@@ -23,11 +23,13 @@ from molmo_ros.backends.interface import GenerationControl, PointingBackend
 from molmo_ros.depth.lifting import LiftedPoint
 from molmo_ros.depth.pairing import DepthMissing, PairedDepth, ViewDepth, lift_view
 from molmo_ros.depth.settings import DepthSettings
+from molmo_ros.depth.transforms import RigidTransform, approach_pose
 from molmo_ros.geometry import PixelPoint, to_pixels
 from molmo_ros.parsing import ParsedPoint, parse_answer
-from molmo_ros.pointing.errors import ErrorCode, PointingError
-from molmo_ros.pointing.outcomes import DepthUsed, OutcomePoint, PointingOutcome, View, ViewDepthState
+from molmo_ros.pointing.errors import ErrorCode, PointingError, unexpected_error
+from molmo_ros.pointing.outcomes import DepthUsed, OutcomePoint, PointingOutcome, Target, View, ViewDepthState
 from molmo_ros.pointing.settings import CameraSettings
+from molmo_ros.pointing.target_frame import TargetFrame
 from molmo_ros.settings_fields import SettingRef
 
 # Backend failures and how a client hears of them: (type, code, what the message says before the
@@ -63,13 +65,9 @@ def ask_model(
             if isinstance(error, error_type):
                 message = CANCELLED if what is None else f"{what}: {error}" if what else str(error)
                 raise PointingError(code, message, error.settings) from error
-        raise PointingError(
-            ErrorCode.ENGINE_ERROR, f"the model failed: {type(error).__name__}: {error}", error.settings
-        ) from error
+        raise unexpected_error("the model failed", error, error.settings) from error
     except Exception as error:
-        raise PointingError(
-            ErrorCode.ENGINE_ERROR, f"the model failed: {type(error).__name__}: {error}"
-        ) from error
+        raise unexpected_error("the model failed", error) from error
 
 
 def pointing_outcome(
@@ -83,10 +81,13 @@ def pointing_outcome(
     model_seconds: float,
     frame_age_seconds: float,
     images: Sequence[np.ndarray] = (),
+    target: TargetFrame | None = None,
 ) -> PointingOutcome:
-    """The answer `text` as points in the pixels of the frame each belongs to, lifted where depth allows.
+    """The answer `text` as points in the pixels of the frame each belongs to, lifted where depth allows,
+    and expressed in `target`'s frame when given.
 
-    Raises NO_DEPTH when `require_depth` and a frame has no usable depth."""
+    Raises NO_DEPTH when `require_depth` and a frame has no usable depth, NO_TRANSFORM when a frame with
+    3D points has no transform to `target`."""
     parsed = parse_answer(text)
     by_view, unseen = _points_by_view(parsed.points, len(inputs))
     views: list[View] = []
@@ -100,9 +101,11 @@ def pointing_outcome(
         lifted, depth_state = _lift(view_input.depth, pixels.inside, size, depth_settings)
         if require_depth and not isinstance(depth_state, DepthUsed):
             raise _no_depth(view.camera, depth_state)
-        views.append(replace(view, depth=depth_state))
+        has_3d = any(point is not None and point.valid for point in lifted)
+        to_target = target.transform_of(view) if target is not None and has_3d else None
+        views.append(replace(view, depth=depth_state, to_target=to_target))
         points += [
-            OutcomePoint(x=pixel.x, y=pixel.y, label=pixel.label, view=index, depth=depth)
+            OutcomePoint(pixel.x, pixel.y, pixel.label, index, depth, _target(depth, to_target))
             for pixel, depth in zip(pixels.inside, lifted, strict=True)
         ]
     return PointingOutcome(
@@ -118,6 +121,21 @@ def pointing_outcome(
         model_seconds=model_seconds,
         frame_age_seconds=frame_age_seconds,
         images=tuple(images),
+        target_frame="" if target is None else target.frame,
+    )
+
+
+def _target(lifted: LiftedPoint | None, to_target: RigidTransform | None) -> Target | None:
+    """The point's position, normal and approach pose in the target frame (the camera's without one)."""
+    if lifted is None or lifted.xyz is None:
+        return None
+    approach = None if lifted.normal is None else approach_pose(lifted.xyz, lifted.normal)
+    if to_target is None:
+        return Target(lifted.xyz, lifted.normal, approach)
+    return Target(
+        to_target.point(lifted.xyz),
+        None if lifted.normal is None else to_target.vector(lifted.normal),
+        None if approach is None else to_target.pose(approach),
     )
 
 

@@ -12,11 +12,12 @@ from molmo_ros.depth.pairing import DepthMissing, ViewDepth, pair_depth
 from molmo_ros.depth.settings import DepthSettings
 from molmo_ros.image_conversion import ImageConversionError
 from molmo_ros.pointing.answer import ViewInput, ask_model, pointing_outcome
-from molmo_ros.pointing.errors import ErrorCode, PointingError
+from molmo_ros.pointing.errors import ErrorCode, PointingError, unexpected_error
 from molmo_ros.pointing.frames import Frame, LatestFrames
 from molmo_ros.pointing.outcomes import AskOutcome, PointingOutcome, View
 from molmo_ros.pointing.requests import PointingRequest
 from molmo_ros.pointing.settings import CameraSettings, PointingSettings
+from molmo_ros.pointing.target_frame import TargetFrame
 from molmo_ros.prompts import make_point_prompt
 from molmo_ros.settings_fields import SettingRef
 
@@ -39,6 +40,7 @@ class Context:
     cameras: Mapping[str, CameraSettings]
     depth_settings: DepthSettings
     now_ns: Callable[[], int]
+    target: TargetFrame | None = None  # where 3D answers are expressed; None: each camera's optical frame
 
 
 def answer_request(
@@ -68,13 +70,12 @@ def answer_request(
             model_seconds=seconds,
             frame_age_seconds=max(inputs.ages_s),
             images=inputs.images,
+            target=context.target,
         )
     except PointingError:
         raise
     except Exception as error:
-        raise PointingError(
-            ErrorCode.ENGINE_ERROR, f"internal error: {type(error).__name__}: {error}"
-        ) from error
+        raise unexpected_error("internal error", error) from error
 
 
 def gather_inputs(

@@ -26,6 +26,7 @@ class ErrorCode(IntEnum):
     UNSUPPORTED = 11
     SERVER_UNAVAILABLE = 12
     CANCELED = 13
+    NO_TRANSFORM = 14
 
 
 class PointingError(RefersToSettings):
@@ -35,3 +36,9 @@ class PointingError(RefersToSettings):
     def __init__(self, code: ErrorCode, message: str, settings: Sequence[SettingRef] = ()) -> None:
         super().__init__(message, settings)
         self.code = code
+
+
+def unexpected_error(what: str, error: Exception, settings: Sequence[SettingRef] = ()) -> PointingError:
+    """An error no answer was written for, as an ENGINE_ERROR naming its type: the request is still
+    answered."""
+    return PointingError(ErrorCode.ENGINE_ERROR, f"{what}: {type(error).__name__}: {error}", settings)

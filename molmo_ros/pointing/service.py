@@ -30,6 +30,7 @@ from molmo_ros.pointing.outcomes import AskOutcome, PointingOutcome
 from molmo_ros.pointing.requests import PointingRequest, checked_request, validate_query
 from molmo_ros.pointing.settings import CameraSettings, PointingSettings
 from molmo_ros.pointing.standing import StandingQuery
+from molmo_ros.pointing.target_frame import TargetFrame
 from molmo_ros.settings_fields import SettingRef, setting_specs
 
 log = logging.getLogger(__name__)
@@ -83,12 +84,13 @@ class PointingService:
         on_error: Callable[[PointingError], None],
         cameras: Mapping[str, CameraSettings] | None = None,
         depth_settings: DepthSettings | None = None,
+        target: TargetFrame | None = None,
     ) -> None:
         self.frames = LatestFrames()
         self._settings = settings
-        self._cameras = dict(cameras or {})
-        self.depth_settings = depth_settings or DepthSettings()
-        self._now_ns = now_ns
+        # What answering needs besides the newest frames and settings, which it takes when it starts.
+        depths = depth_settings or DepthSettings()
+        self._context = Context(self.frames, settings, dict(cameras or {}), depths, now_ns, target)
         self._on_standing_outcome = on_standing_outcome
         self._on_error = on_error
         self._wake = threading.Condition()
@@ -109,8 +111,6 @@ class PointingService:
         with self._wake:
             self._settings = settings
 
-    # --- frames in --------------------------------------------------------------------------------------
-
     def put_frame(self, frame: Frame) -> None:
         """Keeps `frame` as its camera's newest, while active, and wakes a waiting standing query."""
         if self._state is _State.ACTIVE:
@@ -127,8 +127,6 @@ class PointingService:
         """`model` is the error when the camera's CameraInfo cannot be used (reported with its points)."""
         if self._state is _State.ACTIVE:
             self.frames.put_camera_model(camera, model)
-
-    # --- lifecycle --------------------------------------------------------------------------------------
 
     @property
     def active(self) -> bool:
@@ -180,8 +178,6 @@ class PointingService:
             self._state = _State.STOPPED
         return backend
 
-    # --- requests ---------------------------------------------------------------------------------------
-
     def pending(self) -> int:
         with self._wake:
             return len(self._jobs)
@@ -189,7 +185,10 @@ class PointingService:
     def has_room(self) -> bool:
         """Whether a request submitted now would be taken rather than answered NOT_ACTIVE or BUSY."""
         with self._wake:
-            return self._state is _State.ACTIVE and len(self._jobs) < self._settings.queue_size
+            return self._state is _State.ACTIVE and not self._queue_full()
+
+    def _queue_full(self) -> bool:
+        return len(self._jobs) >= self._settings.queue_size
 
     def submit(self, request: PointingRequest, on_progress: ProgressCallback | None = None) -> Ticket:
         """A ticket whose future resolves to an outcome or fails with a PointingError; never blocks."""
@@ -202,7 +201,7 @@ class PointingService:
                 ticket.request = checked_request(
                     request, self._settings, self.frames, backend.max_images, backend.name
                 )
-                if len(self._jobs) >= self._settings.queue_size:
+                if self._queue_full():
                     raise PointingError(
                         ErrorCode.BUSY,
                         f"busy: {len(self._jobs)} requests are already waiting; try again shortly",
@@ -240,8 +239,6 @@ class PointingService:
     def standing_query(self) -> str | None:
         return self._standing.query
 
-    # --- the workers ------------------------------------------------------------------------------------
-
     def _next_task(self) -> tuple[Ticket | None, str | None]:
         """Waits for a request or, failing that, a new frame for the standing query: (ticket, None),
         (None, standing camera), or (None, None) when the service is no longer active."""
@@ -272,12 +269,12 @@ class PointingService:
         try:
             outcome = self._answer(ticket.request, ticket.control)
         except PointingError as error:
-            with self._wake:
-                self._running.discard(ticket)
-            self._fail(ticket, ticket.stop_reason or error)
+            outcome = error
+        with self._wake:
+            self._running.discard(ticket)
+        if isinstance(outcome, PointingError):
+            self._fail(ticket, ticket.stop_reason or outcome)
         else:
-            with self._wake:
-                self._running.discard(ticket)
             ticket.future.set_result(outcome)
 
     def _answer_standing_query(self, camera: str) -> None:
@@ -300,7 +297,7 @@ class PointingService:
         backend = self._backend
         if backend is None:
             raise PointingError(ErrorCode.NOT_ACTIVE, self._inactive_reason)
-        context = Context(self.frames, self._settings, self._cameras, self.depth_settings, self._now_ns)
+        context = replace(self._context, frames=self.frames, settings=self._settings)
         return answer_request(request, backend, control, context)
 
     def _fail(self, ticket: Ticket, error: PointingError) -> None:

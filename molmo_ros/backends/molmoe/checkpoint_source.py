@@ -13,7 +13,7 @@ from molmo_ros.backends.molmoe.checkpoint_reader import (
     WeightFiles,
     find_weight_files,
 )
-from molmo_ros.backends.molmoe.defaults import DEFAULT_MODEL
+from molmo_ros.backends.molmoe.defaults import MOLMOE_DEFAULT
 
 # Everything a checkpoint directory needs besides the weights; the repo's *.py files are never fetched.
 METADATA_FILES = (
@@ -41,12 +41,12 @@ class CheckpointSource:
         return str(self.directory) if self.revision is None else f"{self.model}@{self.revision}"
 
 
-def resolve_checkpoint(model: str, revision: str | None = DEFAULT_MODEL.revision) -> CheckpointSource:
+def resolve_checkpoint(model: str, revision: str | None = MOLMOE_DEFAULT.revision) -> CheckpointSource:
     """A local directory as is, or a hub id fetched (or found in the cache) at `revision`."""
     if is_hub_id(model):
-        revision = revision or DEFAULT_MODEL.revision
+        revision = revision or MOLMOE_DEFAULT.revision
         snapshot = fetch_snapshot(
-            model, revision, DEFAULT_MODEL, patterns=_download_patterns, is_complete=_is_complete
+            model, revision, MOLMOE_DEFAULT, patterns=_download_patterns, is_complete=_is_complete
         )
         return CheckpointSource(model, revision, snapshot, find_weight_files(snapshot))
     return _local_checkpoint(model, Path(model).expanduser())
@@ -66,7 +66,7 @@ def _local_checkpoint(model: str, path: Path) -> CheckpointSource:
         )
     else:
         return CheckpointSource(model, None, path.resolve(), weights)
-    raise weights_not_found(DEFAULT_MODEL, reason, model, None)
+    raise weights_not_found(MOLMOE_DEFAULT, reason, model, None)
 
 
 def _is_complete(snapshot: Path) -> bool:

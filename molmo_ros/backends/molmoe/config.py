@@ -8,6 +8,7 @@ named instead of producing wrong answers.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,44 @@ _REQUIRED_VISION: tuple[tuple[str, Any], ...] = (
 def _incompatible(field: str, problem: str) -> IncompatibleCheckpointError:
     return IncompatibleCheckpointError(
         f"checkpoint config field '{field}' {problem}; this engine supports MolmoE-1B"
+    )
+
+
+def _vision_shapes(d: dict[str, Any], vision_field: Callable[[str], Any]) -> dict[str, Any]:
+    """The ViT's and the pooling connector's shapes, checked against each other."""
+    vit_width, vit_heads = int(vision_field("image_emb_dim")), int(vision_field("image_num_heads"))
+    if vision_field("image_num_key_value_heads") != vit_heads:
+        raise _incompatible("vision_backbone.image_num_key_value_heads", "must equal image_num_heads")
+    if int(vision_field("image_head_dim")) * vit_heads != vit_width:
+        raise _incompatible(
+            "vision_backbone.image_head_dim", "times image_num_heads must equal image_emb_dim"
+        )
+    height, width = vision_field("image_default_input_size")
+    patch = int(vision_field("image_patch_size"))
+    if height != width or height % patch:
+        raise _incompatible(
+            "vision_backbone.image_default_input_size", "must be square and a multiple of the patch"
+        )
+    if vision_field("image_pos_patch_size") != patch:
+        raise _incompatible("vision_backbone.image_pos_patch_size", "must equal image_patch_size")
+    if vision_field("image_num_pos") != (height // patch) ** 2 + 1:
+        raise _incompatible("vision_backbone.image_num_pos", "must be the patch count plus one (CLS)")
+    vit_num_layers = int(vision_field("image_num_layers"))
+    vit_layers = tuple(int(i) for i in _field(d, "vit_layers"))
+    if not vit_layers or any(not -vit_num_layers <= i < vit_num_layers for i in vit_layers):
+        raise _incompatible("vit_layers", f"must name blocks of the {vit_num_layers}-block ViT")
+    pooling_h, pooling_w = int(_field(d, "image_pooling_h")), int(_field(d, "image_pooling_w"))
+    if (height // patch) % pooling_h or (width // patch) % pooling_w:
+        raise _incompatible("image_pooling_h", "must divide the patch grid")
+    return dict(
+        vit_width=vit_width,
+        vit_heads=vit_heads,
+        vit_num_layers=vit_num_layers,
+        vit_layers=vit_layers,
+        image_size=int(height),
+        patch_size=patch,
+        pooling_h=pooling_h,
+        pooling_w=pooling_w,
     )
 
 
@@ -123,30 +162,7 @@ class MolmoConfig:
             raise _incompatible("head_dim", "must be d_model / n_heads")
         mlp_hidden = d.get("mlp_hidden_size") or int(_field(d, "mlp_ratio")) * d_model
 
-        vit_width, vit_heads = int(vision_field("image_emb_dim")), int(vision_field("image_num_heads"))
-        if vision_field("image_num_key_value_heads") != vit_heads:
-            raise _incompatible("vision_backbone.image_num_key_value_heads", "must equal image_num_heads")
-        if int(vision_field("image_head_dim")) * vit_heads != vit_width:
-            raise _incompatible(
-                "vision_backbone.image_head_dim", "times image_num_heads must equal image_emb_dim"
-            )
-        height, width = vision_field("image_default_input_size")
-        patch = int(vision_field("image_patch_size"))
-        if height != width or height % patch:
-            raise _incompatible(
-                "vision_backbone.image_default_input_size", "must be square and a multiple of the patch"
-            )
-        if vision_field("image_pos_patch_size") != patch:
-            raise _incompatible("vision_backbone.image_pos_patch_size", "must equal image_patch_size")
-        if vision_field("image_num_pos") != (height // patch) ** 2 + 1:
-            raise _incompatible("vision_backbone.image_num_pos", "must be the patch count plus one (CLS)")
-        vit_num_layers = int(vision_field("image_num_layers"))
-        vit_layers = tuple(int(i) for i in _field(d, "vit_layers"))
-        if not vit_layers or any(not -vit_num_layers <= i < vit_num_layers for i in vit_layers):
-            raise _incompatible("vit_layers", f"must name blocks of the {vit_num_layers}-block ViT")
-        pooling_h, pooling_w = int(_field(d, "image_pooling_h")), int(_field(d, "image_pooling_w"))
-        if (height // patch) % pooling_h or (width // patch) % pooling_w:
-            raise _incompatible("image_pooling_h", "must divide the patch grid")
+        vision_shapes = _vision_shapes(d, vision_field)
 
         return cls(
             d_model=d_model,
@@ -161,16 +177,9 @@ class MolmoConfig:
             rope_theta=float(_field(d, "rope_theta")),
             max_position_embeddings=int(_field(d, "max_position_embeddings")),
             pad_token_id=int(_field(d, "pad_token_id")),
-            vit_width=vit_width,
-            vit_heads=vit_heads,
             vit_mlp_dim=int(vision_field("image_mlp_dim")),
-            vit_num_layers=vit_num_layers,
-            vit_layers=vit_layers,
             vit_norm_eps=float(vision_field("image_norm_eps")),
-            image_size=int(height),
-            patch_size=patch,
-            pooling_h=pooling_h,
-            pooling_w=pooling_w,
+            **vision_shapes,
         )
 
     @property

@@ -26,7 +26,7 @@ from molmo_ros.backends.device import (
 from molmo_ros.backends.errors import BackendError
 from molmo_ros.backends.interface import GenerationControl, Stage
 from molmo_ros.backends.molmoe.checkpoint import load_checkpoint
-from molmo_ros.backends.molmoe.defaults import DEFAULT_MODEL
+from molmo_ros.backends.molmoe.defaults import MOLMOE_DEFAULT
 from molmo_ros.backends.molmoe.fast_generation import FastGenerator, PrefixCache
 from molmo_ros.backends.molmoe.modeling import MolmoEForPointing
 from molmo_ros.backends.molmoe.preprocessing import MolmoPreprocessor
@@ -97,7 +97,9 @@ class MolmoEngine:
         model_name: str,
         max_new_tokens: int = BackendSettings.max_new_tokens,
         stop_at_eos: bool = True,
+        use_cuda_graphs: bool | None = None,
     ) -> None:
+        """use_cuda_graphs: None means on CUDA (FastGenerator's default); False decodes eagerly."""
         self._model: MolmoEForPointing | None = model
         self.preprocessor = preprocessor
         self._device = device
@@ -106,7 +108,7 @@ class MolmoEngine:
         self.max_new_tokens = max_new_tokens
         self.stop_at_eos = stop_at_eos
         self._lock = threading.Lock()
-        self._fast: FastGenerator | None = FastGenerator(model)
+        self._fast: FastGenerator | None = FastGenerator(model, use_cuda_graphs=use_cuda_graphs)
         self._last_frame: _FramePrefix | None = None
 
     @classmethod
@@ -120,12 +122,13 @@ class MolmoEngine:
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
         loaded = load_checkpoint(
-            chosen_model(settings.model, DEFAULT_MODEL),
-            settings.revision or DEFAULT_MODEL.revision,
+            chosen_model(settings.model, MOLMOE_DEFAULT),
+            settings.revision or MOLMOE_DEFAULT.revision,
             device,
             dtype,
             use_cache=cache_weights,
             cache_dir=settings.cache_dir or None,
+            quantization=settings.quantization,
         )
         preprocessor = MolmoPreprocessor.from_pretrained(loaded.files_dir, device=device)
         engine = cls(

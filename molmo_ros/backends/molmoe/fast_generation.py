@@ -166,18 +166,9 @@ class FastGenerator:
         Between decode steps `control` is checked for cancellation and told the tokens so far."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if len(prefixes) not in (1, len(prompts)):
-            raise ValueError(f"give one prefix or one per prompt, not {len(prefixes)} for {len(prompts)}")
-        if not prompts or any(len(prompt) == 0 for prompt in prompts):
-            raise ValueError("every prompt needs at least one token after the prefix")
         rows = len(prompts)
-        prefixes = list(prefixes) * rows if len(prefixes) == 1 else list(prefixes)
-        prompts = [list(prompt) for prompt in prompts]
-        batch = 1 << (rows - 1).bit_length() if self.batch_buckets else rows
-        # Rows beyond the real ones (batch buckets) repeat the first request; their output is dropped.
-        prefixes += [prefixes[0]] * (batch - rows)
-        prompts += [prompts[0]] * (batch - rows)
-
+        prefixes, prompts = self._batch_rows(prefixes, prompts)
+        batch = len(prompts)
         clock = StageClock(self.device)
         prefix_span = max(prefix.length for prefix in prefixes)
         prompt_span = max(len(prompt) for prompt in prompts)
@@ -217,6 +208,23 @@ class FastGenerator:
         return GenerationOutput(token_ids=token_ids, finished=finished, timings=timings)
 
     # --------------------------------------------------------------- internals
+
+    def _batch_rows(
+        self, prefixes: Sequence[PrefixCache], prompts: Sequence[Sequence[int]]
+    ) -> tuple[list[PrefixCache], list[list[int]]]:
+        """One prefix and one prompt per batch row. With batch buckets the batch is the next power of two:
+        rows beyond the real ones repeat the first request, and their output is dropped."""
+        if len(prefixes) not in (1, len(prompts)):
+            raise ValueError(f"give one prefix or one per prompt, not {len(prefixes)} for {len(prompts)}")
+        if not prompts or any(len(prompt) == 0 for prompt in prompts):
+            raise ValueError("every prompt needs at least one token after the prefix")
+        rows = len(prompts)
+        rows_prefixes = list(prefixes) * rows if len(prefixes) == 1 else list(prefixes)
+        rows_prompts = [list(prompt) for prompt in prompts]
+        batch = 1 << (rows - 1).bit_length() if self.batch_buckets else rows
+        rows_prefixes += [rows_prefixes[0]] * (batch - rows)
+        rows_prompts += [rows_prompts[0]] * (batch - rows)
+        return rows_prefixes, rows_prompts
 
     def _state(self, batch: int, length: int) -> _DecodeState:
         key = (batch, length)
@@ -340,7 +348,7 @@ class FastGenerator:
         config = self.model.llm.config
         experts = config._experts_implementation
         # The experts read this at call time, so only the captured step uses it; prefills keep the default.
-        config._experts_implementation = GRAPH_SAFE_EXPERTS
+        config._experts_implementation = self.model.experts_kernel(GRAPH_SAFE_EXPERTS)
         try:
             self._set_write_slot(state, 0)
             state.step.zero_()

@@ -86,7 +86,6 @@ def greedy_generate(
         timings.vision_s = clock.lap()
     if image_input_idx is not None:
         image_input_idx = image_input_idx.to(device)
-
     is_token = input_ids != PADDING_ID
     prompt_lengths = is_token.sum(dim=-1)
     has_padding = bool((prompt_lengths != prompt_len).any())
@@ -95,7 +94,6 @@ def greedy_generate(
     attention_mask[:, :prompt_len] = is_token
     positions = position_ids_from_mask(is_token)
     cache = DynamicCache(config=model.llm.config)
-
     hidden = model.llm(
         inputs_embeds=model.embed_inputs(input_ids, image_features, image_input_idx),
         attention_mask=attention_mask[:, :prompt_len] if has_padding else None,
@@ -107,15 +105,35 @@ def greedy_generate(
     next_tokens = model.lm_head(hidden[rows, prompt_lengths - 1]).argmax(dim=-1)
     next_positions = prompt_lengths.unsqueeze(-1)  # the last real token sat at prompt_length - 1
     timings.prefill_s = clock.lap()
+    mask = attention_mask if has_padding else None
+    generated = _decode(model, cache, next_tokens, next_positions, mask, max_new_tokens, eos_token_id)
+    tokens = torch.stack(generated, dim=1).tolist()
+    timings.decode_s = clock.lap()
+    timings.steps = len(generated)
+    token_ids, finished_rows = trim_at_eos(tokens, eos_token_id)
+    return GenerationOutput(token_ids=token_ids, finished=finished_rows, timings=timings)
 
+
+def _decode(
+    model: MolmoEForPointing,
+    cache: DynamicCache,
+    next_tokens: torch.Tensor,
+    next_positions: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    max_new_tokens: int,
+    eos_token_id: int | None,
+) -> list[torch.Tensor]:
+    """The first token and the greedy steps after it, until every row met EOS or max_new_tokens.
+    `attention_mask` [B, prompt + max_new_tokens] is given only when some prompt is padded."""
     generated = [next_tokens]
     finished = _is_eos(next_tokens, eos_token_id)
+    prompt_len = None if attention_mask is None else attention_mask.shape[1] - max_new_tokens
     for step in range(1, max_new_tokens):
         if eos_token_id is not None and bool(finished.all()):
             break
         hidden = model.llm(
             inputs_embeds=model.embed_inputs(next_tokens.unsqueeze(-1)),
-            attention_mask=attention_mask[:, : prompt_len + step] if has_padding else None,
+            attention_mask=None if attention_mask is None else attention_mask[:, : prompt_len + step],
             position_ids=next_positions,
             past_key_values=cache,
             use_cache=True,
@@ -124,12 +142,7 @@ def greedy_generate(
         next_positions = next_positions + 1
         generated.append(next_tokens)
         finished = finished | _is_eos(next_tokens, eos_token_id)
-
-    tokens = torch.stack(generated, dim=1).tolist()
-    timings.decode_s = clock.lap()
-    timings.steps = len(generated)
-    token_ids, finished_rows = trim_at_eos(tokens, eos_token_id)
-    return GenerationOutput(token_ids=token_ids, finished=finished_rows, timings=timings)
+    return generated
 
 
 def _is_eos(tokens: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:

@@ -134,20 +134,15 @@ class MolmoPreprocessor:
         clean_up_tokenization_spaces: bool = True,
         device: torch.device | str = "cpu",
     ) -> None:
-        crop_h, crop_w = base_image_input_size
+        _check_crop_geometry(
+            base_image_input_size,
+            image_patch_size,
+            (image_token_length_h, image_token_length_w),
+            overlap_margins,
+        )
+        crop_h = base_image_input_size[0]
         left_margin, right_margin = overlap_margins
         crop_patches = crop_h // image_patch_size
-        if not (
-            crop_h == crop_w
-            and crop_h % image_patch_size == 0
-            and crop_patches == 2 * image_token_length_h == 2 * image_token_length_w
-            and left_margin % 2 == 0
-            and right_margin % 2 == 0
-        ):
-            raise ValueError(
-                "unsupported preprocessor settings: need square crops made of an even number of patches, "
-                "2x2 pooling to the token grid and even overlap margins"
-            )
         self.tokenizer = tokenizer
         self.max_crops = max_crops
         self.patch_size = image_patch_size
@@ -471,3 +466,22 @@ def _clean_up_tokenization(text: str) -> str:
     ):
         text = text.replace(spaced, joined)
     return text
+
+
+def _check_crop_geometry(
+    crop_size: Sequence[int], patch_size: int, token_grid: Sequence[int], margins: Sequence[int]
+) -> None:
+    """What the cropping and pooling below assume: square crops of an even number of patches, pooled 2x2
+    to the token grid, with even overlap margins."""
+    crop_h, crop_w = crop_size
+    crop_patches = crop_h // patch_size
+    if not (
+        crop_h == crop_w
+        and crop_h % patch_size == 0
+        and crop_patches == 2 * token_grid[0] == 2 * token_grid[1]
+        and all(margin % 2 == 0 for margin in margins)
+    ):
+        raise ValueError(
+            "unsupported preprocessor settings: need square crops made of an even number of patches, "
+            "2x2 pooling to the token grid and even overlap margins"
+        )
