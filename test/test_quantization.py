@@ -287,7 +287,7 @@ def test_unquantized_cache_entries_keep_their_identity(tiny_model_dir):
 def test_openai_backend_refuses_int8_saying_the_server_quantizes():
     with pytest.raises(ValueError, match=r"server .*quantizes.*vLLM.*--quantization"):
         BackendSettings(backend="openai", quantization="int8")
-    with pytest.raises(ValueError, match="quantization must be one of none, int8"):
+    with pytest.raises(ValueError, match="quantization setting must be one of none, int8"):
         BackendSettings(quantization="int4")
 
 

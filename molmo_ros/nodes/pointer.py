@@ -161,7 +161,7 @@ class PointerNode(LifecycleNode):
         try:
             pointing = self._read_parameters()
         except CONFIGURATION_ERRORS as error:
-            self.get_logger().error(f"cannot configure: {error}")
+            self.get_logger().error(f"cannot configure: {with_parameter_names(error)}")
             return TransitionCallbackReturn.FAILURE
         except Exception as error:  # rclpy would turn it into ERROR without a word
             self.get_logger().error(f"cannot configure: {type(error).__name__}: {error}")
@@ -312,7 +312,7 @@ class PointerNode(LifecycleNode):
             else:
                 checked_settings(self.pointing.settings, **changes)
         except ValueError as error:
-            return SetParametersResult(successful=False, reason=str(error))
+            return SetParametersResult(successful=False, reason=with_parameter_names(error))
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, parameters: list[Parameter]) -> None:
