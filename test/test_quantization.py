@@ -22,6 +22,7 @@ from torchao.quantization import Int8Tensor
 from transformers import OlmoeConfig
 from transformers.models.olmoe.modeling_olmoe import OlmoeExperts
 
+from molmo_ros.backends.errors import IncompatibleCheckpointError
 from molmo_ros.backends.molmoe import checkpoint, checkpoint_source, weights_cache
 from molmo_ros.backends.molmoe.config import MolmoConfig
 from molmo_ros.backends.molmoe.fast_generation import FastGenerator
@@ -278,7 +279,32 @@ def test_unquantized_cache_entries_keep_their_identity(tiny_model_dir):
         "source",
         "dtype",
     }
-    assert weights_cache._identity(origin, torch.bfloat16, "int8")["quantization"] == "int8"
+    int8 = weights_cache._identity(origin, torch.bfloat16, "int8")
+    assert int8["quantization"] == "int8" and int8["quantization_scheme"]["full_precision"] == [
+        "vision.",
+        "connector.",
+    ], "an entry made with other layers kept in full precision is another entry"
+
+
+def test_an_int8_entry_with_int8_where_this_version_puts_none_is_refused(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    checkpoint.load_checkpoint(
+        str(tiny_model_dir), None, CPU, torch.bfloat16, cache_dir=tmp_path, quantization="int8"
+    )
+    # As if this version kept the attention projections in full precision: the entry no longer fits.
+    fewer = weights_cache.quantized_weight_names
+
+    def without_attention(model):
+        return {name for name in fewer(model) if "self_attn" not in name}
+
+    monkeypatch.setattr(weights_cache, "quantized_weight_names", without_attention)
+    with pytest.raises(
+        IncompatibleCheckpointError, match="int8 weights where this version does not put them"
+    ):
+        checkpoint.load_checkpoint(
+            str(tiny_model_dir), None, CPU, torch.bfloat16, cache_dir=tmp_path, quantization="int8"
+        )
 
 
 # ------------------------------------------------------------------ settings, CLI, molmo2

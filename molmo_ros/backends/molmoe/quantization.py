@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 import torch
+import torchao
 from torch import nn
 from torchao.quantization import Int8Tensor
 from torchao.quantization.granularity import PerRow
@@ -38,6 +39,13 @@ EXPERTS_PER_CHUNK = 8
 EXPERT_WEIGHTS = ("gate_up_proj", "down_proj")
 # Modules under these prefixes keep full-precision weights (see the module docstring).
 FULL_PRECISION_PREFIXES = ("vision.", "connector.")
+# What int8 weights are, for the weights cache's identity: an entry made another way (other layers kept
+# in full precision, another torchao storage format) is not taken for this one.
+INT8_SCHEME = {
+    "granularity": "symmetric, one scale per output channel",
+    "full_precision": list(FULL_PRECISION_PREFIXES),
+    "torchao": torchao.__version__,
+}
 
 
 def quantize_int8(weight: torch.Tensor, dtype: torch.dtype) -> Int8Tensor:
