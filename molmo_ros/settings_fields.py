@@ -73,7 +73,7 @@ class SettingRef:
     scope: str = ""  # the owner of a per-instance setting: the camera of a cameras.<name>.* setting
 
     def __post_init__(self) -> None:
-        if self.field_name not in {item.name for item in fields(self.settings_class)}:
+        if self.field_name not in {item.name for item in fields(self.settings_class) if _info(item)}:
             raise TypeError(f"{self.settings_class.__name__} has no setting {self.field_name!r}")
 
 

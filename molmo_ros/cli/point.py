@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NO_WEIGHTS
     except PointingError as error:
         if error.code is ErrorCode.BAD_IMAGE:
-            print(f"molmo-point: cannot use {args.image}: {with_option_names(error)}", file=sys.stderr)
+            print(f"molmo-point: {args.image}: {with_option_names(error)}", file=sys.stderr)
             return EXIT_USAGE
         print(f"molmo-point: {with_option_names(error)}", file=sys.stderr)
         return EXIT_ENGINE_ERROR

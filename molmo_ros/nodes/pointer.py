@@ -456,10 +456,11 @@ class PointerNode(LifecycleNode):
 
     def _accept_goal(self, goal: PointAction.Goal) -> GoalResponse:
         """A goal beyond the queue, or for an inactive node, is rejected at once."""
-        if self.pointing is None or not self.pointing.has_room():
-            self.get_logger().warning(
-                "point goal rejected: the node is not active or its queue is full (parameter queue_size)"
-            )
+        if self.pointing is None or not self.pointing.active:
+            self.get_logger().warning("point goal rejected: the node is not active")
+            return GoalResponse.REJECT
+        if not self.pointing.has_room():
+            self.get_logger().warning("point goal rejected: the queue is full (parameter queue_size)")
             return GoalResponse.REJECT
         return GoalResponse.ACCEPT
 

@@ -93,7 +93,8 @@ def gather_inputs(
     assert all(frame is not None for frame in chosen), "checked at submit; frames are cleared only inactive"
     images, views, ages = [], [], []
     for frame in chosen:
-        ages.append(_checked_age_s(frame, now_ns(), None if own else settings.max_frame_age_s))
+        limit_s = settings.max_frame_age_s
+        ages.append(_age_s(frame, now_ns()) if own else _checked_age_s(frame, now_ns(), limit_s))
         image = _decoded(frame, own)
         height, width = image.shape[:2]
         images.append(image)
@@ -142,12 +143,16 @@ def _camera_depth(
     return pair_depth(frame.stamp_ns, depth, model, settings)
 
 
-def _checked_age_s(frame: Frame, now_ns: int, limit_s: float | None) -> float:
-    """Age by the frame's own stamp (a frame without a stamp is aged from when it arrived), checked
-    against `limit_s` unless that is None (a request's own image) or 0 (checks disabled)."""
+def _age_s(frame: Frame, now_ns: int) -> float:
+    """Age by the frame's own stamp; a frame without a stamp is aged from when it arrived."""
     reference_ns = frame.stamp_ns if frame.stamp_ns > 0 else frame.received_ns
-    age_s = (now_ns - reference_ns) / 1e9
-    if not limit_s:
+    return (now_ns - reference_ns) / 1e9
+
+
+def _checked_age_s(frame: Frame, now_ns: int, limit_s: float) -> float:
+    """A camera frame's age, refused beyond `limit_s` either way (0 disables the check)."""
+    age_s = _age_s(frame, now_ns)
+    if limit_s == 0:
         return age_s
     if age_s > limit_s:
         raise PointingError(

@@ -147,7 +147,7 @@ def int8_grouped_mm_experts_forward(
     self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
 ) -> torch.Tensor:
     """transformers' grouped_mm experts with int8 weights (prefills): (token, expert) pairs sorted by
-    expert, one host read of the counts per layer, so not for CUDA graphs."""
+    expert, two host reads of the counts per layer (one per projection), so not for CUDA graphs."""
     num_tokens, hidden_dim = hidden_states.shape
     top_k = top_k_index.shape[-1]
     expert_ids, order = torch.sort(top_k_index.reshape(-1))
