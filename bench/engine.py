@@ -256,7 +256,8 @@ def describe_environment(engine: MolmoEngine) -> None:
 
 
 def run_molmo2(tokens: int, warmup: int, runs: int) -> int:
-    """(c): the molmo2 backend on the tiny random Molmo2 of the tests, stage by stage.
+    """(c): the molmo2 backend on the tiny random Molmo2 of the tests, stage by stage (long: one table,
+    its three cases and their stages read best in one place).
 
     Cases: one and eight prompts about one frame (the eight share one vision pass), one prompt about two
     frames, and eight prompts through the library's plain path (pixels into every `generate`, no

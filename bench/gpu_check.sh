@@ -43,9 +43,9 @@ if [[ ! -x "$python" ]]; then
   exit 2
 fi
 
-# Seconds each step may take: together under 8 minutes.
-tests_limit=120
-bench_limit=75
+# Seconds each step may take: 90 + 6 x 60 = 450 s at the very most, under the 8 minutes a check may take.
+tests_limit=90
+bench_limit=60
 bench_args=(--full-random --runs 3 --warmup 1 --tokens 16)
 steps=(
   "$tests_limit|CUDA-only tests|$python -m pytest -q -rs -p no:cacheprovider test/test_fast_generation.py test/test_quantization.py -k cuda"

@@ -186,6 +186,7 @@ def run_child(checkpoint_dir: Path, cache_dir: Path, quantization: str) -> dict:
 
 
 def main() -> None:
+    """Build or reuse the checkpoint, then load it each asked way (long: argument parsing and the report)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -197,7 +197,8 @@ def serve(depth: bool, openai_url: str | None, eight_points: bool, target_frame:
 
 def camera(width: int, height: int, depth: bool) -> None:
     """Child process: a 30 Hz rgb8 camera (with depth and CameraInfo when asked), as a driver in its own
-    process would be, until SIGTERM. Depth and CameraInfo carry the colour frame's stamp and frame_id."""
+    process would be, until SIGTERM. Depth and CameraInfo carry the colour frame's stamp and frame_id
+    (long: building the three messages is most of it)."""
     import rclpy
     from rclpy.qos import qos_profile_sensor_data
     from rclpy.signals import SignalHandlerOptions
@@ -372,6 +373,8 @@ class Figures:
 
 
 def measure(case: Case, calls: int, stream_seconds: float, env: dict[str, str]) -> Figures:
+    """One case: start the node, camera (and server) processes, time the calls, stop them, read their
+    counts (long: the processes' lifetimes are one try/finally)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 

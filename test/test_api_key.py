@@ -10,6 +10,7 @@ the key could hide in it and looks for any 6-character piece of the key.
 import base64
 import binascii
 import codecs
+import html
 import re
 import socket
 from pathlib import Path
@@ -49,7 +50,13 @@ def leaks(text: str, secret: str = SECRET) -> list[str]:
     first and last characters with the bytes around the key, so up to 2 bytes at each end may remain:
     fewer than PIECE."""
     pieces = {secret[start : start + PIECE] for start in range(len(secret) - PIECE + 1)}
-    readings = {"as written": text, "percent": unquote(text), "percent-plus": unquote_plus(text)}
+    readings = {
+        "as written": text,
+        "percent": unquote(text),
+        "percent-plus": unquote_plus(text),
+        "html": html.unescape(text),
+        "json slashes": text.replace("\\/", "/"),
+    }
     try:
         readings["escapes"] = codecs.decode(text.encode("latin-1", "backslashreplace"), "unicode_escape")
         readings["escapes-utf8"] = readings["escapes"].encode("latin-1", "replace").decode("utf-8", "replace")
@@ -358,3 +365,11 @@ def goal_result(action: ActionClient, goal: PointAction.Goal) -> PointAction.Res
     outcome = sent.result().get_result_async()
     assert wait_until(outcome.done, timeout=20)
     return outcome.result().result
+
+
+def test_redaction_minds_case_and_length_so_ordinary_words_survive():
+    """vLLM's usual placeholder key "EMPTY" hides itself, not the word "empty"; and a short key makes no
+    base64 pattern that ordinary text would match by chance."""
+    redact = KeyRedactor("EMPTY")
+    assert redact("the prompt is empty; key EMPTY") == f"the prompt is empty; key {REDACTED}"
+    assert redact("dGhlIHByb21wdA== is base64 text") == "dGhlIHByb21wdA== is base64 text"

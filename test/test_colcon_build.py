@@ -188,11 +188,13 @@ def test_node_program_from_the_install_answers_a_point_call_with_the_tiny_model(
         "-p",
         "engine.max_new_tokens:=8",
     ]
+    log_path = workspace.root / "pointer.log"  # a file, so a chatty node never blocks on a full pipe
+    log = log_path.open("w")
     node = subprocess.Popen(
         workspace.sourced(command),
         cwd=workspace.root,
         env=underlay_environment(),
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -212,7 +214,13 @@ def test_node_program_from_the_install_answers_a_point_call_with_the_tiny_model(
         user.destroy_node()
         rclpy.try_shutdown()
         node.send_signal(signal.SIGINT)
-        output, _ = node.communicate(timeout=30)
+        try:
+            node.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            node.kill()  # never left running; the assertion below reports its log
+            node.wait()
+        log.close()
+    output = log_path.read_text()
     assert node.returncode == 0, output
     assert "active: molmoe backend ready" in output
     assert mapped and all(Path(library).is_relative_to(workspace.prefix) for library in mapped), mapped

@@ -414,12 +414,16 @@ def test_camera_info_of_another_size_than_the_image_is_refused():
 
 
 def test_depth_settings_check_their_bounds_and_order():
-    with pytest.raises(ValueError, match="min_depth .* must be less than max_depth"):
+    """Each refusal names the settings it is about, which the node words as parameters."""
+    with pytest.raises(ValueError, match="nearest depth .2 m. must be less than the farthest .1 m.") as order:
         DepthSettings(min_depth=2.0, max_depth=1.0)
-    with pytest.raises(ValueError, match="depth_window must be at least 1"):
+    assert [ref.field_name for ref in order.value.settings] == ["min_depth", "max_depth"]
+    with pytest.raises(ValueError, match="depth_window setting must be at least 1") as bound:
         DepthSettings(depth_window=0)
-    with pytest.raises(ValueError, match="depth_min_support .3. cannot exceed the 1 depths"):
+    assert [ref.field_name for ref in bound.value.settings] == ["depth_window"]
+    with pytest.raises(ValueError, match="support a depth needs .3. cannot exceed the 1 depths") as support:
         DepthSettings(depth_window=1)
+    assert [ref.field_name for ref in support.value.settings] == ["depth_min_support", "depth_window"]
 
 
 def test_camera_info_topic_sits_beside_the_image_topic():

@@ -295,10 +295,10 @@ def test_debug_image_is_drawn_only_while_someone_subscribes(make_rig, monkeypatc
     rig = make_rig(mug_at(50.0, 25.0))
     rig.send_front(10)
     drawn = []
-    import molmo_ros.nodes.pointer as pointer_module
+    import molmo_ros.nodes.outputs as outputs_module
 
-    original = pointer_module.draw_points
-    monkeypatch.setattr(pointer_module, "draw_points", lambda *a, **k: drawn.append(1) or original(*a, **k))
+    original = outputs_module.draw_points
+    monkeypatch.setattr(outputs_module, "draw_points", lambda *a, **k: drawn.append(1) or original(*a, **k))
     assert rig.user.point("mug").success
     assert drawn == [], "nobody subscribes: nothing is drawn"
 
@@ -415,6 +415,21 @@ def test_engine_failure_is_answered_and_the_node_keeps_working(make_rig):
     assert (
         recovered.success and recovered.result.raw_text == "There are none." and not recovered.result.points
     )
+
+
+def test_a_failing_publish_still_answers_the_request_and_the_node_keeps_working(make_rig, monkeypatch):
+    rig = make_rig(mug_at(50.0, 25.0))
+    rig.send_front(1)
+    outputs = rig.node._outputs
+
+    def broken_publish(message) -> None:
+        raise RuntimeError("publisher's context is invalid")
+
+    monkeypatch.setattr(outputs._points, "publish", broken_publish)
+    answered = rig.user.point("mug")
+    assert answered.success and len(answered.result.points) == 1, "the answer still reaches its client"
+    monkeypatch.undo()
+    assert rig.user.point("mug").success
 
 
 def test_frame_flood_while_busy_keeps_only_the_newest(make_rig):

@@ -22,6 +22,8 @@ from torchao.quantization import Int8Tensor
 from transformers import OlmoeConfig
 from transformers.models.olmoe.modeling_olmoe import OlmoeExperts
 
+from molmo_ros.backends.errors import IncompatibleCheckpointError
+from molmo_ros.backends.interface import GenerationControl, Stage
 from molmo_ros.backends.molmoe import checkpoint, checkpoint_source, weights_cache
 from molmo_ros.backends.molmoe.config import MolmoConfig
 from molmo_ros.backends.molmoe.fast_generation import FastGenerator
@@ -68,11 +70,21 @@ def run_kernel(kind: str, x: torch.Tensor, quantized: Int8Tensor, expert_ids: to
     return int8_grouped_linear(x, quantized, expert_ids, ends)
 
 
+@pytest.fixture
+def no_tf32():
+    """fp32 matmuls in fp32 on CUDA (TF32 rounds far coarser than the bounds below), restored after."""
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["batched", "grouped"])
-def test_int8_expert_matmul_equals_the_dequantized_weight_within_fp32_rounding(expert_case, kind, device):
+def test_int8_expert_matmul_equals_the_dequantized_weight_within_fp32_rounding(
+    expert_case, kind, device, no_tf32
+):
     weight, quantized, x, expert_ids = expert_case
-    torch.backends.cuda.matmul.allow_tf32 = False
     got = run_kernel(kind, x.to(device), quantized.to(device), expert_ids.to(device)).cpu().double()
     dequantized = (quantized.qdata.double() * quantized.scale.double())[
         expert_ids
@@ -219,8 +231,7 @@ def test_fast_path_with_int8_experts_gives_the_eager_reference_tokens(tiny_model
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: int8 experts in a CUDA graph")
-def test_cuda_graph_decode_with_int8_experts_equals_eager_decode(tiny_model_dir, reference_dir):
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+def test_cuda_graph_decode_with_int8_experts_equals_eager_decode(tiny_model_dir, reference_dir, no_tf32):
     model = load_tiny(tiny_model_dir, torch.float32, "int8").to("cuda")
     inputs = golden_inputs(reference_dir)
     prefix_ids, prompt = inputs["input_ids"][0, :-8], inputs["input_ids"][0, -8:].tolist()
@@ -278,7 +289,32 @@ def test_unquantized_cache_entries_keep_their_identity(tiny_model_dir):
         "source",
         "dtype",
     }
-    assert weights_cache._identity(origin, torch.bfloat16, "int8")["quantization"] == "int8"
+    int8 = weights_cache._identity(origin, torch.bfloat16, "int8")
+    assert int8["quantization"] == "int8" and int8["quantization_scheme"]["full_precision"] == [
+        "vision.",
+        "connector.",
+    ], "an entry made with other layers kept in full precision is another entry"
+
+
+def test_an_int8_entry_with_int8_where_this_version_puts_none_is_refused(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    checkpoint.load_checkpoint(
+        str(tiny_model_dir), None, CPU, torch.bfloat16, cache_dir=tmp_path, quantization="int8"
+    )
+    # As if this version kept the attention projections in full precision: the entry no longer fits.
+    fewer = weights_cache.quantized_weight_names
+
+    def without_attention(model):
+        return {name for name in fewer(model) if "self_attn" not in name}
+
+    monkeypatch.setattr(weights_cache, "quantized_weight_names", without_attention)
+    with pytest.raises(
+        IncompatibleCheckpointError, match="int8 weights where this version does not put them"
+    ):
+        checkpoint.load_checkpoint(
+            str(tiny_model_dir), None, CPU, torch.bfloat16, cache_dir=tmp_path, quantization="int8"
+        )
 
 
 # ------------------------------------------------------------------ settings, CLI, molmo2
@@ -287,7 +323,7 @@ def test_unquantized_cache_entries_keep_their_identity(tiny_model_dir):
 def test_openai_backend_refuses_int8_saying_the_server_quantizes():
     with pytest.raises(ValueError, match=r"server .*quantizes.*vLLM.*--quantization"):
         BackendSettings(backend="openai", quantization="int8")
-    with pytest.raises(ValueError, match="quantization must be one of none, int8"):
+    with pytest.raises(ValueError, match="quantization setting must be one of none, int8"):
         BackendSettings(quantization="int4")
 
 
@@ -344,4 +380,9 @@ def test_molmo2_int8_quantizes_the_language_model_and_keeps_the_vision_tower(tmp
         quantized += 1
     assert quantized > 0
     frame = np.random.default_rng(2).integers(0, 255, (48, 64, 3), dtype=np.uint8)
-    assert backend.generate([frame], ["Point to the mug"]).texts[0] is not None
+    decoded = []
+    control = GenerationControl(
+        lambda stage, tokens: decoded.append(tokens) if stage is Stage.DECODING else None
+    )
+    backend.generate([frame], ["Point to the mug"], control)
+    assert decoded and decoded[-1] >= 1, "the int8 model decoded tokens"

@@ -24,6 +24,7 @@ from molmo_ros.depth.transforms import (
     matrix_to_quaternion,
     quaternion_to_matrix,
 )
+from molmo_ros.nodes.parameters import with_parameter_names
 from molmo_ros.pointing.answer import ViewInput, pointing_outcome
 from molmo_ros.pointing.errors import ErrorCode, PointingError
 from molmo_ros.pointing.outcomes import View
@@ -266,6 +267,7 @@ def test_a_static_pose_in_another_frame_than_the_target_is_refused_at_once():
 def test_camera_pose_settings_are_checked():
     with pytest.raises(ValueError, match="static pose: .* norm"):
         CameraSettings(name="front", pose_parent_frame="base_link", pose_rotation=(0, 0, 0, 2))
-    with pytest.raises(ValueError, match="no pose_parent_frame"):
+    with pytest.raises(ValueError, match="no parent frame") as no_parent:
         CameraSettings(name="front", pose_translation=(1, 0, 0))
+    assert "(parameter cameras.front.pose_parent_frame)" in with_parameter_names(no_parent.value)
     assert CameraSettings(name="front").static_pose() is None

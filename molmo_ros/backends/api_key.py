@@ -13,6 +13,7 @@ Torch-free and ROS-free, so the node and the CLI check the key before loading an
 """
 
 import base64
+import html
 import json
 import os
 import re
@@ -23,6 +24,9 @@ from molmo_ros.backends.errors import InvalidSettingError
 from molmo_ros.backends.settings import BackendSettings, backend_setting
 
 REDACTED = "[API key]"
+# A base64 run this short matches ordinary text by chance; the raw key and its escaped forms are always
+# redacted, whatever their length.
+MIN_BASE64_CORE = 8
 _SHOWN_CHARACTERS = 3  # the offending characters named in the refusal; the count says if there are more
 
 
@@ -58,10 +62,11 @@ class KeyRedactor:
 
     def __init__(self, key: str) -> None:
         forms = _key_forms(key) if key else set()
-        # Longest first, so a form is never cut by a shorter one it contains; percent escapes match in
-        # either case (%2f and %2F are the same byte).
-        alternatives = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
-        self._pattern = re.compile(alternatives, re.IGNORECASE) if forms else None
+        # Longest first, so a form is never cut by a shorter one it contains. Case matters everywhere but
+        # in a percent escape's hex digits (%2f and %2F are the same byte): a key "EMPTY" must not hide
+        # the word "empty".
+        alternatives = "|".join(_pattern_of(form) for form in sorted(forms, key=len, reverse=True))
+        self._pattern = re.compile(alternatives) if forms else None
 
     def __call__(self, text: str) -> str:
         return self._pattern.sub(REDACTED, text) if self._pattern else text
@@ -86,6 +91,8 @@ def _key_forms(key: str) -> set[str]:
         key.encode("unicode_escape").decode("ascii"),
         json.dumps(key)[1:-1],
         json.dumps(key, ensure_ascii=False)[1:-1],
+        json.dumps(key)[1:-1].replace("/", "\\/"),  # JSON writers that escape slashes (PHP, Java, proxies)
+        html.escape(key),
         quote(key, safe=""),
         quote(key),
         quote_plus(key, safe=""),
@@ -103,6 +110,15 @@ def _base64_cores(data: bytes) -> set[str]:
         whole_groups = len(padded) // 3
         encoded = base64.b64encode(padded[: whole_groups * 3]).decode("ascii")
         core = encoded[4:] if offset else encoded  # the first group mixes in the bytes before the key
-        if core:
+        if len(core) >= MIN_BASE64_CORE:
             cores |= {core, core.replace("+", "-").replace("/", "_")}
     return cores
+
+
+def _pattern_of(form: str) -> str:
+    """The regular expression of one form: literal, with percent escapes' hex digits in either case."""
+    pieces = re.split(r"(%[0-9A-Fa-f]{2})", form)
+    return "".join(
+        f"%(?i:{re.escape(piece[1:])})" if re.fullmatch(r"%[0-9A-Fa-f]{2}", piece) else re.escape(piece)
+        for piece in pieces
+    )

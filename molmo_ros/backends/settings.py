@@ -7,7 +7,7 @@ model stack. Settings a backend does not use are ignored by it (a server backend
 import os
 from dataclasses import dataclass
 
-from molmo_ros.settings_fields import SettingRef, check_setting_bounds, setting
+from molmo_ros.settings_fields import SettingRef, check_setting_bounds, setting, setting_error
 
 BACKENDS = ("molmoe", "molmo2", "openai")
 MODEL_ENV_VAR = "MOLMO_MODEL"  # the model when the model setting is empty
@@ -75,10 +75,12 @@ class BackendSettings:
     def __post_init__(self) -> None:
         check_setting_bounds(self)
         if self.backend == "openai" and self.quantization != "none":
-            raise ValueError(
-                f"quantization {self.quantization!r} does not apply to the openai backend: the server "
-                "holds the weights and quantizes them itself (vLLM: its --quantization and --dtype "
-                "options); set quantization to none"
+            raise setting_error(
+                self,
+                f"quantization {self.quantization!r} does not apply to the openai backend: the server holds "
+                "the weights and quantizes them itself (vLLM: its --quantization and --dtype options); set "
+                "the quantization setting to none",
+                "quantization",
             )
 
 

@@ -104,7 +104,7 @@ def backend_settings(args: argparse.Namespace) -> BackendSettings:
         check_api_key(settings)
         return settings
     except ValueError as error:
-        raise UsageError(str(error)) from error
+        raise UsageError(with_option_names(error)) from error
 
 
 def choose_task(args: argparse.Namespace) -> str:
@@ -125,7 +125,7 @@ def build_prompt(task: str, args: argparse.Namespace) -> str:
         try:
             return make_point_prompt(POINT_ALL_TEMPLATE if args.all else POINT_TEMPLATE, args.query)
         except ValueError as error:
-            raise UsageError(str(error)) from error
+            raise UsageError(with_option_names(error)) from error
     if task == "ask":
         raise UsageError("ask needs --prompt (the question)")
     return CAPTION_PROMPT if task == "caption" else OCR_PROMPT
@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NO_WEIGHTS
     except PointingError as error:
         if error.code is ErrorCode.BAD_IMAGE:
-            print(f"molmo-point: cannot use {args.image}: {with_option_names(error)}", file=sys.stderr)
+            print(f"molmo-point: {args.image}: {with_option_names(error)}", file=sys.stderr)
             return EXIT_USAGE
         print(f"molmo-point: {with_option_names(error)}", file=sys.stderr)
         return EXIT_ENGINE_ERROR

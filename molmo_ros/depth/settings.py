@@ -11,7 +11,7 @@ subpixel 0.08, a 424 px focal length (848 px across the 90 degrees Intel states)
 
 from dataclasses import dataclass
 
-from molmo_ros.settings_fields import check_setting_bounds, setting
+from molmo_ros.settings_fields import check_setting_bounds, setting, setting_error
 
 
 @dataclass(frozen=True)
@@ -94,11 +94,19 @@ class DepthSettings:
     def __post_init__(self) -> None:
         check_setting_bounds(self)
         if not self.min_depth < self.max_depth:
-            raise ValueError(
-                f"min_depth ({self.min_depth:g} m) must be less than max_depth ({self.max_depth:g} m)"
+            raise setting_error(
+                self,
+                f"the nearest depth ({self.min_depth:g} m) must be less than the farthest "
+                f"({self.max_depth:g} m)",
+                "min_depth",
+                "max_depth",
             )
         if self.depth_min_support > self.depth_window**2:
-            raise ValueError(
-                f"depth_min_support ({self.depth_min_support}) cannot exceed the {self.depth_window**2} "
-                f"depths of a depth_window of {self.depth_window}; lower it or widen the window"
+            raise setting_error(
+                self,
+                f"the support a depth needs ({self.depth_min_support}) cannot exceed the "
+                f"{self.depth_window**2} depths of a {self.depth_window}-pixel window; lower it or widen "
+                "the window",
+                "depth_min_support",
+                "depth_window",
             )

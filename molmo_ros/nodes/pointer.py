@@ -15,7 +15,6 @@ from dataclasses import replace
 from typing import Any
 
 from action_msgs.msg import GoalStatus
-from geometry_msgs.msg import PointStamped, PoseStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
@@ -33,8 +32,7 @@ from rclpy.task import Future as RclpyFuture
 from rclpy.validate_topic_name import validate_topic_name
 from sensor_msgs.msg import CameraInfo as CameraInfoMsg
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Header, String
-from visualization_msgs.msg import MarkerArray
+from std_msgs.msg import String
 
 from molmo_ros.action import Point as PointAction
 from molmo_ros.backends.api_key import check_api_key
@@ -42,11 +40,9 @@ from molmo_ros.backends.errors import BackendError
 from molmo_ros.backends.interface import PointingBackend, Stage
 from molmo_ros.backends.settings import BackendSettings
 from molmo_ros.depth.settings import DepthSettings
-from molmo_ros.drawing import draw_points, normal_in_image
-from molmo_ros.image_conversion import rgb_to_raw
-from molmo_ros.msg import PointingResult
 from molmo_ros.nodes import messages
 from molmo_ros.nodes.image_messages import camera_model, depth_frame, frame_from_compressed, frame_from_image
+from molmo_ros.nodes.outputs import AnswerOutputs, PublishedAnswer
 from molmo_ros.nodes.parameters import (
     SETTINGS,
     NodeSettings,
@@ -78,8 +74,6 @@ REQUEST_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
-RESULTS_DEPTH = 10
-MARKER_NAMESPACE = "molmo"
 
 
 class PointerNode(LifecycleNode):
@@ -162,7 +156,7 @@ class PointerNode(LifecycleNode):
         try:
             pointing = self._read_parameters()
         except CONFIGURATION_ERRORS as error:
-            self.get_logger().error(f"cannot configure: {error}")
+            self.get_logger().error(f"cannot configure: {with_parameter_names(error)}")
             return TransitionCallbackReturn.FAILURE
         except Exception as error:  # rclpy would turn it into ERROR without a word
             self.get_logger().error(f"cannot configure: {type(error).__name__}: {error}")
@@ -173,7 +167,7 @@ class PointerNode(LifecycleNode):
         self.get_logger().info(
             f"configured: cameras {', '.join(settings.cameras)} (default "
             f"{settings.camera_for_default}), service {self.resolve_service_name('point')}, results on "
-            f"{self._points.topic_name}"
+            f"{self._outputs.results_topic}"
         )
         return super().on_configure(state)
 
@@ -188,11 +182,7 @@ class PointerNode(LifecycleNode):
             else ReliabilityPolicy.BEST_EFFORT,
             durability=DurabilityPolicy.VOLATILE,
         )
-        self._points = self.create_lifecycle_publisher(PointingResult, "points", RESULTS_DEPTH)
-        self._target = self.create_lifecycle_publisher(PointStamped, "target", RESULTS_DEPTH)
-        self._target_pose = self.create_lifecycle_publisher(PoseStamped, "target_pose", RESULTS_DEPTH)
-        self._markers = self.create_lifecycle_publisher(MarkerArray, "markers", RESULTS_DEPTH)
-        self._debug_image = self.create_lifecycle_publisher(Image, "debug_image", 1)
+        self._outputs = AnswerOutputs(self)
         group = ReentrantCallbackGroup()
         entities = [
             self.create_subscription(String, "query", self._on_standing_query, 10, callback_group=group),
@@ -294,8 +284,7 @@ class PointerNode(LifecycleNode):
         self._ros_entities = []
         self._action.destroy()
         self._action = None
-        for publisher in (self._points, self._target, self._target_pose, self._markers, self._debug_image):
-            self.destroy_lifecycle_publisher(publisher)
+        self._outputs.destroy()
         if self._tf2 is not None:
             self._tf2.close()
             self._tf2 = None
@@ -318,7 +307,7 @@ class PointerNode(LifecycleNode):
             else:
                 checked_settings(self.pointing.settings, **changes)
         except ValueError as error:
-            return SetParametersResult(successful=False, reason=str(error))
+            return SetParametersResult(successful=False, reason=with_parameter_names(error))
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, parameters: list[Parameter]) -> None:
@@ -388,24 +377,23 @@ class PointerNode(LifecycleNode):
             return _failed(response, error)
         on_progress = None if goal is None else (lambda stage, count: _publish_feedback(goal, stage, count))
         ticket = self.pointing.submit(pointing_request, on_progress)
+        published = PublishedAnswer(self._outputs)
+        ticket.future.add_done_callback(published)  # before _answer_of's, so it has run when that resumes
         if goal is not None:
             self._goal_tickets[bytes(goal.goal_id.uuid)] = ticket
         try:
-            outcome = await self._answer_of(ticket.future)
+            await self._answer_of(ticket.future)
         except PointingError as error:
             return _failed(response, error)
         finally:
             if goal is not None:
                 self._goal_tickets.pop(bytes(goal.goal_id.uuid), None)
-        try:
-            result = messages.result_message(outcome)
-            response.message = messages.summary(outcome)
-        except Exception as error:  # the answer must still go out
-            return _failed(response, _unconvertible(error))
-        response.result = result
+        if published.result is None:  # the answer must still go out
+            return _failed(response, _unconvertible(published.error))
+        response.result = published.result
+        response.message = published.summary
         response.success = True
         response.error_code = Point.Response.OK
-        self._publish_outcome(outcome, result)
         return response
 
     async def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
@@ -474,10 +462,11 @@ class PointerNode(LifecycleNode):
 
     def _accept_goal(self, goal: PointAction.Goal) -> GoalResponse:
         """A goal beyond the queue, or for an inactive node, is rejected at once."""
-        if self.pointing is None or not self.pointing.has_room():
-            self.get_logger().warning(
-                "point goal rejected: the node is not active or its queue is full (parameter queue_size)"
-            )
+        if self.pointing is None or not self.pointing.active:
+            self.get_logger().warning("point goal rejected: the node is not active")
+            return GoalResponse.REJECT
+        if not self.pointing.has_room():
+            self.get_logger().warning("point goal rejected: the queue is full (parameter queue_size)")
             return GoalResponse.REJECT
         return GoalResponse.ACCEPT
 
@@ -508,40 +497,7 @@ class PointerNode(LifecycleNode):
 
     def _publish_standing_outcome(self, outcome: PointingOutcome) -> None:
         """Called on a worker thread for every answer to the standing query."""
-        self._publish_outcome(outcome, messages.result_message(outcome))
-
-    def _publish_outcome(self, outcome: PointingOutcome, result: PointingResult) -> None:
-        """Every answer goes out on the results topic, with its target, markers and debug image. A
-        publish that fails (a node shutting down) is logged; the request was still answered."""
-        try:
-            self._points.publish(result)
-            target, pose = messages.first_target(outcome), messages.first_target_pose(outcome)
-            if target is not None:
-                self._target.publish(target)
-            if pose is not None:
-                self._target_pose.publish(pose)
-            if self._markers.get_subscription_count() > 0:
-                self._markers.publish(messages.markers(outcome, MARKER_NAMESPACE))
-            if self._debug_image.get_subscription_count() > 0:
-                self._debug_image.publish(self._debug_image_message(outcome))
-        except Exception as error:
-            self.get_logger().warning(f"publishing an answer failed: {type(error).__name__}: {error}")
-
-    def _debug_image_message(self, outcome: PointingOutcome) -> Image:
-        """The first frame the model saw, with its points, their labels and the query drawn (rgb8)."""
-        view = outcome.view
-        points = [point for point in outcome.points if point.view == 0]
-        normals = [normal_in_image(point.depth) for point in points]
-        drawn = draw_points(outcome.images[0], points, outcome.query, normals)
-        data, step = rgb_to_raw(drawn, "rgb8")
-        return Image(
-            header=Header(stamp=messages.stamp(view.stamp_ns), frame_id=view.frame_id),
-            height=drawn.shape[0],
-            width=drawn.shape[1],
-            encoding="rgb8",
-            step=step,
-            data=data,
-        )
+        self._outputs.publish(outcome)
 
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds

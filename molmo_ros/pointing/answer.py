@@ -32,12 +32,10 @@ from molmo_ros.pointing.settings import CameraSettings
 from molmo_ros.pointing.target_frame import TargetFrame
 from molmo_ros.settings_fields import SettingRef
 
-# Backend failures and how a client hears of them: (type, code, what the message says before the
-# backend's own words, or None to say only that).
-_BACKEND_FAILURES: tuple[tuple[type[BackendError], ErrorCode, str | None], ...] = (
-    (GenerationCancelledError, ErrorCode.CANCELED, None),
+# Backend failures and how a client hears of them: the code, and what the message says before the
+# backend's own words.
+_BACKEND_FAILURES: tuple[tuple[type[BackendError], ErrorCode, str], ...] = (
     (InvalidImageError, ErrorCode.BAD_IMAGE, "the model cannot use this image"),
-    (UnsupportedRequestError, ErrorCode.UNSUPPORTED, ""),
     (DeviceOutOfMemoryError, ErrorCode.ENGINE_ERROR, "the model ran out of memory"),
     (ServerUnavailableError, ErrorCode.SERVER_UNAVAILABLE, "the model server is unavailable"),
     (ServerResponseError, ErrorCode.ENGINE_ERROR, "the model server failed"),
@@ -60,11 +58,14 @@ def ask_model(
     try:
         control.raise_if_cancelled()
         return backend.generate(images, [prompt], control).texts[0]
+    except GenerationCancelledError as error:
+        raise PointingError(ErrorCode.CANCELED, CANCELLED) from error
+    except UnsupportedRequestError as error:  # its message already says which backend can
+        raise PointingError(ErrorCode.UNSUPPORTED, str(error), error.settings) from error
     except BackendError as error:
         for error_type, code, what in _BACKEND_FAILURES:
             if isinstance(error, error_type):
-                message = CANCELLED if what is None else f"{what}: {error}" if what else str(error)
-                raise PointingError(code, message, error.settings) from error
+                raise PointingError(code, f"{what}: {error}", error.settings) from error
         raise unexpected_error("the model failed", error, error.settings) from error
     except Exception as error:
         raise unexpected_error("the model failed", error) from error

@@ -7,7 +7,7 @@ from molmo_ros.depth.errors import DepthError
 from molmo_ros.depth.images import MILLIMETRES
 from molmo_ros.depth.transforms import RigidTransform
 from molmo_ros.prompts import POINT_ALL_TEMPLATE, POINT_TEMPLATE, QUERY_PLACEHOLDER, make_point_prompt
-from molmo_ros.settings_fields import check_setting_bounds, setting
+from molmo_ros.settings_fields import check_setting_bounds, setting, setting_error
 
 DEFAULT_CAMERA = ""  # a request naming this camera (none) asks about the default camera
 ALL_CAMERAS = "*"  # a request naming this camera asks about the newest frame of every camera at once
@@ -68,11 +68,19 @@ class PointingSettings:
     def __post_init__(self) -> None:
         check_setting_bounds(self)
         if not self.cameras or len(set(self.cameras)) != len(self.cameras) or not all(self.cameras):
-            raise ValueError(f"camera_names must list distinct, non-empty names: {list(self.cameras)!r}")
+            raise setting_error(
+                self, f"the camera names must be distinct and non-empty: {list(self.cameras)!r}", "cameras"
+            )
         if ALL_CAMERAS in self.cameras:
-            raise ValueError(f"{ALL_CAMERAS!r} cannot be a camera name: it means every camera")
+            raise setting_error(
+                self, f"{ALL_CAMERAS!r} cannot be a camera name: it means every camera", "cameras"
+            )
         if self.default_camera and self.default_camera not in self.cameras:
-            raise ValueError(f"default_camera {self.default_camera!r} is not one of {list(self.cameras)}")
+            raise setting_error(
+                self,
+                f"the default camera {self.default_camera!r} is not one of {list(self.cameras)}",
+                "default_camera",
+            )
         make_point_prompt(self.prompt_template, "check")  # a template without {query} is refused
 
     @property
@@ -133,11 +141,15 @@ class CameraSettings:
             try:
                 RigidTransform.from_quaternion(self.pose_translation, self.pose_rotation)
             except DepthError as error:
-                raise ValueError(f"camera {self.name!r}: static pose: {error}") from error
+                raise setting_error(
+                    self, f"camera {self.name!r}: static pose: {error}", "pose_translation", "pose_rotation"
+                ) from error
         elif any(getattr(self, item.name) != item.default for item in fields(self) if item.name in _POSE):
-            raise ValueError(
-                f"camera {self.name!r} has a static pose translation or rotation but no pose_parent_frame: "
-                "name the frame they are in"
+            raise setting_error(
+                self,
+                f"camera {self.name!r} has a static pose translation or rotation but no parent frame for "
+                "them: name the frame they are in",
+                "pose_parent_frame",
             )
 
     def static_pose(self) -> RigidTransform | None:

@@ -12,7 +12,9 @@ messages. It stops by itself after `lifetime_s` so a failing test never leaves i
 """
 
 import base64
+import html
 import json
+import re
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +32,11 @@ ECHOES: dict[str, Callable[[str], str]] = {
     "bytes-repr": lambda value: repr(value.encode()),
     "hex-escaped": lambda value: "".join(f"\\x{byte:02x}" for byte in value.encode()),
     "json": json.dumps,
+    "json-escaped-slashes": lambda value: json.dumps(value).replace("/", "\\/"),
+    "percent-lowercase-hex": lambda value: re.sub(
+        r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), quote(value, safe="")
+    ),
+    "html": html.escape,
     "percent": lambda value: quote(value, safe=""),
     "base64": lambda value: base64.b64encode(value.encode()).decode(),
     "base64url": lambda value: base64.urlsafe_b64encode(value.encode()).decode(),

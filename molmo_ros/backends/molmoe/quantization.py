@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 import torch
+import torchao
 from torch import nn
 from torchao.quantization import Int8Tensor
 from torchao.quantization.granularity import PerRow
@@ -38,6 +39,13 @@ EXPERTS_PER_CHUNK = 8
 EXPERT_WEIGHTS = ("gate_up_proj", "down_proj")
 # Modules under these prefixes keep full-precision weights (see the module docstring).
 FULL_PRECISION_PREFIXES = ("vision.", "connector.")
+# What int8 weights are, for the weights cache's identity: an entry made another way (other layers kept
+# in full precision, another torchao storage format) is not taken for this one.
+INT8_SCHEME = {
+    "granularity": "symmetric, one scale per output channel",
+    "full_precision": list(FULL_PRECISION_PREFIXES),
+    "torchao": torchao.__version__,
+}
 
 
 def quantize_int8(weight: torch.Tensor, dtype: torch.dtype) -> Int8Tensor:
@@ -139,7 +147,7 @@ def int8_grouped_mm_experts_forward(
     self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
 ) -> torch.Tensor:
     """transformers' grouped_mm experts with int8 weights (prefills): (token, expert) pairs sorted by
-    expert, one host read of the counts per layer, so not for CUDA graphs."""
+    expert, two host reads of the counts per layer (one per projection), so not for CUDA graphs."""
     num_tokens, hidden_dim = hidden_states.shape
     top_k = top_k_index.shape[-1]
     expert_ids, order = torch.sort(top_k_index.reshape(-1))

@@ -38,6 +38,7 @@ from molmo_ros.backends.molmoe.config import MolmoConfig
 from molmo_ros.backends.molmoe.defaults import MOLMOE_DEFAULT
 from molmo_ros.backends.molmoe.key_mapping import convert_weights
 from molmo_ros.backends.molmoe.modeling import MolmoEForPointing, build_meta_model
+from molmo_ros.backends.molmoe.quantization import INT8_SCHEME, quantized_weight_names
 
 CACHE_DIR_ENV_VAR = "MOLMO_CACHE_DIR"
 CACHE_FORMAT_VERSION = 1
@@ -83,9 +84,9 @@ def source_origin(source: CheckpointSource) -> dict[str, object]:
 
 
 def _identity(origin: dict[str, object], dtype: torch.dtype, quantization: str) -> dict[str, object]:
-    """What a cache entry must match: its origin, the dtype, the quantization and the layout version of
-    the cache. Unquantized entries carry no quantization field, so those made before int8 existed
-    still match."""
+    """What a cache entry must match: its origin, the dtype, the quantization (with how it was made) and
+    the layout version of the cache. Unquantized entries carry no quantization field, so those made
+    before int8 existed still match."""
     identity = {
         "format_version": CACHE_FORMAT_VERSION,
         "source": origin,
@@ -93,6 +94,7 @@ def _identity(origin: dict[str, object], dtype: torch.dtype, quantization: str) 
     }
     if quantization != "none":
         identity["quantization"] = quantization
+        identity["quantization_scheme"] = INT8_SCHEME
     return identity
 
 
@@ -238,4 +240,17 @@ def load_cached_model(entry: Path, device: torch.device) -> MolmoEForPointing:
             f"the weights cache {entry} lacks {len(missing)} tensors (e.g. {sorted(missing)[:_SHOWN]}); "
             "delete that directory to rebuild it"
         )
+    _check_int8_weights(model, entry)
     return model
+
+
+def _check_int8_weights(model: MolmoEForPointing, entry: Path) -> None:
+    """An int8 entry holds int8 exactly where quantization puts it (an unquantized entry nowhere)."""
+    int8 = {name for name, parameter in model.named_parameters() if isinstance(parameter, Int8Tensor)}
+    wanted = quantized_weight_names(model) if int8 else set()
+    if int8 != wanted:
+        wrong = sorted(int8 ^ wanted)
+        raise IncompatibleCheckpointError(
+            f"the weights cache {entry} holds int8 weights where this version does not put them, or lacks "
+            f"some (e.g. {wrong[:_SHOWN]}); delete that directory to rebuild it"
+        )
