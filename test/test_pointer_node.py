@@ -1,7 +1,9 @@
 """The pointer node over real DDS (kept on this machine), with the scripted engine double as the model."""
 
+import gc
 import math
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from geometry_msgs.msg import PointStamped
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.action import ActionClient
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from ros_helpers import (
@@ -752,3 +755,24 @@ def test_an_unexpected_error_while_loading_fails_activate_with_its_message(make_
     logged = capfd.readouterr().err
     assert "cannot activate: RuntimeError: CUDA driver initialization failed" in logged, logged
     assert rig.user.point("cup").error_code == Point.Response.NOT_ACTIVE, "still answered"
+
+
+def test_deactivate_frees_a_model_whose_objects_refer_to_each_other():
+    """At activate the node freezes what it loaded, out of the garbage collector's reach; deactivate must
+    hand it back, or a model with reference cycles (as torch modules have) would never be freed."""
+    loaded = []
+
+    def load(settings: object) -> ScriptedEngine:
+        engine = ScriptedEngine()
+        engine.itself = engine
+        loaded.append(weakref.ref(engine))
+        return engine
+
+    node = PointerNode(backend_factory=load)
+    try:
+        assert node.start()
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        gc.collect()
+        assert loaded[0]() is None, "the model outlived deactivate"
+    finally:
+        node.destroy_node()

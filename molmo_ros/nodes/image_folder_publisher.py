@@ -25,6 +25,7 @@ from std_msgs.msg import Header
 
 from molmo_ros.depth.images import MILLIMETRES
 from molmo_ros.image_conversion import rgb_to_raw
+from molmo_ros.nodes.dds_profile import large_image_profile
 from molmo_ros.nodes.parameters import declare_setting_parameters, read_settings
 from molmo_ros.nodes.runner import CONFIGURATION_ERRORS, run_node
 from molmo_ros.pointing.settings import camera_info_topic_beside
@@ -260,7 +261,12 @@ class ImageFolderPublisher(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node("image_folder_publisher", ImageFolderPublisher, (OSError, *CONFIGURATION_ERRORS), args)
+    """Runs with the shipped Fast DDS profile unless one is chosen: raw frames over 512 KB are otherwise
+    lost whenever the subscriber's process waits for a CPU (see dds_profile)."""
+    with large_image_profile():
+        return run_node(
+            "image_folder_publisher", ImageFolderPublisher, (OSError, *CONFIGURATION_ERRORS), args
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ coroutines that await the worker's answer, so no executor thread is ever parked 
 and one stock single-threaded executor serves everything.
 """
 
+import gc
 import sys
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -221,6 +222,10 @@ class PointerNode(LifecycleNode):
             self.get_logger().error(f"cannot activate: {type(error).__name__}: {error}")
             return TransitionCallbackReturn.FAILURE
         self.pointing.activate(backend)
+        # Everything loaded so far (modules, the model: 414k objects with the tiny MolmoE) lives until
+        # deactivate. Left to the collector, each full collection walks it all while holding the GIL:
+        # 235 ms of CPU, 1.2 s under CPU contention, with no frame taken (bench/frames_under_load.py).
+        gc.freeze()
         self.get_logger().info(f"active: {backend.name} backend ready")
         return super().on_activate(state)
 
@@ -259,6 +264,7 @@ class PointerNode(LifecycleNode):
     def _release_backend(self, backend: PointingBackend | None) -> None:
         if backend is None:
             return
+        gc.unfreeze()  # the model's reference cycles must be collectable again to be freed
         try:
             backend.close()
         except Exception as error:  # freeing must not stop a transition
