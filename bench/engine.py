@@ -3,6 +3,7 @@ figures, asserts nothing.
 
     .venv/bin/python bench/engine.py                 # (a) the tiny reference model on CPU
     .venv/bin/python bench/engine.py --full-random   # (b) real MolmoE-1B shape, random bf16 weights, CUDA
+    .venv/bin/python bench/engine.py --full-random --quantization int8   # (b) with int8 weights
     .venv/bin/python bench/engine.py --backend molmo2  # (c) a tiny random Molmo2 (transformers) on CPU
 
 For 640x480 and 1920x1080 frames it runs one prompt, then 8 prompts on the same frame, with every
@@ -18,7 +19,10 @@ decode time, the decode time per token and the end-to-end time, for three paths:
 (b) needs no weights: it builds the real configuration (real_config.json of the reference data, or
 --config) with random weights, so the figures are the real model's cost, not its answers. It also
 reports the warm-up (CUDA-graph capture) time and peak GPU memory per case. It refuses to run
-without CUDA: on CPU the full model would take minutes per frame.
+without CUDA: on CPU the full model would take minutes per frame. `--quantization int8` gives the
+weights quantization.py quantizes random int8 values (each quantized from random values, one
+parameter at a time, so the bf16 model never exists); `--experts` picks the MoE kernel and
+`--no-cuda-graphs` decodes eagerly, for comparisons. bench/gpu_check.sh runs these.
 """
 
 import argparse
@@ -44,6 +48,7 @@ from molmo_ros.backends.molmoe.engine import MolmoEngine  # noqa: E402
 from molmo_ros.backends.molmoe.generation import greedy_generate  # noqa: E402
 from molmo_ros.backends.molmoe.modeling import PADDING_ID, build_meta_model  # noqa: E402
 from molmo_ros.backends.molmoe.preprocessing import MolmoPreprocessor  # noqa: E402
+from molmo_ros.backends.molmoe.quantization import quantize_int8, quantized_weight_names  # noqa: E402
 from molmo_ros.backends.settings import BackendSettings  # noqa: E402
 
 FRAMES = ((640, 480), (1920, 1080))
@@ -89,26 +94,32 @@ def tiny_engine(reference_dir: Path, tokens: int) -> MolmoEngine:
 
 
 def random_full_engine(
-    config_path: Path, tokenizer_dir: Path, tokens: int, experts: str | None, device: torch.device
+    config_path: Path,
+    tokenizer_dir: Path,
+    tokens: int,
+    experts: str | None,
+    device: torch.device,
+    quantization: str = "none",
+    use_cuda_graphs: bool | None = None,
 ) -> MolmoEngine:
-    """The given architecture with random bfloat16 weights, allocated once on `device` (no fp32 copy)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        model = build_meta_model(MolmoConfig.from_json_file(config_path))
-    finally:
-        torch.set_default_dtype(previous)
-    model = model.to_empty(device=device)
+    """The given architecture with random bfloat16 (or int8) weights, made one parameter at a time on
+    `device`, so no full-precision copy of the model exists."""
+    model = build_meta_model(MolmoConfig.from_json_file(config_path))
+    quantized = quantized_weight_names(model) if quantization == "int8" else set()
     generator = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
+        for name, parameter in list(model.named_parameters()):
             if parameter.ndim == 1:  # norm scales 1, biases 0: keeps activations in a realistic range
-                parameter.fill_(1.0 if name.endswith("weight") and "norm" in name else 0.0)
+                value = 1.0 if name.endswith("weight") and "norm" in name else 0.0
+                weight = torch.full(parameter.shape, value, dtype=torch.bfloat16, device=device)
             else:
-                parameter.normal_(0.0, 0.02, generator=generator)
+                weight = torch.empty(parameter.shape, device=device).normal_(0.0, 0.02, generator=generator)
+                weight = quantize_int8(weight, torch.bfloat16) if name in quantized else weight.bfloat16()
+            module_name, _, attribute = name.rpartition(".")
+            parameter = torch.nn.Parameter(weight, requires_grad=False)
+            setattr(model.get_submodule(module_name), attribute, parameter)
     model.init_non_persistent_buffers(device)
-    if experts:
-        model.set_experts_implementation(experts)
+    model.set_experts_implementation(experts or model.llm.config._experts_implementation)
     model.eval()
     preprocessor = MolmoPreprocessor.from_pretrained(tokenizer_dir, device=device)
     return MolmoEngine(
@@ -116,9 +127,10 @@ def random_full_engine(
         preprocessor,
         device=device,
         dtype=torch.bfloat16,
-        model_name=f"{config_path} shape, random weights",
+        model_name=f"{config_path} shape, random {'int8' if quantized else 'bf16'} weights",
         max_new_tokens=tokens,
         stop_at_eos=False,
+        use_cuda_graphs=use_cuda_graphs,
     )
 
 
@@ -244,7 +256,8 @@ def describe_environment(engine: MolmoEngine) -> None:
 
 
 def run_molmo2(tokens: int, warmup: int, runs: int) -> int:
-    """(c): the molmo2 backend on the tiny random Molmo2 of the tests, stage by stage.
+    """(c): the molmo2 backend on the tiny random Molmo2 of the tests, stage by stage (long: one table,
+    its three cases and their stages read best in one place).
 
     Cases: one and eight prompts about one frame (the eight share one vision pass), one prompt about two
     frames, and eight prompts through the library's plain path (pixels into every `generate`, no
@@ -333,6 +346,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reference-dir", type=Path, default=default_reference_dir())
     parser.add_argument("--config", type=Path, help="config for --full-random (default: real_config.json)")
     parser.add_argument("--experts", help="MoE kernel for --full-random: grouped_mm, batched_mm or eager")
+    parser.add_argument(
+        "--quantization", choices=("none", "int8"), default="none", help="weights for --full-random"
+    )
+    parser.add_argument(
+        "--no-cuda-graphs", action="store_true", help="--full-random: decode eagerly, without CUDA graphs"
+    )
     parser.add_argument("--tokens", type=int, default=16, help="tokens per answer (EOS ignored)")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per case (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per case first")
@@ -354,7 +373,13 @@ def build_engine(args: argparse.Namespace) -> MolmoEngine | None:
         return None
     config = args.config or args.reference_dir / "real_config.json"
     return random_full_engine(
-        config, args.reference_dir / "tiny", args.tokens, args.experts, torch.device("cuda")
+        config,
+        args.reference_dir / "tiny",
+        args.tokens,
+        args.experts,
+        torch.device("cuda"),
+        args.quantization,
+        use_cuda_graphs=False if args.no_cuda_graphs else None,
     )
 
 
@@ -366,6 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     if engine is None:
         return 2
     describe_environment(engine)
+    if engine.device.type == "cuda":
+        weights = torch.cuda.memory_allocated(engine.device) / 2**30
+        print(f"GPU memory after loading the weights: {weights:.2f} GiB")
+        print(f"experts kernel: {engine.model.llm.config._experts_implementation}")
+        print(f"decode: {'eager' if args.no_cuda_graphs else 'CUDA graphs'}")
+        torch.cuda.reset_peak_memory_stats(engine.device)
     warm_up_s = engine.warm_up()
     if warm_up_s is not None:
         print(f"warm-up at load (static caches, CUDA-graph capture): {warm_up_s:.2f} s")

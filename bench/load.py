@@ -1,14 +1,18 @@
 """Cold and warm load of a full-size MolmoE checkpoint: time and peak memory. Prints figures, asserts nothing.
 
     .venv/bin/python bench/load.py            # full size: writes ~29 GB of fp32 shards, then ~14 GB of cache
+    .venv/bin/python bench/load.py --quantization none int8   # both caches from one checkpoint (+7.5 GB)
     .venv/bin/python bench/load.py --small    # the tiny model's shapes, to try the script in seconds
 
 It writes a random checkpoint in the released layout and dtype (reference key names and shapes from
 real_checkpoint_keys.json, fp32, `pytorch_model-*.bin` shards with an index, config from
-real_config.json) to a temporary directory, then runs in a fresh child process each:
+real_config.json) to a temporary directory, then runs in a fresh child process each, for every
+`--quantization` given (none: bfloat16 weights; int8: int8 weights, the rest bfloat16):
 - cold: `load_checkpoint` in bfloat16 with an empty weights cache, i.e. the conversion into the cache
   and the load from it, as the first start of the node does;
 - warm: the same call again, which loads straight from the cache.
+It also prints the bytes the loaded parameters take (int8 values and their scales for int8 weights) and
+the size of each cache on disk.
 After each load the child reads one value per memory page of every weight: on CPU the cache's tensors are
 memory-mapped by safetensors, so the load itself reads almost nothing and the disk reads happen on first
 use; the read shows that cost.
@@ -103,7 +107,16 @@ def _status_kib() -> dict[str, int]:
     return values
 
 
-def child_load(checkpoint_dir: Path, cache_dir: Path) -> None:
+def stored_tensors(parameter) -> list:
+    """The plain tensors holding a parameter: an int8 weight's values, scales and zero points."""
+    from torchao.quantization import Int8Tensor
+
+    if isinstance(parameter, Int8Tensor):
+        return [t for t in (parameter.qdata, parameter.scale, parameter.zero_point) if t is not None]
+    return [parameter.detach()]
+
+
+def child_load(checkpoint_dir: Path, cache_dir: Path, quantization: str) -> None:
     """One load in this process; prints one JSON line with time and memory."""
     import torch
 
@@ -122,16 +135,22 @@ def child_load(checkpoint_dir: Path, cache_dir: Path) -> None:
     sampler.start()
     started = time.perf_counter()
     loaded = load_checkpoint(
-        str(checkpoint_dir), None, torch.device("cpu"), torch.bfloat16, cache_dir=cache_dir
+        str(checkpoint_dir),
+        None,
+        torch.device("cpu"),
+        torch.bfloat16,
+        cache_dir=cache_dir,
+        quantization=quantization,
     )
     seconds = time.perf_counter() - started
     after_load = _status_kib()
     # Tensors loaded from safetensors on CPU may be memory-mapped: their pages are read on first use, so
     # the load alone can look free. Reading one value per page of every weight shows that cost.
     started = time.perf_counter()
+    stored = [tensor for parameter in loaded.model.parameters() for tensor in stored_tensors(parameter)]
     with torch.no_grad():
-        for parameter in loaded.model.parameters():
-            flat = parameter.detach().reshape(-1)
+        for tensor in stored:
+            flat = tensor.reshape(-1)
             flat[:: max(1, PAGE_BYTES // flat.element_size())].float().sum().item()
     touch_seconds = time.perf_counter() - started
     done.set()
@@ -143,6 +162,7 @@ def child_load(checkpoint_dir: Path, cache_dir: Path) -> None:
             {
                 "seconds": seconds,
                 "parameters": parameters,
+                "parameter_bytes": sum(tensor.numel() * tensor.element_size() for tensor in stored),
                 "peak_rss_gib": final["VmHWM"] / 2**20,
                 "peak_anon_gib": max(peaks["RssAnon"], final["RssAnon"]) / 2**20,
                 "peak_file_gib": max(peaks["RssFile"], final["RssFile"]) / 2**20,
@@ -157,8 +177,8 @@ def child_load(checkpoint_dir: Path, cache_dir: Path) -> None:
     )
 
 
-def run_child(checkpoint_dir: Path, cache_dir: Path) -> dict:
-    command = [sys.executable, __file__, "--child", str(checkpoint_dir), str(cache_dir)]
+def run_child(checkpoint_dir: Path, cache_dir: Path, quantization: str) -> dict:
+    command = [sys.executable, __file__, "--child", str(checkpoint_dir), str(cache_dir), quantization]
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
         raise SystemExit(f"the load failed:\n{completed.stderr[-4000:]}")
@@ -166,6 +186,7 @@ def run_child(checkpoint_dir: Path, cache_dir: Path) -> dict:
 
 
 def main() -> None:
+    """Build or reuse the checkpoint, then load it each asked way (long: argument parsing and the report)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -177,10 +198,18 @@ def main() -> None:
         "--workdir", type=Path, help="where the temporary directory goes (default: system tmp)"
     )
     parser.add_argument("--shard-gb", type=float, default=SHARD_BYTES / 10**9, help="size of each .bin shard")
-    parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--quantization",
+        nargs="+",
+        choices=("none", "int8"),
+        default=["none"],
+        help="load (and cache) with these engine.quantization values, one after the other",
+    )
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child_load(*args.child)
+        checkpoint_dir, cache_dir, quantization = args.child
+        child_load(Path(checkpoint_dir), Path(cache_dir), quantization)
         return
 
     config, shapes = reference_shapes(args.reference_dir, args.small)
@@ -189,7 +218,9 @@ def main() -> None:
     fp32_bytes = sum(4 * int(torch.Size(shape).numel()) for shape in shapes.values())
     workdir = Path(tempfile.mkdtemp(prefix="molmo_load_bench-", dir=args.workdir))
     try:
-        needed = fp32_bytes * 3 // 2 + DISK_MARGIN_BYTES  # fp32 shards, the bf16 cache, a margin
+        # fp32 shards, one cache at a time (bf16: half their size, int8: a quarter) and a margin
+        caches = {"none": fp32_bytes // 2, "int8": fp32_bytes // 4}
+        needed = fp32_bytes + max(caches[q] for q in args.quantization) + DISK_MARGIN_BYTES
         free = shutil.disk_usage(workdir).free
         if free < needed:
             raise SystemExit(
@@ -204,23 +235,33 @@ def main() -> None:
         written = write_checkpoint(workdir / "checkpoint", config, shapes, int(args.shard_gb * 10**9))
         print(f"writing the fp32 checkpoint: {time.perf_counter() - started:.1f} s, {written / GIB:.2f} GiB")
         cache_dir = workdir / "cache"
-        for name in ("cold (convert to the bf16 cache, then load it)", "warm (load the bf16 cache)"):
-            figures = run_child(workdir / "checkpoint", cache_dir)
-            print(
-                f"{name}: {figures['seconds']:.1f} s, {figures['parameters'] / 1e9:.3f} B parameters"
-                + ("" if figures["from_cache"] else " (NOT through the cache: it could not be written)")
-                + f"\n  resident right after the load: anonymous {figures['after_load_anon_gib']:.2f} GiB, "
-                f"file-backed {figures['after_load_file_gib']:.2f} GiB"
-                f"\n  first read of every weight page: {figures['touch_seconds']:.1f} s; then anonymous "
-                f"{figures['final_anon_gib']:.2f} GiB, file-backed {figures['final_file_gib']:.2f} GiB"
-                f"\n  peak over the load and the read: RSS {figures['peak_rss_gib']:.2f} GiB (anonymous "
-                f"{figures['peak_anon_gib']:.2f}, file-backed {figures['peak_file_gib']:.2f})"
-            )
-        cache_bytes = sum(path.stat().st_size for path in cache_dir.rglob("*") if path.is_file())
-        print(f"bf16 cache on disk: {cache_bytes / GIB:.2f} GiB")
+        for quantization in dict.fromkeys(args.quantization):
+            kind = "bf16" if quantization == "none" else f"{quantization} (the rest bf16)"
+            before = {path.name for path in cache_dir.glob("*")}
+            for step in ("cold (convert to the cache, then load it)", "warm (load the cache)"):
+                figures = run_child(workdir / "checkpoint", cache_dir, quantization)
+                report(f"{kind}, {step}", figures)
+            for entry in sorted(path for path in cache_dir.glob("*") if path.name not in before):
+                entry_bytes = sum(path.stat().st_size for path in entry.rglob("*") if path.is_file())
+                print(f"{kind} cache on disk: {entry_bytes / GIB:.2f} GiB ({entry_bytes / 1e9:.2f} GB)")
+                shutil.rmtree(entry)  # measured: make room for the next one
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         print(f"removed {workdir}")
+
+
+def report(name: str, figures: dict) -> None:
+    print(
+        f"{name}: {figures['seconds']:.1f} s, {figures['parameters'] / 1e9:.3f} B parameters"
+        f" in {figures['parameter_bytes'] / 1e9:.2f} GB ({figures['parameter_bytes'] / GIB:.2f} GiB)"
+        + ("" if figures["from_cache"] else " (NOT through the cache: it could not be written)")
+        + f"\n  resident right after the load: anonymous {figures['after_load_anon_gib']:.2f} GiB, "
+        f"file-backed {figures['after_load_file_gib']:.2f} GiB"
+        f"\n  first read of every weight page: {figures['touch_seconds']:.1f} s; then anonymous "
+        f"{figures['final_anon_gib']:.2f} GiB, file-backed {figures['final_file_gib']:.2f} GiB"
+        f"\n  peak over the load and the read: RSS {figures['peak_rss_gib']:.2f} GiB (anonymous "
+        f"{figures['peak_anon_gib']:.2f}, file-backed {figures['peak_file_gib']:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -11,9 +11,16 @@ node and camera:
 - colour + depth at 1920x1080: the camera also publishes a 16UC1 depth image and a CameraInfo with the
   colour frame's stamp and frame_id, the node has cameras.camera.depth_topic set, and each answer's one
   point is lifted to 3D;
+- colour + depth at 1920x1080 with 8 points per answer, and the same with target_frame set to a static
+  camera pose: each point's surface depth, normal and approach pose, and their transform;
 - engine.backend openai against a local OpenAI-compatible server double (its own process, 127.0.0.1,
   answering at once with a Molmo2 point): the cost of the HTTP hop beside the in-process backend. The
   frames are random noise, the worst case for the JPEG the backend sends.
+
+Before the node rows it times the answer path itself in this process (`pointing_outcome`, as the node's
+worker runs it), at 1920x1080 with 1 and 8 points on the demo camera's synthetic scene read from a 16UC1
+buffer: without depth, with the surface depth only (normal_radius 0), with normals, and with normals and a
+static target frame. `--cases` picks node rows by label (substring); `--answer-path-only` skips them.
 
 For each it prints the service round trip and the node overhead (round trip minus the answer's
 model_seconds) as p50/p95, the CPU the node process spends just taking the stream, and how many frames
@@ -47,7 +54,6 @@ IMAGE_TOPIC = f"/{CAMERA_NAME}/image_raw"
 CAMERA_INFO_TOPIC = f"/{CAMERA_NAME}/camera_info"
 DEPTH_TOPIC = f"/{CAMERA_NAME}/depth/image_raw"
 OPTICAL_FRAME = "camera_optical_frame"
-DEPTH_MM = 1500  # a flat scene 1.5 m away, well inside the node's default depth range
 FOCAL_PX = 1000.0  # a pinhole lens without distortion; only the lifting arithmetic depends on it
 WARM_UP_CALLS = 10  # first answers not counted: DDS discovery, first frame, first imports
 CALLS_DEADLINE_S = 180.0  # give up collecting calls after this long (figures then say how many were made)
@@ -55,8 +61,27 @@ CALL_TIMEOUT_S = 10.0
 NO_FRAME_RETRY_S = 0.05  # pause after an unsuccessful answer (no frame has arrived yet)
 NODE_START_TIMEOUT_S = 60.0
 CHILD_EXIT_TIMEOUT_S = 20.0
-# Zero-cost answer: one point in the middle of the frame (Molmo 0924 markup, percent of the frame).
+# Zero-cost answers: one point in the middle of the frame, or eight spread over it (Molmo 0924 markup,
+# percent of the frame).
 ZERO_COST_ANSWER = '<point x="50.0" y="50.0" alt="thing">thing</point>'
+EIGHT_POINTS = [
+    (20.0, 30.0),
+    (35.0, 60.0),
+    (50.0, 50.0),
+    (62.0, 40.0),
+    (75.0, 70.0),
+    (30.0, 80.0),
+    (85.0, 25.0),
+    (55.0, 90.0),
+]
+EIGHT_POINTS_ANSWER = (
+    "<points "
+    + " ".join(f'x{index}="{x:.1f}" y{index}="{y:.1f}"' for index, (x, y) in enumerate(EIGHT_POINTS, start=1))
+    + ' alt="thing">thing</points>'
+)
+TARGET_FRAME = "base_link"  # the static pose's parent frame in the target-frame row
+STATIC_POSE = ([0.3, 0.0, 1.2], [-0.5, 0.5, -0.5, 0.5])  # a camera 1.2 m up, looking along base x
+ANSWER_PATH_REPEATS = 300
 # What the OpenAI double answers: one Molmo2 point in the middle of the frame (per-mille).
 MOLMO2_ANSWER = '<points coords="1 1 500 500">thing</points>'
 # The frame the model saw goes over HTTP as the backend sends it by default (JPEG, not downscaled).
@@ -65,11 +90,14 @@ COUNT_LABELS = ("colour frames sent:", "depth frames sent:", "colour frames take
 
 
 class ZeroCostBackend:
-    """A `PointingBackend` that answers at once with one point, so the node's own cost is all that is left."""
+    """A `PointingBackend` that answers at once with fixed points: the node's own cost is all that is left."""
 
     name = "zero-cost"
     max_images = 1
     max_concurrent_calls = 1
+
+    def __init__(self, answer: str = ZERO_COST_ANSWER) -> None:
+        self.answer = answer
 
     def generate(
         self,
@@ -77,7 +105,7 @@ class ZeroCostBackend:
         prompts: Sequence[str],
         control: GenerationControl | None = None,
     ) -> BackendAnswer:
-        return BackendAnswer(texts=[ZERO_COST_ANSWER] * len(prompts))
+        return BackendAnswer(texts=[self.answer] * len(prompts))
 
     def close(self) -> None:
         pass
@@ -92,18 +120,22 @@ class Case:
     height: int
     depth: bool = False
     openai: bool = False
+    eight_points: bool = False
+    target_frame: bool = False
 
 
 CASES = (
     Case("colour 640x480", 640, 480),
     Case("colour 1920x1080", 1920, 1080),
     Case("colour+depth 1920x1080", 1920, 1080, depth=True),
+    Case("colour+depth 1080p 8 points", 1920, 1080, depth=True, eight_points=True),
+    Case("+target frame 8 points", 1920, 1080, depth=True, eight_points=True, target_frame=True),
     Case("openai double 640x480", 640, 480, openai=True),
     Case("openai double 1920x1080", 1920, 1080, openai=True),
 )
 
 
-def serve(depth: bool, openai_url: str | None) -> None:
+def serve(depth: bool, openai_url: str | None, eight_points: bool, target_frame: bool) -> None:
     """Child process: the real pointer node, run as its program runs it, counting the frames it takes."""
     from rclpy.parameter import Parameter
 
@@ -144,9 +176,18 @@ def serve(depth: bool, openai_url: str | None) -> None:
     overrides = []
     if depth:
         overrides.append(Parameter(f"cameras.{CAMERA_NAME}.depth_topic", value=DEPTH_TOPIC))
+    if target_frame:
+        translation, rotation = STATIC_POSE
+        overrides += [
+            Parameter("target_frame", value=TARGET_FRAME),
+            Parameter(f"cameras.{CAMERA_NAME}.pose_parent_frame", value=TARGET_FRAME),
+            Parameter(f"cameras.{CAMERA_NAME}.pose_translation", value=translation),
+            Parameter(f"cameras.{CAMERA_NAME}.pose_rotation", value=rotation),
+        ]
     if openai_url:
         overrides += [Parameter("engine.backend", value="openai"), Parameter("engine.url", value=openai_url)]
-    backend_factory = None if openai_url else (lambda settings: ZeroCostBackend())
+    answer = EIGHT_POINTS_ANSWER if eight_points else ZERO_COST_ANSWER
+    backend_factory = None if openai_url else (lambda settings: ZeroCostBackend(answer))
     run_node(
         "pointer",
         lambda: CountingPointerNode(backend_factory=backend_factory, parameter_overrides=overrides),
@@ -156,7 +197,8 @@ def serve(depth: bool, openai_url: str | None) -> None:
 
 def camera(width: int, height: int, depth: bool) -> None:
     """Child process: a 30 Hz rgb8 camera (with depth and CameraInfo when asked), as a driver in its own
-    process would be, until SIGTERM. Depth and CameraInfo carry the colour frame's stamp and frame_id."""
+    process would be, until SIGTERM. Depth and CameraInfo carry the colour frame's stamp and frame_id
+    (long: building the three messages is most of it)."""
     import rclpy
     from rclpy.qos import qos_profile_sensor_data
     from rclpy.signals import SignalHandlerOptions
@@ -176,7 +218,7 @@ def camera(width: int, height: int, depth: bool) -> None:
     colour = Image(height=height, width=width, encoding="rgb8", step=step, data=data, header=header)
     messages = [(colour_publisher, colour)]
     if depth:
-        depth_image = np.full((height, width), DEPTH_MM, dtype=np.uint16)
+        depth_image = bench_depth_mm(width, height)
         depth_message = Image(
             height=height,
             width=width,
@@ -215,6 +257,71 @@ def camera(width: int, height: int, depth: bool) -> None:
     print(f"depth frames sent: {sent if depth else 0}", flush=True)
     node.destroy_node()
     rclpy.try_shutdown()
+
+
+def bench_depth_mm(width: int, height: int) -> np.ndarray:
+    """The demo camera's synthetic scene (wall, floor, boxes, a thin pole, a tilted board) in millimetres:
+    a mix of planes, edges and thin parts for the normals to work on. Lifted with this bench's pinhole
+    camera rather than the demo's, its planes stay planes (only their tilt changes)."""
+    from molmo_ros.nodes.image_folder_publisher import synthetic_depth_mm
+
+    return synthetic_depth_mm(width, height)
+
+
+def answer_path(width: int = 1920, height: int = 1080) -> None:
+    """Times `pointing_outcome` in this process on a 16UC1 depth buffer, as the node's worker runs it."""
+    from dataclasses import replace
+
+    from molmo_ros.depth.camera import CameraModel
+    from molmo_ros.depth.images import read_depth
+    from molmo_ros.depth.pairing import PairedDepth
+    from molmo_ros.depth.settings import DepthSettings
+    from molmo_ros.pointing.answer import ViewInput, pointing_outcome
+    from molmo_ros.pointing.outcomes import View
+    from molmo_ros.pointing.settings import CameraSettings, PointingSettings
+    from molmo_ros.pointing.target_frame import target_frame
+
+    buffer = bench_depth_mm(width, height).astype("<u2").tobytes()
+    model = CameraModel.pinhole(width, height, FOCAL_PX, FOCAL_PX, width / 2, height / 2)
+    translation, rotation = STATIC_POSE
+    camera = CameraSettings(
+        name=CAMERA_NAME, pose_parent_frame=TARGET_FRAME, pose_translation=translation, pose_rotation=rotation
+    )
+    settings = PointingSettings(cameras=(CAMERA_NAME,), target_frame=TARGET_FRAME)
+    static = target_frame(settings, {CAMERA_NAME: camera}, load_tf2=lambda: None)
+    view = View(CAMERA_NAME, 1, OPTICAL_FRAME, width, height)
+    defaults = DepthSettings()
+    variants = [
+        ("no depth", None, defaults, None),
+        ("surface depth only", True, replace(defaults, normal_radius=0), None),
+        ("+ normals", True, defaults, None),
+        ("+ normals + target frame", True, defaults, static),
+    ]
+    print(f"answer path in this process, {width}x{height}, {ANSWER_PATH_REPEATS} answers each (ms):")
+    print(f"{'variant':<26} {'1 point p50 / p95':>18} {'8 points p50 / p95':>19}")
+    for label, with_depth, depth_settings, target in variants:
+        cells = []
+        for text in (ZERO_COST_ANSWER, EIGHT_POINTS_ANSWER):
+            times = []
+            for _ in range(ANSWER_PATH_REPEATS):
+                # a new DepthImage per answer, as each depth message is decoded once for its answer
+                depth = PairedDepth(read_depth(buffer, "16UC1", height, width, width * 2, False), model, 1)
+                started = time.perf_counter()
+                pointing_outcome(
+                    query="thing",
+                    prompt="Point to the thing",
+                    text=text,
+                    inputs=[ViewInput(view, depth if with_depth else None)],
+                    depth_settings=depth_settings,
+                    require_depth=False,
+                    model_seconds=0.0,
+                    frame_age_seconds=0.0,
+                    target=target,
+                )
+                times.append((time.perf_counter() - started) * 1000)
+            cells.append(f"{statistics.median(times):.3f} / {percentile(times, 0.95):.3f}")
+        print(f"{label:<26} {cells[0]:>18} {cells[1]:>19}")
+    print()
 
 
 def openai_double(lifetime_s: float) -> None:
@@ -266,6 +373,8 @@ class Figures:
 
 
 def measure(case: Case, calls: int, stream_seconds: float, env: dict[str, str]) -> Figures:
+    """One case: start the node, camera (and server) processes, time the calls, stop them, read their
+    counts (long: the processes' lifetimes are one try/finally)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
@@ -276,6 +385,9 @@ def measure(case: Case, calls: int, stream_seconds: float, env: dict[str, str]) 
 
     children = []
     serve_args = ["--serve"] + (["--depth"] if case.depth else [])
+    serve_args += (["--eight-points"] if case.eight_points else []) + (
+        ["--target-frame"] if case.target_frame else []
+    )
     if case.openai:
         double = child("--openai-double", str(CALLS_DEADLINE_S + stream_seconds + NODE_START_TIMEOUT_S * 2))
         children.append(double)
@@ -365,6 +477,27 @@ def report(results: dict[Case, Figures]) -> None:
         "position."
     )
     by_label = {case.label: figures for case, figures in results.items()}
+    if {"colour 1920x1080", "colour+depth 1920x1080"} <= set(by_label):
+        _depth_summary(by_label)
+    if {"colour+depth 1920x1080", "colour+depth 1080p 8 points"} <= set(by_label):
+        one, eight = by_label["colour+depth 1920x1080"], by_label["colour+depth 1080p 8 points"]
+        line = (
+            f"8 points instead of 1 (surface depth, normal, approach pose each): overhead p50 "
+            f"{eight.p50(eight.overhead_ms):.2f} ms vs {one.p50(one.overhead_ms):.2f} ms"
+        )
+        if "+target frame 8 points" in by_label:
+            framed = by_label["+target frame 8 points"]
+            line += f"; with a static target frame {framed.p50(framed.overhead_ms):.2f} ms"
+        print(line)
+    if all(
+        f"{kind} {size}" in by_label
+        for kind in ("colour", "openai double")
+        for size in ("640x480", "1920x1080")
+    ):
+        _http_summary(by_label)
+
+
+def _depth_summary(by_label: dict[str, Figures]) -> None:
     colour, depth = by_label["colour 1920x1080"], by_label["colour+depth 1920x1080"]
     print()
     print(
@@ -379,6 +512,9 @@ def report(results: dict[Case, Figures]) -> None:
         f"+{depth.p50(depth.overhead_ms) - colour.p50(colour.overhead_ms):.2f} ms "
         f"(p95 {depth.p95(depth.overhead_ms):.2f} vs {colour.p95(colour.overhead_ms):.2f} ms)"
     )
+
+
+def _http_summary(by_label: dict[str, Figures]) -> None:
     print(
         "HTTP hop: the frames are random noise, the worst case for JPEG (a camera image encodes smaller and "
         "faster);\nbackend time = JPEG encoding, base64, HTTP to the double on 127.0.0.1 and its JSON reply."
@@ -404,9 +540,17 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="counted calls per case")
     parser.add_argument("--stream-seconds", type=float, default=10.0, help="how long node CPU is sampled")
     parser.add_argument("--no-profile", action="store_true", help="leave Fast DDS at its defaults")
+    parser.add_argument("--eight-points", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--target-frame", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--cases", nargs="*", help="node rows to run, by a part of their label (default: all)"
+    )
+    parser.add_argument(
+        "--answer-path-only", action="store_true", help="only time the answer path in process"
+    )
     args = parser.parse_args()
     if args.serve:
-        serve(args.depth, args.openai_url)
+        serve(args.depth, args.openai_url, args.eight_points, args.target_frame)
         return
     if args.camera:
         camera(*args.camera, args.depth)
@@ -429,7 +573,11 @@ def main() -> None:
         f"in its own process,\nROS_DOMAIN_ID {env['ROS_DOMAIN_ID']} on localhost, Fast DDS profile: "
         f"{env.get('FASTDDS_DEFAULT_PROFILES_FILE', 'none')}"
     )
-    results = {case: measure(case, args.calls, args.stream_seconds, env) for case in CASES}
+    answer_path()
+    if args.answer_path_only:
+        return
+    chosen = [case for case in CASES if not args.cases or any(part in case.label for part in args.cases)]
+    results = {case: measure(case, args.calls, args.stream_seconds, env) for case in chosen}
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     report(results)
 

@@ -2,8 +2,9 @@
 
     ros2 launch molmo_ros pointer.launch.py image_topic:=/camera/color/image_raw model:=/data/MolmoE-1B-0924
 
-Arguments left empty keep what the params file says. Full-HD raw images need the shipped Fast DDS
-profile in the environment of BOTH the camera driver and this node (see README):
+Arguments left empty keep what the params file says. Raw images over 512 KB (640x480 rgb8 is 900 KB)
+need the shipped Fast DDS profile in the environment of the camera driver, and of this node for its
+debug images (see README, "Large images"):
     export FASTDDS_DEFAULT_PROFILES_FILE=\
         $(ros2 pkg prefix molmo_ros)/share/molmo_ros/config/fastdds_large_images.xml
 """

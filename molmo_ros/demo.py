@@ -23,7 +23,7 @@ from rclpy.node import Node
 
 from molmo_ros.backends.settings import BACKENDS, BackendSettings
 from molmo_ros.msg import PointingResult
-from molmo_ros.nodes.image_folder_publisher import DEFAULT_DEPTH_TOPIC
+from molmo_ros.nodes.image_folder_publisher import DEFAULT_DEPTH_TOPIC, SCENE
 from molmo_ros.pointing.settings import camera_info_topic_beside
 from molmo_ros.resources import share_dir
 from molmo_ros.srv import Point
@@ -150,6 +150,7 @@ def _query(args: argparse.Namespace, pointer: _Child) -> int:
             if time.monotonic() > deadline:
                 print(f"the pointer node was not ready after {args.timeout:g} s", file=sys.stderr)
                 return EXIT_NODE_FAILED
+        print(_describe_scene())
         response = _call(node, client, Point.Request(query=args.query), deadline, pointer)
         if response is None:
             if pointer.poll() is not None:
@@ -203,23 +204,41 @@ def _print_response(query: str, response: Point.Response) -> None:
 
 
 def _print_3d(result: PointingResult) -> None:
-    """The points in metres where the node lifted them; otherwise why it did not."""
+    """The points in metres where the node lifted them, with how far to trust them; otherwise why not."""
     if len(result.points_3d) != len(result.points):
         reasons = [view.depth_status for view in result.views if view.depth_status]
         print("no 3D points" + (f": {'; '.join(reasons)}" if reasons else " in the answer"))
         return
     frames = [view.header.frame_id for view in result.views] or [result.header.frame_id]
-    for index, (point, valid, spread, label) in enumerate(
-        zip(result.points_3d, result.depth_valid, result.depth_spread, result.labels, strict=True)
+    for index, (point, valid, label) in enumerate(
+        zip(result.points_3d, result.depth_valid, result.labels, strict=True)
     ):
         if not valid:
             print(f"  {label}: no valid depth at this point")
             continue
-        frame = frames[result.point_views[index]] if index < len(result.point_views) else frames[0]
+        frame = result.target_frame or frames[result.point_views[index]]
+        edge = f"edge: depth step {result.depth_step[index]:.3f} m" if result.depth_edge[index] else "no edge"
+        fallback = ", nearest surface (no depth at the pixel)" if result.depth_fallback[index] else ""
         print(
             f"  {label}: x={point.x:.3f} y={point.y:.3f} z={point.z:.3f} m in {frame} "
-            f"(depth spread {spread * 1000:.0f} mm)"
+            f"(support {result.depth_support[index]}, {edge}{fallback})"
         )
+        if result.normal_valid[index]:
+            normal = result.normals[index]
+            x, y, z = (round(value, 3) + 0.0 for value in (normal.x, normal.y, normal.z))  # no "-0.000"
+            print(f"    surface normal ({x:.3f}, {y:.3f}, {z:.3f})")
+        else:
+            print(f"    no normal: {result.normal_status[index]}")
+
+
+def _describe_scene() -> str:
+    """Where the synthetic depth's thin pole and tilted board are, so a user knows where to look."""
+    pole, board = SCENE.pole, SCENE.board
+    return (
+        f"synthetic depth (not the picture): a wall at {SCENE.wall_z:g} m, the floor, boxes, a "
+        f"{(pole.right - pole.left) * 1000:.0f} mm pole at {pole.z:g} m (x {pole.left:+.3f} m) and a board "
+        f"tilted {board.tilt_deg:g} degrees at {board.z:g} m (x {board.x:+g}, y {board.y:+g} m)"
+    )
 
 
 if __name__ == "__main__":

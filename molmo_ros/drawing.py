@@ -19,6 +19,10 @@ TEXT_STROKE = (0, 0, 0)
 # marker radius in pixels: 1/80 of the shorter side, at least this
 MIN_RADIUS = 3
 MIN_FONT_SIZE = 10
+NORMAL_FILL = (60, 160, 255)
+ARROW_RADII = 8  # a normal seen edge-on is drawn this many marker radii long
+ARROW_HEAD_PX = 6
+ARROW_HEAD_ANGLE = math.radians(30)
 
 
 class LabelledPoint(Protocol):
@@ -34,8 +38,35 @@ class LabelledPoint(Protocol):
     def label(self) -> str: ...
 
 
-def draw_points(rgb: np.ndarray, points: Sequence[LabelledPoint], title: str = "") -> np.ndarray:
-    """A new HxWx3 uint8 RGB copy of `rgb` with a ringed dot and a label per point, and `title` top left.
+class SurfacePoint(Protocol):
+    """A 3D point in a camera's optical frame (x right, y down, z forward) and its surface normal."""
+
+    @property
+    def xyz(self) -> tuple[float, float, float] | None: ...
+
+    @property
+    def normal(self) -> tuple[float, float, float] | None: ...
+
+
+def normal_in_image(point: SurfacePoint | None) -> tuple[float, float] | None:
+    """The surface normal as the camera sees it at its point: (dx, dy) in image pixels' directions, as
+    long as the normal's part across the line of sight (0 facing the camera, 1 seen edge-on); None
+    without a normal. It is the derivative of the pinhole projection along the normal, up to the focal
+    length, which is the same for both axes within a calibration's error."""
+    if point is None or point.xyz is None or point.normal is None:
+        return None
+    (x, y, z), (nx, ny, nz) = point.xyz, point.normal
+    return (nx - x / z * nz, ny - y / z * nz)
+
+
+def draw_points(
+    rgb: np.ndarray,
+    points: Sequence[LabelledPoint],
+    title: str = "",
+    normals: Sequence[tuple[float, float] | None] = (),
+) -> np.ndarray:
+    """A new HxWx3 uint8 RGB copy of `rgb` with a ringed dot and a label per point, and `title` top left;
+    `normals` (one per point, see normal_in_image) adds an arrow along each point's surface normal.
 
     A point without a label is numbered from 1 in the order given.
     """
@@ -49,6 +80,9 @@ def draw_points(rgb: np.ndarray, points: Sequence[LabelledPoint], title: str = "
     for number, point in enumerate(points, start=1):
         # centred on the pixel under the point (geometry.py); Pillow addresses pixels by their index
         x, y = math.floor(point.x), math.floor(point.y)
+        normal = normals[number - 1] if number <= len(normals) else None
+        if normal is not None:
+            _arrow(draw, (x, y), normal, ARROW_RADII * radius, stroke)
         draw.ellipse(
             (x - radius, y - radius, x + radius, y + radius), fill=POINT_FILL, outline=OUTLINE, width=stroke
         )
@@ -63,3 +97,24 @@ def draw_points(rgb: np.ndarray, points: Sequence[LabelledPoint], title: str = "
     if title:
         draw.text((radius, radius), title, fill=TEXT_FILL, font=font, stroke_width=2, stroke_fill=TEXT_STROKE)
     return np.asarray(image)
+
+
+def _arrow(
+    draw: ImageDraw.ImageDraw,
+    start: tuple[int, int],
+    direction: tuple[float, float],
+    length: float,
+    width: int,
+) -> None:
+    """A line from `start` along `direction` (scaled by `length`) with a two-stroke head at its tip."""
+    dx, dy = direction[0] * length, direction[1] * length
+    tip = (start[0] + dx, start[1] + dy)
+    draw.line((start, tip), fill=NORMAL_FILL, width=width)
+    size = math.hypot(dx, dy)
+    if size < 1:
+        return
+    back_x, back_y = -dx / size * ARROW_HEAD_PX, -dy / size * ARROW_HEAD_PX
+    for turn in (-ARROW_HEAD_ANGLE, ARROW_HEAD_ANGLE):
+        cos, sin = math.cos(turn), math.sin(turn)
+        head = (tip[0] + cos * back_x - sin * back_y, tip[1] + sin * back_x + cos * back_y)
+        draw.line((tip, head), fill=NORMAL_FILL, width=width)

@@ -73,7 +73,7 @@ class SettingRef:
     scope: str = ""  # the owner of a per-instance setting: the camera of a cameras.<name>.* setting
 
     def __post_init__(self) -> None:
-        if self.field_name not in {item.name for item in fields(self.settings_class)}:
+        if self.field_name not in {item.name for item in fields(self.settings_class) if _info(item)}:
             raise TypeError(f"{self.settings_class.__name__} has no setting {self.field_name!r}")
 
 
@@ -83,6 +83,22 @@ class RefersToSettings(Exception):
     def __init__(self, message: str, settings: Sequence[SettingRef] = ()) -> None:
         super().__init__(message)
         self.settings = tuple(settings)
+
+
+class SettingValueError(RefersToSettings, ValueError):
+    """A setting out of its range or at odds with another; the settings it names are references."""
+
+
+def setting_error(settings: object, message: str, *field_names: str) -> SettingValueError:
+    """A SettingValueError about fields of `settings` (scoped to its `name`, for per-camera settings)."""
+    scope = getattr(settings, "name", "")
+    return SettingValueError(
+        message,
+        [
+            SettingRef(type(settings), field_name, scope if isinstance(scope, str) else "")
+            for field_name in field_names
+        ],
+    )
 
 
 def worded(error: BaseException, name_of: Callable[[SettingRef], str | None], kind: str) -> str:
@@ -100,7 +116,8 @@ def with_setting_names(
 
 
 def check_setting_bounds(settings: object) -> None:
-    """Raises ValueError naming the first field outside its range or choices (call from __post_init__)."""
+    """Raises SettingValueError (a ValueError) naming the first field outside its range or choices (call
+    from __post_init__)."""
     for item in fields(settings):
         info = _info(item)
         if info is None:
@@ -108,11 +125,19 @@ def check_setting_bounds(settings: object) -> None:
         value = getattr(settings, item.name)
         name = info.parameter or item.name
         if info.choices and value not in info.choices:
-            raise ValueError(f"{name} must be one of {', '.join(info.choices)}, not {value!r}")
+            raise setting_error(
+                settings,
+                f"the {name} setting must be one of {', '.join(info.choices)}, not {value!r}",
+                item.name,
+            )
         if info.minimum is not None and value < info.minimum:
-            raise ValueError(f"{name} must be at least {info.minimum:g}, not {value!r}")
+            raise setting_error(
+                settings, f"the {name} setting must be at least {info.minimum:g}, not {value!r}", item.name
+            )
         if info.maximum is not None and value > info.maximum:
-            raise ValueError(f"{name} must be at most {info.maximum:g}, not {value!r}")
+            raise setting_error(
+                settings, f"the {name} setting must be at most {info.maximum:g}, not {value!r}", item.name
+            )
 
 
 def _info(item: Field) -> SettingInfo | None:

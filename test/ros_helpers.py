@@ -8,6 +8,7 @@ import numpy as np
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.publisher import Publisher
+from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -41,7 +42,15 @@ def image_message(rgb: np.ndarray, stamp_ns: int, frame_id: str, encoding: str =
 
 def depth_message(metres: float, width: int, height: int, stamp_ns: int, frame_id: str) -> Image:
     """A flat 16UC1 depth image (millimetres), as RealSense and most depth drivers publish it."""
-    depth = np.full((height, width), round(metres * 1000), dtype=np.uint16)
+    return depth_image_message(
+        np.full((height, width), round(metres * 1000), dtype=np.uint16), stamp_ns, frame_id
+    )
+
+
+def depth_image_message(depth: np.ndarray, stamp_ns: int, frame_id: str) -> Image:
+    """A 16UC1 depth image (millimetres) of any scene."""
+    height, width = depth.shape
+    depth = depth.astype(np.uint16)
     return Image(
         header=Header(stamp=stamp(stamp_ns), frame_id=frame_id),
         height=height,
@@ -141,3 +150,28 @@ def publish_until(
         if wait_until(condition, timeout=0.1):
             return True
     return False
+
+
+# Answers that mean "not ready yet, send a fresh frame and ask again": the model may load for a while on a
+# busy machine, and frames sent meanwhile are not taken (inactive) or grow older than max_frame_age.
+WAITING_FOR_THE_NODE = (Point.Response.NO_FRAME, Point.Response.STALE_FRAME, Point.Response.NOT_ACTIVE)
+
+
+def point_once_ready(user: TestClient, rgb: np.ndarray) -> tuple[object, list[Image]]:
+    """Streams fresh frames of `rgb` and asks until the node is ready; returns the answer and the frames."""
+    camera = user.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
+    assert user.client.wait_for_service(timeout_sec=120), "the node never offered /molmo/point"
+    sent, response = [], None
+
+    def fresh_frame() -> Image:
+        frame = image_message(rgb, user.get_clock().now().nanoseconds, "camera_optical_frame")
+        sent.append(frame)
+        return frame
+
+    def answered() -> bool:
+        nonlocal response
+        response = user.point("red mug", timeout=120)
+        return response.error_code not in WAITING_FOR_THE_NODE
+
+    assert publish_until(camera, fresh_frame, answered, timeout=120)
+    return response, sent

@@ -10,6 +10,7 @@ from molmo_ros.backends.factory import load_backend
 from molmo_ros.backends.molmo2 import Molmo2Backend
 from molmo_ros.backends.openai_chat import OpenAIChatBackend
 from molmo_ros.backends.settings import BackendSettings
+from molmo_ros.nodes.parameters import with_parameter_names
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,8 +29,9 @@ def test_molmo2_setting_loads_the_tiny_checkpoint(tiny_molmo2_dir):
 
 
 def test_unknown_backend_is_refused_by_the_settings():
-    with pytest.raises(ValueError, match="backend must be one of molmoe, molmo2, openai"):
+    with pytest.raises(ValueError, match="backend setting must be one of molmoe, molmo2, openai") as failure:
         BackendSettings(backend="llava")
+    assert with_parameter_names(failure.value).endswith("(parameter engine.backend)")
 
 
 def test_openai_backend_imports_neither_torch_nor_transformers():

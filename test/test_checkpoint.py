@@ -204,7 +204,7 @@ def test_bfloat16_cache_is_built_once_then_loaded_directly(
     def no_conversion(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(weights_cache, "convert_reference_state_dict", no_conversion)
+    monkeypatch.setattr(weights_cache, "convert_weights", no_conversion)
     monkeypatch.setattr(checkpoint, "load_reference_model", no_conversion)
     second = checkpoint.load_checkpoint(str(tiny_model_dir), None, CPU, torch.bfloat16, cache_dir=cache_root)
     assert second.files_dir == entry

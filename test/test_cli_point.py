@@ -173,10 +173,17 @@ def test_depth_and_intrinsics_add_3d_points_to_the_json(monkeypatch, png, tmp_pa
     report = json.loads(capsys.readouterr().out)
     # the point (16.0, 24.0) is OpenCV pixel (15.5, 23.5): X = (15.5 - 31.5) * 1.5 / 50, Y = 0
     (lifted,) = report["points_3d"]
-    assert lifted["valid"] and lifted["spread"] == 0.0 and lifted["reason"] == ""
+    assert lifted["valid"] and lifted["reason"] == ""
     assert lifted["xyz"] == pytest.approx([-0.48, 0.0, 1.5], rel=1e-6)
+    # a flat wall: the whole 5x5 window supports the depth, no edge, the normal faces the camera
+    assert lifted["support"] == 25 and lifted["edge"] is False and lifted["depth_step"] == 0.0
+    assert lifted["fallback"] is False and lifted["normal_reason"] == ""
+    assert lifted["normal"] == pytest.approx([0.0, 0.0, -1.0], abs=1e-12)
+    assert lifted["approach_pose"]["orientation_xyzw"] == pytest.approx([0.0, 0.0, 0.0, 1.0], abs=1e-12)
     assert cli.main(arguments) == cli.EXIT_OK
-    assert "1. x=-0.480 y=0.000 z=1.500 m (spread 0.000 m)" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "1. x=-0.480 y=0.000 z=1.500 m (support 25, no edge)" in text
+    assert "normal (0.000, 0.000, -1.000)" in text
 
 
 def test_help_and_usage_errors_do_not_import_torch():

@@ -57,7 +57,15 @@ def test_plane_at_known_distance_gives_exact_points():
     for (x, y), point in zip(points, lifted, strict=True):
         assert point.valid and point.reason == ""
         assert point.xyz == pytest.approx(expected_xyz(x, y, 1.5), rel=REL, abs=1e-12)
-        assert point.spread == 0.0 and point.search_distance == 0.0
+        assert point.depth_step == 0.0 and not point.edge and not point.fallback
+        assert point.search_distance == 0.0
+        # every sample of the 5x5 window, clipped to the image, is on the one surface
+        row, column = min(math.floor(y), HEIGHT - 1), min(math.floor(x), WIDTH - 1)
+        rows = min(row + 2, HEIGHT - 1) - max(row - 2, 0) + 1
+        columns = min(column + 2, WIDTH - 1) - max(column - 2, 0) + 1
+        assert point.support == rows * columns
+        # a fronto-parallel plane: the normal is the optical axis, towards the camera, fitted exactly
+        assert point.normal == pytest.approx((0.0, 0.0, -1.0), abs=1e-12) and point.normal_residual < 1e-12
 
 
 def test_centre_of_the_principal_pixel_lies_on_the_optical_axis():
@@ -80,7 +88,8 @@ def test_holes_in_float_depth_are_no_depth(hole):
     assert np.isnan(depth).all()
     (point,) = lift_points([(100.0, 100.0)], (WIDTH, HEIGHT), depth, pinhole(), DEFAULTS)
     assert not point.valid and point.xyz is None
-    assert math.isnan(point.depth) and math.isnan(point.spread)
+    assert math.isnan(point.depth) and math.isnan(point.depth_step) and point.support == 0
+    assert point.normal is None
     assert "no valid depth within 10 depth-image pixels" in point.reason
 
 
@@ -88,73 +97,107 @@ def test_values_outside_the_depth_range_are_dropped():
     depth = plane(0.05)  # nearer than min_depth 0.1
     depth[100:103, 100:103] = 30.0  # farther than max_depth 20
     depth[98:100, 98:100] = 1.25
+    # the pointed pixel (101, 101) holds 30 m: no depth of its own; the nearest surface is the 1.25 m
+    # block, whose nearest pixel (99, 99) has its centre 2 rows and 2 columns away
     (point,) = lift_points([(101.5, 101.5)], (WIDTH, HEIGHT), depth, pinhole(), DEFAULTS)
-    assert point.depth == 1.25 and point.search_distance == 0.0
-    narrow = DepthSettings(min_depth=0.01, max_depth=1.0)
+    assert point.depth == 1.25 and point.fallback and point.search_distance == math.hypot(2, 2)
+    narrow = DepthSettings(min_depth=0.01, max_depth=1.0)  # now 0.05 counts and 1.25 does not
     (point,) = lift_points([(101.5, 101.5)], (WIDTH, HEIGHT), depth, pinhole(), narrow)
-    assert point.depth == pytest.approx(0.05, rel=REL)
+    assert point.depth == pytest.approx(0.05, rel=REL) and point.search_distance == 2.0
 
 
-def lift_window(window: np.ndarray) -> LiftedPoint:
+def lift_window(window: np.ndarray, settings: DepthSettings = DEFAULTS) -> LiftedPoint:
     """Lifts the point at the centre of a 5x5 window of depths placed in an empty depth image."""
     depth = plane(np.nan)
     depth[48:53, 48:53] = window
-    (point,) = lift_points([(50.5, 50.5)], (WIDTH, HEIGHT), depth, pinhole(), DEFAULTS)
+    (point,) = lift_points([(50.5, 50.5)], (WIDTH, HEIGHT), depth, pinhole(), settings)
     return point
 
 
-def test_window_median_ignores_a_minority_of_outliers_and_reports_their_spread():
-    window = np.full((5, 5), 1.0, dtype=np.float32)
-    window.flat[:12] = [2.0] * 10 + [3.0] * 2  # 12 of 25 on a surface behind: the median stays on the 13 ones
-    point = lift_window(window)
-    assert point.depth == 1.0 and point.spread == 0.0  # 13 of 25 deviations are 0
-    window.flat[12] = 2.0  # 13 of 25 behind: the median moves to 2 m
-    point = lift_window(window)
-    # deviations from 2 m: 11 zeros (the twos) and 14 of 1 m (12 ones, 2 threes), so their median is 1 m
-    assert point.depth == 2.0 and point.spread == 1.0
+def tolerance(z: float, settings: DepthSettings = DEFAULTS) -> float:
+    """3 sigma of the noise model the settings describe (written out here, not taken from the code)."""
+    return 3 * (settings.depth_noise + settings.depth_noise_quadratic * z * z)
 
 
-def test_spread_is_the_median_absolute_deviation_in_metres():
+def test_the_pointed_pixel_decides_the_surface_even_against_the_windows_majority():
+    window = np.full((5, 5), 2.0, dtype=np.float32)
+    window[2, 2] = 1.0  # the pointed pixel, alone in front...
+    window[1:4, 2] = 1.0  # ...with the two pixels above and below it: 3 agree, depth_min_support
+    point = lift_window(window)
+    assert point.depth == 1.0 and point.support == 3 and not point.fallback
+    assert point.depth_step == pytest.approx(1.0) and point.edge
+    window[1, 2] = 2.0  # now only 2 agree: a lone value, treated as a hole; the nearest surface is 2 m
+    point = lift_window(window)
+    assert point.depth == 2.0 and point.fallback and point.search_distance == 1.0
+    # the window of the pixel found, (49, 50), holds rows 48-51 of the placed 5x5 depths: 20 samples, all
+    # at 2 m but the two 1 m ones
+    assert point.support == 18 and point.depth_step == 1.0
+
+
+def test_window_samples_within_the_noise_tolerance_give_the_median_and_the_others_the_step():
+    z = 1.0
     window = np.full((5, 5), np.nan, dtype=np.float32)
-    window.flat[:5] = [1.00, 1.01, 1.02, 1.04, 1.10]  # median 1.02; deviations 0.02 0.01 0 0.02 0.08
+    inside = [z - 0.9 * tolerance(z), z - 0.004, z + 0.002, z + 0.6 * tolerance(z)]
+    outside = [z + 1.1 * tolerance(z), z + 0.5]
+    window.flat[[3, 4, 5, 6]] = inside
+    window.flat[[7, 8]] = outside
+    window[2, 2] = z
     point = lift_window(window)
-    # each float32 depth near 1 m is rounded by up to 6e-8 m, 3e-6 of a 0.02 m deviation: rel 1e-5
-    assert point.depth == pytest.approx(1.02, rel=REL) and point.spread == pytest.approx(0.02, rel=1e-5)
+    supporting = np.sort(np.array([*inside, z], dtype=np.float32))
+    assert point.support == 5 and point.depth == supporting[2]  # the median of the five on the surface
+    assert point.depth_step == pytest.approx(0.5 + z - point.depth, rel=1e-6)  # to the farthest off it
+
+
+def test_the_tolerance_grows_with_the_square_of_the_depth():
+    for z, off in [(1.0, 0.02), (3.0, 0.09)]:  # 3 sigma: 14.4 mm at 1 m, 106 mm at 3 m
+        window = np.full((5, 5), z, dtype=np.float32)
+        window[0, 0] = z + off
+        point = lift_window(window)
+        agrees = off <= tolerance(z)
+        assert point.support == (25 if agrees else 24) and point.edge is not agrees
+    assert tolerance(1.0) < 0.02 < 0.09 < tolerance(3.0)
 
 
 def test_window_is_centred_on_the_pixel_under_the_point():
-    depth = plane(np.nan)
-    depth[10, 12] = 1.0  # two columns right of pixel (10, 10): inside a 5-window, outside a 3-window
+    depth = plane(1.0)
+    depth[10, 12] = 3.0  # two columns right of pixel (10, 10): inside a 5-window, outside a 3-window
     (point,) = lift_points([(10.9, 10.1)], (WIDTH, HEIGHT), depth, pinhole(), DEFAULTS)
-    assert point.depth == 1.0 and point.search_distance == 0.0
-    depth[10, 13] = 2.0  # three columns right: outside the 5-window, found by the search
-    depth[10, 12] = np.nan
-    (point,) = lift_points([(10.9, 10.1)], (WIDTH, HEIGHT), depth, pinhole(), DEFAULTS)
-    assert point.depth == 2.0 and point.search_distance == pytest.approx(math.hypot(13.5 - 10.9, 10.5 - 10.1))
+    assert point.depth == 1.0 and point.support == 24 and point.depth_step == 2.0
+    narrow = DepthSettings(depth_window=3)
+    (point,) = lift_points([(10.9, 10.1)], (WIDTH, HEIGHT), depth, pinhole(), narrow)
+    assert point.support == 9 and point.depth_step == 0.0
 
 
-def test_nearest_valid_depth_is_found_by_the_search_and_used_with_the_pointed_ray():
+def test_nearest_surface_is_found_by_the_search_and_used_with_the_pointed_ray():
     depth = plane(np.nan)
-    depth[200, 208] = 3.0  # 8 columns right of the pointed pixel
-    depth[194, 200] = 1.0  # 6 rows above: nearer, so this one wins
+    depth[199:202, 208:211] = 3.0  # a 3x3 patch whose nearest pixel is 8 columns right of the point's
+    depth[192:195, 199:202] = 1.0  # a 3x3 patch whose nearest pixel is 6 rows above: nearer, so it wins
     x, y = 200.5, 200.5
     (point,) = lift_points([(x, y)], (WIDTH, HEIGHT), depth, pinhole(), DEFAULTS)
-    assert point.valid and point.depth == 1.0
+    assert point.valid and point.depth == 1.0 and point.fallback
     assert point.search_distance == 6.0
     assert point.xyz == pytest.approx(expected_xyz(x, y, 1.0), rel=REL)  # the ray of the point itself
-    assert point.spread == 0.0  # the single valid value around the depth found
+    assert point.support == 9 and point.depth_step == 0.0  # the patch, alone in its window
+
+
+def test_equally_near_surfaces_resolve_to_the_one_nearest_the_camera():
+    depth = plane(np.nan)
+    depth[95:106, 101:106] = 2.0  # right of the hole at column 100
+    depth[95:106, 95:100] = 0.8  # left of it, equally near
+    (point,) = lift_points([(100.5, 100.5)], (WIDTH, HEIGHT), depth, pinhole(), DEFAULTS)
+    assert point.depth == pytest.approx(0.8) and point.fallback and point.search_distance == 1.0
 
 
 def test_search_stops_at_its_radius():
     depth = plane(np.nan)
-    depth[200, 211] = 3.0  # 11 columns away, beyond the default radius of 10
+    depth[199:202, 211:214] = 3.0  # its nearest column is 11 columns away, beyond the default radius of 10
     (point,) = lift_points([(200.5, 200.5)], (WIDTH, HEIGHT), depth, pinhole(), DEFAULTS)
     assert not point.valid
     wider = DepthSettings(depth_search_radius=11)
     (point,) = lift_points([(200.5, 200.5)], (WIDTH, HEIGHT), depth, pinhole(), wider)
     assert point.depth == 3.0
     no_search = DepthSettings(depth_search_radius=0)
-    depth[200, 203] = 2.0  # just outside the window
+    depth[199:202, 201:204] = 2.0  # right beside the pointed pixel, which still has no depth itself
     (point,) = lift_points([(200.5, 200.5)], (WIDTH, HEIGHT), depth, pinhole(), no_search)
     assert not point.valid and "within 0 depth-image pixels" in point.reason
 
@@ -163,7 +206,7 @@ def test_points_on_the_image_border_sample_the_edge_pixels():
     depth = plane(np.nan)
     depth[HEIGHT - 1, WIDTH - 1] = 4.0
     depth[0, 0] = 0.5
-    window_one = DepthSettings(depth_window=1, depth_search_radius=0)
+    window_one = DepthSettings(depth_window=1, depth_min_support=1, depth_search_radius=0)
     corner, origin = lift_points([(WIDTH, HEIGHT), (0.0, 0.0)], (WIDTH, HEIGHT), depth, pinhole(), window_one)
     assert corner.depth == 4.0 and origin.depth == 0.5
 
@@ -240,7 +283,7 @@ def test_a_bad_depth_scale_is_refused(scale):
 def test_depth_at_half_resolution_is_sampled_at_the_scaled_point():
     depth = np.full((HEIGHT // 2, WIDTH // 2), np.nan, dtype=np.float32)
     depth[100, 150] = 2.5  # covers colour pixels rows 200-201, columns 300-301
-    one_pixel = DepthSettings(depth_window=1, depth_search_radius=0)
+    one_pixel = DepthSettings(depth_window=1, depth_min_support=1, depth_search_radius=0)
     inside, outside = lift_points(
         [(301.9, 200.1), (302.1, 200.1)], (WIDTH, HEIGHT), depth, pinhole(), one_pixel
     )
@@ -371,10 +414,16 @@ def test_camera_info_of_another_size_than_the_image_is_refused():
 
 
 def test_depth_settings_check_their_bounds_and_order():
-    with pytest.raises(ValueError, match="min_depth .* must be less than max_depth"):
+    """Each refusal names the settings it is about, which the node words as parameters."""
+    with pytest.raises(ValueError, match="nearest depth .2 m. must be less than the farthest .1 m.") as order:
         DepthSettings(min_depth=2.0, max_depth=1.0)
-    with pytest.raises(ValueError, match="depth_window must be at least 1"):
+    assert [ref.field_name for ref in order.value.settings] == ["min_depth", "max_depth"]
+    with pytest.raises(ValueError, match="depth_window setting must be at least 1") as bound:
         DepthSettings(depth_window=0)
+    assert [ref.field_name for ref in bound.value.settings] == ["depth_window"]
+    with pytest.raises(ValueError, match="support a depth needs .3. cannot exceed the 1 depths") as support:
+        DepthSettings(depth_window=1)
+    assert [ref.field_name for ref in support.value.settings] == ["depth_min_support", "depth_window"]
 
 
 def test_camera_info_topic_sits_beside_the_image_topic():
@@ -413,7 +462,7 @@ def test_projected_points_with_rendered_depth_lift_back_to_themselves(camera, no
         row, column = round(v), round(u)
         depth[max(0, row - 3) : row + 4, max(0, column - 3) : column + 4] = z
         (lifted,) = lift_points([(u + 0.5, v + 0.5)], (WIDTH, HEIGHT), depth, camera, DEFAULTS)
-        assert lifted.valid and lifted.spread == 0.0
+        assert lifted.valid and lifted.depth_step == 0.0 and not lifted.fallback
         np.testing.assert_allclose(lifted.xyz, point, rtol=REL, atol=1e-12)
 
 

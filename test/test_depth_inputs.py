@@ -1,5 +1,6 @@
 """`molmo-point`'s depth and camera files: readers, their errors, and usage errors before any model loads."""
 
+import json
 import math
 import subprocess
 import sys
@@ -173,14 +174,40 @@ def test_bad_camera_yaml_names_the_file_and_the_problem(tmp_path, old, new, frag
 
 def test_lifted_points_become_json_safe_and_readable():
     lifted = [
-        LiftedPoint((0.1, -0.2, 1.5), 1.5, 0.004, 0.0),
-        LiftedPoint(None, math.nan, math.nan, math.nan, "none"),
+        LiftedPoint(
+            (0.1, -0.2, 1.5), 1.5, 18, 0.42, False, 0.0, (0.0, 0.0, -1.0), 0.0004, 300, normal_reason=""
+        ),
+        LiftedPoint((0.1, 0.2, 2.0), 2.0, 3, 0.0, True, 2.5, normal_reason="too thin"),
+        LiftedPoint(None, math.nan, 0, math.nan, False, math.nan, reason="none"),
     ]
-    assert lifted_to_json(lifted) == [
-        {"xyz": [0.1, -0.2, 1.5], "valid": True, "spread": 0.004, "reason": ""},
-        {"xyz": None, "valid": False, "spread": None, "reason": "none"},
+    report = lifted_to_json(lifted)
+    assert report[0] == {
+        "xyz": [0.1, -0.2, 1.5],
+        "valid": True,
+        "support": 18,
+        "edge": True,
+        "depth_step": 0.42,
+        "fallback": False,
+        "normal": [0.0, 0.0, -1.0],
+        "normal_residual": 0.0004,
+        "normal_inliers": 300,
+        "normal_reason": "",
+        # approach along +z (into the surface), x image-right: the identity rotation
+        "approach_pose": {"position": [0.1, -0.2, 1.5], "orientation_xyzw": [0.0, 0.0, 0.0, 1.0]},
+        "reason": "",
+    }
+    assert report[1]["normal"] is None and report[1]["approach_pose"] is None and report[1]["fallback"]
+    assert report[1]["normal_reason"] == "too thin" and report[1]["edge"] is False
+    assert report[2]["xyz"] is None and report[2]["depth_step"] is None and report[2]["reason"] == "none"
+    assert json.loads(json.dumps(report)) == report, "JSON-safe: no NaN reaches the output"
+    assert describe_lifted(lifted) == [
+        "  1. x=0.100 y=-0.200 z=1.500 m (support 18, edge, depth step 0.420 m)",
+        "     normal (0.000, 0.000, -1.000), fit RMS 0.4 mm over 300 points",
+        "  2. x=0.100 y=0.200 z=2.000 m (support 3, no edge, the pointed pixel had no depth: nearest "
+        "surface used)",
+        "     no normal: too thin",
+        "  3. no 3D: none",
     ]
-    assert describe_lifted(lifted) == ["  1. x=0.100 y=-0.200 z=1.500 m (spread 0.004 m)", "  2. no 3D: none"]
 
 
 # --- usage errors, before the model is loaded ---

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from molmo_ros.drawing import POINT_FILL, draw_points
+from molmo_ros.drawing import NORMAL_FILL, POINT_FILL, draw_points, normal_in_image
 from molmo_ros.geometry import PixelPoint
 
 
@@ -42,3 +42,33 @@ def test_title_and_labels_are_written():
 def test_a_frame_that_is_not_rgb_is_refused():
     with pytest.raises(ValueError, match="HxWx3 uint8 RGB"):
         draw_points(np.zeros((10, 10), dtype=np.uint8), [])
+
+
+class Surface:
+    """A 3D point and its normal, as a LiftedPoint carries them."""
+
+    def __init__(self, xyz, normal) -> None:
+        self.xyz, self.normal = xyz, normal
+
+
+def test_the_normal_is_seen_from_the_camera_long_when_tilted_and_a_dot_when_facing_it():
+    facing = normal_in_image(Surface((0.0, 0.0, 1.0), (0.0, 0.0, -1.0)))
+    tilted = normal_in_image(Surface((0.0, 0.0, 1.0), (0.5, 0.0, -0.866)))
+    assert facing == (0.0, 0.0) and tilted == pytest.approx((0.5, 0.0))
+    # off the axis a normal facing the camera's centre still points along the ray: seen as a dot
+    along_ray = np.array([0.2, -0.1, 1.0])
+    assert normal_in_image(
+        Surface(tuple(along_ray), tuple(-along_ray / np.linalg.norm(along_ray)))
+    ) == pytest.approx((0.0, 0.0), abs=1e-12)
+    assert normal_in_image(Surface((0.0, 0.0, 1.0), None)) is None and normal_in_image(None) is None
+
+
+def test_a_normal_arrow_is_drawn_from_the_point_along_its_direction():
+    point = PixelPoint(x=100.0, y=80.0, label="")
+    plain = draw_points(black(), [point])
+    with_arrow = draw_points(black(), [point], normals=[(0.0, -1.0)])  # seen pointing up the image
+    arrow = np.all(with_arrow == NORMAL_FILL, axis=2)
+    assert not np.all(plain == NORMAL_FILL, axis=2).any() and arrow.any()
+    rows, columns = np.nonzero(arrow)
+    assert rows.max() <= 80 and rows.min() < 80 - 10, "above the point"
+    assert abs(np.median(columns) - 100) <= 1

@@ -203,8 +203,14 @@ def test_empty_model_and_revision_mean_the_default_model_at_its_pinned_revision(
 
     asked = {}
 
-    def record_and_stop(model, revision, device, dtype, *, use_cache, cache_dir):
-        asked.update(model=model, revision=revision, use_cache=use_cache, cache_dir=cache_dir)
+    def record_and_stop(model, revision, device, dtype, *, use_cache, cache_dir, quantization):
+        asked.update(
+            model=model,
+            revision=revision,
+            use_cache=use_cache,
+            cache_dir=cache_dir,
+            quantization=quantization,
+        )
         raise BackendError("stop after recording what was asked for")
 
     monkeypatch.setattr(engine_module, "load_checkpoint", record_and_stop)
@@ -212,12 +218,24 @@ def test_empty_model_and_revision_mean_the_default_model_at_its_pinned_revision(
     with pytest.raises(BackendError, match="stop after"):
         MolmoEngine.load(BackendSettings(device="cpu"), cache_weights=False)
     assert asked == dict(
-        model=MOLMOE_DEFAULT.model_id, revision=MOLMOE_DEFAULT.revision, use_cache=False, cache_dir=None
+        model=MOLMOE_DEFAULT.model_id,
+        revision=MOLMOE_DEFAULT.revision,
+        use_cache=False,
+        cache_dir=None,
+        quantization="none",
     )
     monkeypatch.setenv(MODEL_ENV_VAR, "acme/other-molmo")
     with pytest.raises(BackendError, match="stop after"):
-        MolmoEngine.load(BackendSettings(device="cpu", revision="abc", cache_dir="/tmp/converted"))
-    assert asked == dict(model="acme/other-molmo", revision="abc", use_cache=True, cache_dir="/tmp/converted")
+        MolmoEngine.load(
+            BackendSettings(device="cpu", revision="abc", cache_dir="/tmp/converted", quantization="int8")
+        )
+    assert asked == dict(
+        model="acme/other-molmo",
+        revision="abc",
+        use_cache=True,
+        cache_dir="/tmp/converted",
+        quantization="int8",
+    )
 
 
 def test_close_frees_the_model_and_later_calls_say_the_engine_is_closed(tiny_model_dir, reference_dir):

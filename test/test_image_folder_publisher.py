@@ -30,7 +30,7 @@ from molmo_ros.nodes.image_folder_publisher import (
 WIDTH, HEIGHT = 320, 240
 # depth is stored in whole millimetres: rounding moves Z by at most half a millimetre
 QUANTUM = MILLIMETRES / 2
-ONE_PIXEL = DepthSettings(depth_window=1, depth_search_radius=0)
+ONE_PIXEL = DepthSettings(depth_window=1, depth_min_support=1, depth_search_radius=0)
 
 
 def demo_camera(width: int = WIDTH, height: int = HEIGHT) -> CameraModel:
@@ -71,6 +71,50 @@ def test_floor_points_lie_on_the_floor_plane():
         # Y = y_ray * Z, with |y_ray| < 1 here: off the plane by at most the depth rounding
         assert point.xyz[1] == pytest.approx(SCENE.floor_y, abs=QUANTUM)
         assert point.xyz[2] < SCENE.wall_z
+
+
+def pixel_of(x: float, y: float, z: float) -> tuple[float, float]:
+    """The continuous molmo_ros point (OpenCV + 0.5) where the demo camera sees (x, y, z)."""
+    camera = demo_intrinsics(WIDTH, HEIGHT)
+    return camera.cx + camera.fx * x / z + 0.5, camera.cy + camera.fy * y / z + 0.5
+
+
+def test_the_thin_pole_gets_its_own_depth_and_the_wall_beside_it_the_walls():
+    pole = SCENE.pole
+    x, y = pixel_of((pole.left + pole.right) / 2, 0.0, pole.z)
+    column = math.floor(x)
+    depth = synthetic_depth_mm(WIDTH, HEIGHT)
+    covered = [c for c in range(column - 3, column + 4) if depth[math.floor(y), c] == round(pole.z * 1000)]
+    assert 1 <= len(covered) <= 3, "a thin part: 1 to 3 pixels wide at this size"
+    on, beside = lift_points(
+        [(column + 0.5, y), (max(covered) + 1.5, y)],
+        (WIDTH, HEIGHT),
+        depth * np.float32(MILLIMETRES),
+        demo_camera(),
+        DepthSettings(),
+    )
+    assert on.depth == pytest.approx(pole.z, abs=QUANTUM) and on.edge
+    assert beside.depth == pytest.approx(SCENE.wall_z, abs=QUANTUM)
+
+
+def test_the_tilted_board_lifts_onto_its_plane_with_its_normal():
+    """Whole millimetres (+-0.5 mm) across the 21-pixel fit, about 9.4 mm a pixel at 2.2 m here, so 200 mm
+    wide: a least-squares slope moves by at most 0.5 mm x 3 / 200 mm (0.43 degrees) each way, the normal
+    by at most sqrt(2) x 0.43 = 0.61 degrees."""
+    board = SCENE.board
+    x, y = pixel_of(board.x, board.y, board.z)
+    column, row = math.floor(x), math.floor(y)
+    depth = synthetic_depth_mm(WIDTH, HEIGHT) * np.float32(MILLIMETRES)
+    (point,) = lift_points(
+        [(column + 0.5, row + 0.5)], (WIDTH, HEIGHT), depth, demo_camera(), DepthSettings()
+    )
+    camera = demo_intrinsics(WIDTH, HEIGHT)
+    ray = np.array([(column - camera.cx) / camera.fx, (row - camera.cy) / camera.fy, 1.0])
+    normal = np.array(board.normal)
+    true_depth = (normal @ np.array([board.x, board.y, board.z])) / (normal @ ray)
+    assert point.depth == pytest.approx(true_depth, abs=QUANTUM) and not point.edge
+    angle = math.degrees(math.acos(min(1.0, float(np.dot(point.normal, normal)))))
+    assert angle <= 0.61
 
 
 @pytest.fixture(scope="module")

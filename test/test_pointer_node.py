@@ -1,7 +1,9 @@
 """The pointer node over real DDS (kept on this machine), with the scripted engine double as the model."""
 
+import gc
 import math
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from geometry_msgs.msg import PointStamped
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.action import ActionClient
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from ros_helpers import (
@@ -253,7 +256,7 @@ def test_colour_depth_and_camera_info_give_3d_points_target_and_markers(make_rig
     # Pixel (32, 12) is OpenCV (31.5, 11.5); with cx = 31.5, cy = 23.5, fx = fy = 100 at 3 m:
     point = result.points_3d[0]
     assert (point.x, point.y, point.z) == pytest.approx((0.0, 3.0 * (11.5 - 23.5) / 100.0, 3.0), abs=1e-5)
-    assert result.depth_spread[0] == pytest.approx(0.0, abs=1e-6)
+    assert result.depth_step[0] == 0.0 and result.depth_support[0] == 25 and not result.depth_edge[0]
     assert wait_until(lambda: targets and markers)
     assert targets[0].header.frame_id == "front_optical" and targets[0].point.z == pytest.approx(3.0)
     kinds = [(m.action, m.type) for m in markers[-1].markers]
@@ -282,7 +285,7 @@ def test_unusable_depth_keeps_2d_points_with_a_reason_and_require_depth_refuses(
     response = rig.user.point("mug")
     assert response.success and list(response.result.depth_valid) == [False]
     assert fragment in response.result.views[0].depth_status
-    assert math.isnan(response.result.depth_spread[0])
+    assert math.isnan(response.result.depth_step[0]) and response.result.depth_support[0] == 0
 
     demanding = rig.user.call(Point.Request(query="mug", require_depth=True))
     assert demanding.error_code == Point.Response.NO_DEPTH and fragment in demanding.message
@@ -292,10 +295,10 @@ def test_debug_image_is_drawn_only_while_someone_subscribes(make_rig, monkeypatc
     rig = make_rig(mug_at(50.0, 25.0))
     rig.send_front(10)
     drawn = []
-    import molmo_ros.nodes.pointer as pointer_module
+    import molmo_ros.nodes.outputs as outputs_module
 
-    original = pointer_module.draw_points
-    monkeypatch.setattr(pointer_module, "draw_points", lambda *a, **k: drawn.append(1) or original(*a, **k))
+    original = outputs_module.draw_points
+    monkeypatch.setattr(outputs_module, "draw_points", lambda *a, **k: drawn.append(1) or original(*a, **k))
     assert rig.user.point("mug").success
     assert drawn == [], "nobody subscribes: nothing is drawn"
 
@@ -412,6 +415,21 @@ def test_engine_failure_is_answered_and_the_node_keeps_working(make_rig):
     assert (
         recovered.success and recovered.result.raw_text == "There are none." and not recovered.result.points
     )
+
+
+def test_a_failing_publish_still_answers_the_request_and_the_node_keeps_working(make_rig, monkeypatch):
+    rig = make_rig(mug_at(50.0, 25.0))
+    rig.send_front(1)
+    outputs = rig.node._outputs
+
+    def broken_publish(message) -> None:
+        raise RuntimeError("publisher's context is invalid")
+
+    monkeypatch.setattr(outputs._points, "publish", broken_publish)
+    answered = rig.user.point("mug")
+    assert answered.success and len(answered.result.points) == 1, "the answer still reaches its client"
+    monkeypatch.undo()
+    assert rig.user.point("mug").success
 
 
 def test_frame_flood_while_busy_keeps_only_the_newest(make_rig):
@@ -737,3 +755,24 @@ def test_an_unexpected_error_while_loading_fails_activate_with_its_message(make_
     logged = capfd.readouterr().err
     assert "cannot activate: RuntimeError: CUDA driver initialization failed" in logged, logged
     assert rig.user.point("cup").error_code == Point.Response.NOT_ACTIVE, "still answered"
+
+
+def test_deactivate_frees_a_model_whose_objects_refer_to_each_other():
+    """At activate the node freezes what it loaded, out of the garbage collector's reach; deactivate must
+    hand it back, or a model with reference cycles (as torch modules have) would never be freed."""
+    loaded = []
+
+    def load(settings: object) -> ScriptedEngine:
+        engine = ScriptedEngine()
+        engine.itself = engine
+        loaded.append(weakref.ref(engine))
+        return engine
+
+    node = PointerNode(backend_factory=load)
+    try:
+        assert node.start()
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        gc.collect()
+        assert loaded[0]() is None, "the model outlived deactivate"
+    finally:
+        node.destroy_node()

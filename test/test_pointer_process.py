@@ -14,11 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
-from rclpy.qos import qos_profile_sensor_data
-from ros_helpers import Spinner, TestClient, image_message, publish_until, wait_until
-from sensor_msgs.msg import Image
-
-from molmo_ros.srv import Point
+from ros_helpers import Spinner, TestClient, point_once_ready, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -42,31 +38,6 @@ def interrupt(process: subprocess.Popen) -> tuple[int, str]:
     return exit_of(process, 30)
 
 
-# Answers that mean "not ready yet, send a fresh frame and ask again": the model may load for a while on a
-# busy machine, and frames sent meanwhile are not taken (inactive) or grow older than max_frame_age.
-WAITING_FOR_THE_NODE = (Point.Response.NO_FRAME, Point.Response.STALE_FRAME, Point.Response.NOT_ACTIVE)
-
-
-def point_once_ready(user: TestClient, rgb: np.ndarray) -> tuple[object, list[Image]]:
-    """Streams fresh frames of `rgb` and asks until the node is ready; returns the answer and the frames."""
-    camera = user.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
-    assert user.client.wait_for_service(timeout_sec=120), "the node never offered /molmo/point"
-    sent, response = [], None
-
-    def fresh_frame() -> Image:
-        frame = image_message(rgb, user.get_clock().now().nanoseconds, "camera_optical_frame")
-        sent.append(frame)
-        return frame
-
-    def answered() -> bool:
-        nonlocal response
-        response = user.point("red mug", timeout=120)
-        return response.error_code not in WAITING_FOR_THE_NODE
-
-    assert publish_until(camera, fresh_frame, answered, timeout=120)
-    return response, sent
-
-
 @pytest.fixture
 def ros():
     rclpy.init()
@@ -74,7 +45,8 @@ def ros():
     rclpy.try_shutdown()
 
 
-def test_console_entry_point_with_params_file_and_tiny_model(ros, tiny_model_dir):
+@pytest.mark.parametrize("quantization", ["none", "int8"])
+def test_console_entry_point_with_params_file_and_tiny_model(ros, tiny_model_dir, quantization, tmp_path):
     node = start(
         [
             str(BIN / "pointer"),
@@ -87,6 +59,10 @@ def test_console_entry_point_with_params_file_and_tiny_model(ros, tiny_model_dir
             "engine.device:=cpu",
             "-p",
             "engine.max_new_tokens:=8",
+            "-p",
+            f"engine.quantization:={quantization}",
+            "-p",
+            f"engine.cache_dir:={tmp_path}",
         ]
     )
     user = TestClient()
@@ -109,6 +85,8 @@ def test_console_entry_point_with_params_file_and_tiny_model(ros, tiny_model_dir
         code, output = interrupt(node)
     assert code == 0, output
     assert "active: molmoe backend ready" in output
+    int8_entries = [path for path in tmp_path.iterdir() if "-int8-" in path.name]
+    assert len(int8_entries) == (quantization == "int8"), "int8 weights load through their own cache entry"
 
 
 def test_console_entry_point_with_the_tiny_molmo2_backend(ros, tiny_molmo2_dir):
@@ -195,3 +173,17 @@ def test_bad_parameters_stop_the_node_before_the_model_loads(parameter, fragment
     code, output = exit_of(start([str(BIN / "pointer"), "--ros-args", "-p", parameter]), 60)
     assert code == 1 and "cannot start" in output and fragment in output, output
     assert "Traceback" not in output and "loading" not in output, "checked before any model load"
+
+
+def test_int8_with_the_openai_backend_stops_the_node_saying_the_server_quantizes():
+    command = [
+        str(BIN / "pointer"),
+        "--ros-args",
+        "-p",
+        "engine.backend:=openai",
+        "-p",
+        "engine.quantization:=int8",
+    ]
+    code, output = exit_of(start(command), 60)
+    assert code == 1 and "cannot start" in output and "quantizes them itself" in output, output
+    assert "Traceback" not in output

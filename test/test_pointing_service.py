@@ -443,6 +443,7 @@ def test_standing_query_follows_new_frames_and_requests_go_first(make_harness):
     engine.release(5)
     assert wait_until(lambda: len(engine.calls) >= 3)
     assert engine.calls[2].prompts == ["Point to the cup"] and int(engine.calls[2].image[0, 0, 0]) == 2
+    assert wait_until(lambda: len([o for o in harness.outcomes if o.query == "cup"]) == 2)
 
     harness.service.set_standing_query("")
     assert harness.service.standing_query is None
@@ -452,6 +453,27 @@ def test_standing_query_follows_new_frames_and_requests_go_first(make_harness):
     assert len(engine.calls) == calls
     standing = [o for o in harness.outcomes if o.query == "cup"]
     assert {o.view.camera for o in standing} == {"front", "wrist"}
+
+
+def test_clearing_the_standing_query_just_after_a_worker_chose_its_frame_reports_nothing(make_harness):
+    """The worker chose a frame for the query, then the query was cleared before the answer began: the
+    run keeps the query it was chosen with and is cancelled, so nothing is asked, published or logged."""
+    engine = ScriptedEngine()
+    harness = make_harness(engine)
+    service = harness.service
+    answer_standing_query = service._answer_standing_query
+
+    def cleared_first(run) -> None:
+        service.set_standing_query("")
+        answer_standing_query(run)
+
+    service._answer_standing_query = cleared_first
+    harness.put(make_frame("front", harness.clock.now_ns))
+    service.set_standing_query("cup")
+    assert wait_until(lambda: service.standing_query is None)
+    assert harness.point("plate").raw_text == "There are none.", "the worker went on"
+    assert harness.outcomes == [] and harness.errors == []
+    assert [call.prompts for call in engine.calls] == [["Point to the plate"]]
 
 
 def test_republishing_the_same_standing_query_does_not_answer_the_same_frame_again(make_harness):
@@ -471,14 +493,33 @@ def test_republishing_the_same_standing_query_does_not_answer_the_same_frame_aga
 def test_a_failing_publish_does_not_stop_the_worker(make_harness):
     engine = ScriptedEngine()
     harness = make_harness(engine)
+    published = []
 
     def broken_publish(outcome) -> None:
+        published.append(outcome)
         raise RuntimeError("publisher's context is invalid")
 
-    harness.service._on_outcome = broken_publish
+    harness.service._on_standing_outcome = broken_publish
     harness.put(make_frame("front", harness.clock.now_ns))
-    assert harness.point("cup").raw_text == "There are none."
+    harness.service.set_standing_query("cup")
+    assert wait_until(lambda: len(published) == 1)
     assert harness.point("plate").raw_text == "There are none.", "the worker survived the failing publish"
+    harness.put(make_frame("front", harness.clock.now_ns, value=1))
+    assert wait_until(lambda: len(published) == 2), "and the standing query goes on"
+
+
+def test_clearing_the_standing_query_cancels_its_running_answer(make_harness):
+    """Cleared while the model answers it: the answer is stopped and nothing is published or logged."""
+    engine = ScriptedEngine(hold=True)
+    harness = make_harness(engine)
+    harness.put(make_frame("front", harness.clock.now_ns))
+    harness.service.set_standing_query("cup")
+    assert engine.wait_started()
+    harness.service.set_standing_query("")
+    engine.release(2)
+    assert harness.point("plate").raw_text == "There are none.", "the worker went on"
+    assert harness.outcomes == [] and harness.errors == []
+    assert engine.calls[0].prompts == ["Point to the cup"]
 
 
 def test_invalid_standing_query_raises_and_keeps_the_old_one(make_harness):
@@ -834,6 +875,25 @@ def test_missing_frame_of_one_listed_camera_is_no_frame(make_harness):
 CENTRE_ANSWER = fixed_points_answer([(25.0, 50.0)])  # pixel (16, 24) of a 64x48 frame
 
 
+def test_depth_that_arrives_while_the_model_runs_is_used(make_harness):
+    """A depth frame stamped like the colour frame often arrives a little after it; it is paired once the
+    model has answered, so it is used rather than the previous one (beyond max_depth_skew here)."""
+    camera = CameraSettings(name="front", depth_topic="/d")
+    engine = ScriptedEngine(answer=lambda prompt, image: CENTRE_ANSWER, hold=True)
+    harness = make_harness(engine, cameras={"front": camera})
+    harness.service.put_camera_model("front", make_camera_model())
+    stamp = harness.clock.now_ns
+    harness.put_depth("front", stamp - 100 * MILLISECOND, 1.0)
+    harness.put(make_frame("front", stamp))
+    ticket = harness.submit("cup")
+    assert engine.wait_started()
+    harness.put_depth("front", stamp, 2.0)
+    engine.release()
+    outcome = ticket.future.result(ANSWER_TIMEOUT_S)
+    assert outcome.points[0].position_m[2] == pytest.approx(2.0)
+    assert depth_stamp_ns(outcome.view) == stamp
+
+
 def depth_harness(
     make_harness, camera: CameraSettings | None = None, depth_settings: DepthSettings | None = None, **kw
 ) -> Harness:
@@ -855,7 +915,7 @@ def test_points_are_lifted_with_the_depth_of_their_frame(make_harness):
     (point,) = outcome.points
     assert (point.x, point.y) == (16.0, 24.0)
     assert point.position_m == pytest.approx(expected_position(16.0, 24.0, 2.0), abs=LIFT_TOLERANCE_M)
-    assert point.depth.spread == 0.0, "a constant depth has no spread"
+    assert point.depth.depth_step == 0.0 and not point.depth.edge, "a constant depth has no edge"
     assert depth_stamp_ns(outcome.view) == stamp + 10 * MILLISECOND and depth_words(outcome.view) == ""
 
 

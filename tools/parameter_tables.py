@@ -12,13 +12,16 @@ import re
 import sys
 from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # this source tree's settings, not an installed copy's
+
 from molmo_ros.backends.settings import BackendSettings
 from molmo_ros.depth.settings import DepthSettings
 from molmo_ros.nodes.parameters import NodeSettings, camera_prefix
 from molmo_ros.pointing.settings import CameraSettings, PointingSettings
 from molmo_ros.settings_fields import SettingSpec, setting_specs
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = REPO_ROOT / "README.md"
 # Each table: its marker name and the settings it lists, with their parameter prefix.
 TABLES: dict[str, tuple[tuple[type, str], ...]] = {
     "node": ((NodeSettings, ""), (PointingSettings, ""), (DepthSettings, "")),

@@ -13,6 +13,16 @@ if ! "$repo_root/tools/ensure_vllm_venv.sh"; then
 fi
 cd "$repo_root"
 
+# Debian's colcon for test/test_colcon_build.py (one dpkg query once installed). If it cannot be had, the
+# run goes on: that test fails under CI=true and is skipped elsewhere, with this reason.
+colcon_errors="$(mktemp)"
+if ! tools/ensure_colcon.sh 2>"$colcon_errors"; then
+  cat "$colcon_errors" >&2
+  MOLMO_ROS_COLCON_PROBLEM="$(tail -n 1 "$colcon_errors")"
+  export MOLMO_ROS_COLCON_PROBLEM
+fi
+rm -f "$colcon_errors"
+
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$((RANDOM % 101 + 1))}"
 

@@ -71,6 +71,9 @@ MAX_IMAGES_PER_PROMPT = 8
 # What a hub snapshot needs besides the weights; the repository's *.py (remote code) is never fetched.
 DOWNLOAD_PATTERNS = ("*.json", "*.jinja", "*.txt", "*.model", "*.safetensors")
 WEIGHT_SUFFIX = ".safetensors"
+# With int8 quantization these keep their weights in the dtype setting's dtype, as the molmoe backend
+# keeps its vision tower and connector (README, "Weight-only int8").
+FULL_PRECISION_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.")
 
 
 @dataclass
@@ -140,13 +143,21 @@ class Molmo2Backend:
                 raise IncompatibleCheckpointError(
                     f"{model_id} ({directory}) could not be loaded as Molmo2: {type(error).__name__}: {error}"
                 ) from error
+            if settings.quantization == "int8":
+                quantize_int8(model)
             model = model.to(device).eval()
         name = (
             model_id
             if revision == MOLMO2_DEFAULT.revision or Path(model_id).is_dir()
             else f"{model_id}@{revision}"
         )
-        log.info("molmo2: loaded %s on %s in %s", name, device, dtype)
+        log.info(
+            "molmo2: loaded %s on %s in %s%s",
+            name,
+            device,
+            dtype,
+            " with int8 weights" if settings.quantization == "int8" else "",
+        )
         return cls(model, processor, model_name=name, max_new_tokens=settings.max_new_tokens)
 
     def generate(
@@ -213,6 +224,22 @@ class Molmo2Backend:
         timings.decode_s.append(finished - first_step)
         timings.new_tokens.append(new_tokens.shape[1])
         return self.processor.post_process_image_text_to_text(new_tokens, skip_special_tokens=True)[0]
+
+
+def quantize_int8(model: torch.nn.Module) -> None:
+    """Weight-only int8 (torchao, one scale per output channel) for every nn.Linear of the language model
+    and head, in place, where the model was loaded (the CPU), so only int8 weights reach a GPU.
+
+    Not through transformers' `TorchAoConfig` at load: with transformers 5.23 it keeps only the first
+    part of the weights the hub layout fuses (q of `att_proj`, up of `ff_proj`) and leaves k, v and gate
+    randomly initialised (measured on the tiny Molmo2 of the tests).
+    """
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    def language_linear(module: torch.nn.Module, name: str) -> bool:
+        return isinstance(module, torch.nn.Linear) and not name.startswith(FULL_PRECISION_PREFIXES)
+
+    quantize_(model, Int8WeightOnlyConfig(), filter_fn=language_linear)
 
 
 def resolve_checkpoint(model_id: str, revision: str) -> Path:

@@ -6,19 +6,20 @@ user message (images first, then the prompt, as Molmo2's chat template orders th
 fractions of the image it saw, so a frame downscaled before sending still gives points in the original
 frame's pixels. httpx does the HTTP; this module only builds the request and reads the reply.
 
-The API key is read from the environment variable whose NAME is the api_key_env setting; it goes only into
-the Authorization header, and every message this module writes has it removed.
+The API key is read from the environment variable whose NAME is the api_key_env setting (`api_key`:
+stripped, refused if a header cannot carry it); it goes only into the Authorization header, and every error
+this module raises has the key removed in each form a server may echo it (raw, escaped, percent, base64).
 """
 
 import base64
 import io
-import os
 from collections.abc import Sequence
 
 import httpx
 import numpy as np
 import PIL.Image
 
+from molmo_ros.backends.api_key import KeyRedactor, read_api_key
 from molmo_ros.backends.errors import ServerResponseError, ServerUnavailableError
 from molmo_ros.backends.images import check_images
 from molmo_ros.backends.interface import BackendAnswer, GenerationControl, Stage
@@ -54,8 +55,9 @@ class OpenAIChatBackend:
         self.model_name = chosen_model(settings.model, SERVED_DEFAULT)
         self.max_concurrent_calls = settings.max_in_flight
         self._settings = settings
-        self._api_key = os.environ.get(settings.api_key_env, "")
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        api_key = read_api_key(settings)
+        self._redact = KeyRedactor(api_key)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(
             base_url=self.url,
             headers=headers,
@@ -74,6 +76,15 @@ class OpenAIChatBackend:
     ) -> BackendAnswer:
         control = control or GenerationControl()
         check_images(images, self.max_images, self.name)
+        try:
+            return self._generate(images, prompts, control)
+        except (ServerUnavailableError, ServerResponseError) as error:
+            # The one place every server error passes: whatever a path put into it, the key leaves here.
+            raise type(error)(self._redact(str(error)), error.settings) from None
+
+    def _generate(
+        self, images: Sequence[np.ndarray], prompts: Sequence[str], control: GenerationControl
+    ) -> BackendAnswer:
         # The image work shared by every prompt: each frame is encoded once.
         image_parts = [{"type": "image_url", "image_url": {"url": self._data_url(image)}} for image in images]
         texts = []
@@ -140,7 +151,7 @@ class OpenAIChatBackend:
                 if last_try:
                     raise ServerUnavailableError(
                         f"cannot reach {endpoint} after {attempts} attempt(s): "
-                        f"{self._redact(str(error)) or type(error).__name__}; check the url setting and that "
+                        f"{str(error) or type(error).__name__}; check the url setting and that "
                         "the server is running",
                         [backend_setting("url")],
                     ) from None
@@ -154,8 +165,7 @@ class OpenAIChatBackend:
         retried = f" after {attempts} attempt(s)" if response.status_code >= _RETRIED_STATUS else ""
         hint, setting = _STATUS_HINTS.get(response.status_code, ("", None))
         raise ServerResponseError(
-            f"{endpoint} answered HTTP {response.status_code}{retried}: "
-            f"{self._redact(response.text[:ERROR_BODY_CHARS])!r}{hint}",
+            f"{endpoint} answered HTTP {response.status_code}{retried}: {self._excerpt(response)!r}{hint}",
             [backend_setting(setting)] if setting else [],
         )
 
@@ -166,7 +176,7 @@ class OpenAIChatBackend:
             reply = response.json()
         except ValueError:
             raise ServerResponseError(
-                f"{endpoint} answered with malformed JSON: {self._redact(response.text[:ERROR_BODY_CHARS])!r}"
+                f"{endpoint} answered with malformed JSON: {self._excerpt(response)!r}"
             ) from None
         if not isinstance(reply, dict):
             raise ServerResponseError(f"{endpoint} answered JSON that is not an object")
@@ -181,5 +191,7 @@ class OpenAIChatBackend:
         tokens = usage.get("completion_tokens", 0) if isinstance(usage, dict) else 0
         return text, tokens if isinstance(tokens, int) else 0
 
-    def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "[API key]") if self._api_key else text
+    def _excerpt(self, response: httpx.Response) -> str:
+        """The start of a server's reply for an error message; redacted before it is cut, so a key that
+        straddles the cut cannot leave a part of itself behind."""
+        return self._redact(response.text)[:ERROR_BODY_CHARS]

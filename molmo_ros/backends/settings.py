@@ -7,12 +7,13 @@ model stack. Settings a backend does not use are ignored by it (a server backend
 import os
 from dataclasses import dataclass
 
-from molmo_ros.settings_fields import SettingRef, check_setting_bounds, setting
+from molmo_ros.settings_fields import SettingRef, check_setting_bounds, setting, setting_error
 
 BACKENDS = ("molmoe", "molmo2", "openai")
 MODEL_ENV_VAR = "MOLMO_MODEL"  # the model when the model setting is empty
 DEVICES_HELP = "auto (CUDA if present, else CPU), cpu, cuda or cuda:N"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZATIONS = ("none", "int8")
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,17 @@ class BackendSettings:
     dtype: str = setting(
         "auto", "Weights dtype of a local model: auto (bfloat16 on CUDA, float32 on CPU).", choices=DTYPES
     )
+    quantization: str = setting(
+        "none",
+        "Weights of a local model (molmoe, molmo2): none (in the dtype setting) or int8 (weight-only, one "
+        "scale per output channel; about half the memory of bfloat16; the vision tower stays in dtype).",
+        choices=QUANTIZATIONS,
+    )
     max_new_tokens: int = setting(200, "Longest answer, in tokens.", minimum=1, maximum=4096)
     cache_dir: str = setting(
-        "", "Where molmoe keeps its one-time bfloat16 conversion of the checkpoint; empty means the default."
+        "",
+        "Where molmoe keeps its one-time bfloat16 (or int8) conversion of the checkpoint; empty means the "
+        "default.",
     )
     url: str = setting("http://localhost:8000/v1", "openai: base URL of the server's OpenAI-compatible API.")
     api_key_env: str = setting(
@@ -65,6 +74,14 @@ class BackendSettings:
 
     def __post_init__(self) -> None:
         check_setting_bounds(self)
+        if self.backend == "openai" and self.quantization != "none":
+            raise setting_error(
+                self,
+                f"quantization {self.quantization!r} does not apply to the openai backend: the server holds "
+                "the weights and quantizes them itself (vLLM: its --quantization and --dtype options); set "
+                "the quantization setting to none",
+                "quantization",
+            )
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from molmo_ros.depth.errors import DepthError
 from molmo_ros.depth.files import read_camera_info, read_depth_file
 from molmo_ros.depth.lifting import LiftedPoint, check_depth_geometry
 from molmo_ros.depth.pairing import PairedDepth
+from molmo_ros.depth.transforms import approach_pose
 
 
 def add_depth_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,16 +78,31 @@ def parse_intrinsics(text: str, width: int, height: int) -> CameraModel:
 
 
 def lifted_to_json(lifted: list[LiftedPoint]) -> list[dict[str, object]]:
-    """JSON-safe 3D points: metres in the camera's optical frame; null where there is no depth."""
+    """JSON-safe 3D points, with how far to trust them and the surface normal and approach pose: metres
+    in the camera's optical frame; null where there is none (and the reason)."""
 
     def number(value: float) -> float | None:
         return None if math.isnan(value) else value
+
+    def approach(point: LiftedPoint) -> dict[str, list[float]] | None:
+        if point.xyz is None or point.normal is None:
+            return None
+        pose = approach_pose(point.xyz, point.normal)
+        return {"position": list(pose.position), "orientation_xyzw": list(pose.orientation)}
 
     return [
         {
             "xyz": None if point.xyz is None else list(point.xyz),
             "valid": point.valid,
-            "spread": number(point.spread),
+            "support": point.support,
+            "edge": point.edge,
+            "depth_step": number(point.depth_step),
+            "fallback": point.fallback,
+            "normal": None if point.normal is None else list(point.normal),
+            "normal_residual": number(point.normal_residual),
+            "normal_inliers": point.normal_inliers,
+            "normal_reason": point.normal_reason,
+            "approach_pose": approach(point),
             "reason": point.reason,
         }
         for point in lifted
@@ -94,12 +110,22 @@ def lifted_to_json(lifted: list[LiftedPoint]) -> list[dict[str, object]]:
 
 
 def describe_lifted(lifted: list[LiftedPoint]) -> list[str]:
-    """One line per point for the text output."""
+    """Two lines per point for the text output: where, and how far to trust it."""
     lines = []
     for number, point in enumerate(lifted, start=1):
         if point.xyz is None:
             lines.append(f"  {number}. no 3D: {point.reason}")
+            continue
+        x, y, z = point.xyz
+        edge = f"edge, depth step {point.depth_step:.3f} m" if point.edge else "no edge"
+        found = ", the pointed pixel had no depth: nearest surface used" if point.fallback else ""
+        lines.append(f"  {number}. x={x:.3f} y={y:.3f} z={z:.3f} m (support {point.support}, {edge}{found})")
+        if point.normal is None:
+            lines.append(f"     no normal: {point.normal_reason}")
         else:
-            x, y, z = point.xyz
-            lines.append(f"  {number}. x={x:.3f} y={y:.3f} z={z:.3f} m (spread {point.spread:.3f} m)")
+            nx, ny, nz = (round(value, 3) + 0.0 for value in point.normal)  # + 0.0: no "-0.000"
+            lines.append(
+                f"     normal ({nx:.3f}, {ny:.3f}, {nz:.3f}), fit RMS {point.normal_residual * 1000:.1f} mm "
+                f"over {point.normal_inliers} points"
+            )
     return lines

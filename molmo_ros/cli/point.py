@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from molmo_ros.backends.api_key import check_api_key
 from molmo_ros.backends.errors import BackendError, WeightsNotFoundError
 from molmo_ros.backends.interface import GenerationControl
 from molmo_ros.backends.settings import BackendSettings
@@ -31,7 +32,7 @@ from molmo_ros.depth.errors import DepthError
 from molmo_ros.depth.lifting import LiftedPoint
 from molmo_ros.depth.pairing import PairedDepth
 from molmo_ros.depth.settings import DepthSettings
-from molmo_ros.drawing import LabelledPoint, draw_points
+from molmo_ros.drawing import LabelledPoint, draw_points, normal_in_image
 from molmo_ros.pointing.answer import ViewInput, ask_model, pointing_outcome
 from molmo_ros.pointing.errors import ErrorCode, PointingError
 from molmo_ros.pointing.outcomes import PointingOutcome, View
@@ -97,11 +98,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def backend_settings(args: argparse.Namespace) -> BackendSettings:
     try:
-        return BackendSettings(
+        settings = BackendSettings(
             **{spec.field_name: getattr(args, spec.field_name) for spec in setting_specs(BackendSettings)}
         )
+        check_api_key(settings)
+        return settings
     except ValueError as error:
-        raise UsageError(str(error)) from error
+        raise UsageError(with_option_names(error)) from error
 
 
 def choose_task(args: argparse.Namespace) -> str:
@@ -122,7 +125,7 @@ def build_prompt(task: str, args: argparse.Namespace) -> str:
         try:
             return make_point_prompt(POINT_ALL_TEMPLATE if args.all else POINT_TEMPLATE, args.query)
         except ValueError as error:
-            raise UsageError(str(error)) from error
+            raise UsageError(with_option_names(error)) from error
     if task == "ask":
         raise UsageError("ask needs --prompt (the question)")
     return CAPTION_PROMPT if task == "caption" else OCR_PROMPT
@@ -189,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NO_WEIGHTS
     except PointingError as error:
         if error.code is ErrorCode.BAD_IMAGE:
-            print(f"molmo-point: cannot use {args.image}: {with_option_names(error)}", file=sys.stderr)
+            print(f"molmo-point: {args.image}: {with_option_names(error)}", file=sys.stderr)
             return EXIT_USAGE
         print(f"molmo-point: {with_option_names(error)}", file=sys.stderr)
         return EXIT_ENGINE_ERROR
@@ -244,7 +247,8 @@ def _write_drawing(args: argparse.Namespace, outcome: PointingOutcome, pixels: n
     if args.output is None:
         return
     try:
-        drawn = draw_points(pixels, outcome.points, outcome.query)
+        normals = [normal_in_image(point.depth) for point in outcome.points]
+        drawn = draw_points(pixels, outcome.points, outcome.query, normals)
         PIL.Image.fromarray(drawn).save(args.output, format="PNG")
     except OSError as error:
         raise UsageError(f"cannot write {args.output}: {error}") from error

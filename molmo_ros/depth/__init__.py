@@ -4,7 +4,9 @@ Pure numpy + OpenCV, no ROS import: the node, the pointing service and the `molm
 points the same way, and the arithmetic is tested without DDS. The node and the CLI convert their inputs
 (sensor_msgs/Image and CameraInfo, or files) into `images.DepthImage` and `camera.CameraModel` at their
 edge. Modules: `settings`, `errors`, `images` (depth buffers), `camera` (CameraModel), `lifting` (pixels
-to 3D), `pairing` (which depth frame goes with a colour frame), `files` (depth and calibration files).
+to 3D), `surface` (which depth is the pointed surface's), `normals` (its plane fit), `transforms` (rigid
+transforms and approach poses), `pairing` (which depth frame goes with a colour frame), `files` (depth and
+calibration files).
 
 Conventions:
 - Points come in molmo_ros's continuous pixel coordinates (see geometry.py: pixel column c spans
@@ -21,4 +23,3 @@ Conventions:
 - The depth image is registered to the colour image (same field of view, same pixel grid up to a scale),
   so depth is sampled at the pointed pixel itself, not at its undistorted position.
 """
-

@@ -20,7 +20,9 @@ import numpy as np
 from molmo_ros.depth.camera import CameraModel
 from molmo_ros.depth.errors import DepthError
 from molmo_ros.depth.images import DepthImage
+from molmo_ros.depth.normals import surface_normals
 from molmo_ros.depth.settings import DepthSettings
+from molmo_ros.depth.surface import pointed_surface
 
 # A depth image may differ from the colour image's aspect ratio by this many depth pixels (rounding of
 # a downscale to whole pixels: 1280x720 to 427x240 is off by 0.19 rows); more is another field of view.
@@ -29,17 +31,29 @@ ASPECT_TOLERANCE_PX = 1.0
 
 @dataclass(frozen=True)
 class LiftedPoint:
-    """One pointed pixel in 3D, or why it has no 3D position."""
+    """One pointed pixel in 3D with how far to trust it, or why it has no 3D position (see `surface` and
+    `normals` for how each field is found)."""
 
     xyz: tuple[float, float, float] | None  # metres in the colour camera's optical frame; None if invalid
     depth: float  # Z in metres that was used; NaN when invalid
-    spread: float  # median absolute deviation (metres) of the valid depths around the depth used; NaN if none
-    search_distance: float  # depth-image pixels from the point to the depth used; 0 when the window had some
-    reason: str = ""  # empty when valid
+    support: int  # depth-window samples on the pointed surface (they gave the depth); 0 when invalid
+    depth_step: float  # metres from the depth to the farthest window sample off the surface: 0 = no edge
+    fallback: bool  # the pointed pixel had no depth of its own: the nearest surface was used
+    search_distance: float  # depth-image pixels from the point to the pixel whose surface was used
+    normal: tuple[float, float, float] | None = None  # unit, optical frame, towards the camera
+    normal_residual: float = math.nan  # RMS distance of the fitted points from the plane, metres
+    normal_inliers: int = 0  # points the plane was fitted to
+    normal_reason: str = ""  # why there is no normal; empty when there is one
+    reason: str = ""  # why there is no 3D position; empty when valid
 
     @property
     def valid(self) -> bool:
         return self.xyz is not None
+
+    @property
+    def edge(self) -> bool:
+        """The depth window straddles a depth discontinuity (some valid sample is off the surface)."""
+        return self.depth_step > 0
 
 
 def check_depth_geometry(
@@ -69,81 +83,47 @@ def lift_points(
     camera: CameraModel,
     settings: DepthSettings,
 ) -> list[LiftedPoint]:
-    """Each point (x, y) of a width x height colour image, lifted with a registered depth image in metres.
+    """Each point (x, y) of a width x height colour image, lifted with a registered depth image in metres,
+    with its surface normal where one can be fitted.
 
     Raises DepthError when the whole depth frame or CameraInfo cannot be used (wrong CameraInfo size,
     another aspect ratio); a point without valid depth near it is returned invalid, with its reason.
     """
     check_depth_geometry(image_size, depth_m.shape, camera)
     width, height = image_size
-    scale_x, scale_y = depth_m.shape[1] / width, depth_m.shape[0] / height
+    scale = (depth_m.shape[1] / width, depth_m.shape[0] / height)
     points = np.asarray(points_px, dtype=np.float64).reshape(-1, 2)
     if points.size == 0:
         return []
     rays = camera.rays(points)
+    surfaces = [pointed_surface(depth_m, x * scale[0], y * scale[1], settings) for x, y in points]
+    found = [surface for surface in surfaces if surface is not None]
+    normals = iter(
+        surface_normals(depth_m, camera, scale, found, settings)
+    )  # all at once: one fit per answer
     lifted = []
-    for (x, y), ray in zip(points, rays, strict=True):
-        depth, spread, distance = _sample_depth(depth_m, x * scale_x, y * scale_y, settings)
-        if math.isnan(depth):
+    for ray, surface in zip(rays, surfaces, strict=True):
+        if surface is None:
             reason = (
                 f"no valid depth within {settings.depth_search_radius} depth-image pixels of the point "
-                f"(holes, or depths outside {settings.min_depth:g}-{settings.max_depth:g} m)"
+                f"(holes, values fewer than {settings.depth_min_support} window depths agree with, or "
+                f"depths outside {settings.min_depth:g}-{settings.max_depth:g} m)"
             )
-            lifted.append(LiftedPoint(None, math.nan, math.nan, math.nan, reason))
+            lifted.append(LiftedPoint(None, math.nan, 0, math.nan, False, math.nan, reason=reason))
             continue
-        xyz = (float(ray[0] * depth), float(ray[1] * depth), depth)
-        lifted.append(LiftedPoint(xyz, depth, spread, distance))
+        normal = next(normals)
+        lifted.append(
+            LiftedPoint(
+                xyz=(float(ray[0] * surface.depth), float(ray[1] * surface.depth), surface.depth),
+                depth=surface.depth,
+                support=surface.support,
+                depth_step=surface.depth_step,
+                fallback=surface.fallback,
+                search_distance=surface.search_distance,
+                normal=normal.normal,
+                normal_residual=normal.residual,
+                normal_inliers=normal.inliers,
+                normal_reason=normal.reason,
+            )
+        )
     return lifted
-
-
-def _sample_depth(
-    depth_m: np.ndarray | DepthImage, x: float, y: float, settings: DepthSettings
-) -> tuple[float, float, float]:
-    """(depth, spread, search distance) at depth-image point (x, y); NaN depth when none is valid."""
-    rows, columns = depth_m.shape
-    column = min(int(math.floor(x)), columns - 1)  # x == width lies on the last column's right edge
-    row = min(int(math.floor(y)), rows - 1)
-    window = _window_values(depth_m, x, y, settings)
-    if window.size:
-        median = float(np.median(window))
-        return median, _median_absolute_deviation(window, median), 0.0
-    radius = settings.depth_search_radius
-    top, left = max(0, row - radius), max(0, column - radius)
-    patch = depth_m[top : row + radius + 1, left : column + radius + 1]
-    valid = _valid(patch, settings)
-    if not valid.any():
-        return math.nan, math.nan, math.nan
-    found_rows, found_columns = np.nonzero(valid)
-    # the valid pixel whose centre is nearest the point; equally near ones give their median
-    distances = np.hypot(found_columns + left + 0.5 - x, found_rows + top + 0.5 - y)
-    nearest = distances.min()
-    ties = distances == nearest
-    depth = float(np.median(patch[found_rows[ties], found_columns[ties]]))
-    # spread of the window around the depth that was found, so a planner still sees an edge there
-    centre_x = float(found_columns[ties][0] + left + 0.5)
-    centre_y = float(found_rows[ties][0] + top + 0.5)
-    around = _window_values(depth_m, centre_x, centre_y, settings)
-    return depth, _median_absolute_deviation(around, float(np.median(around))), float(nearest)
-
-
-def _window_values(
-    depth_m: np.ndarray | DepthImage, x: float, y: float, settings: DepthSettings
-) -> np.ndarray:
-    """Valid depths of the depth_window-sided window centred nearest (x, y), clipped to the image."""
-    side = settings.depth_window
-    left = math.floor(x - (side - 1) / 2)
-    top = math.floor(y - (side - 1) / 2)
-    rows, columns = depth_m.shape
-    left = min(left, columns - 1)  # keep at least the edge pixel for a point on the right or bottom edge
-    top = min(top, rows - 1)
-    window = depth_m[max(0, top) : max(0, top + side), max(0, left) : max(0, left + side)]
-    return window[_valid(window, settings)]
-
-
-def _valid(depths: np.ndarray, settings: DepthSettings) -> np.ndarray:
-    with np.errstate(invalid="ignore"):  # NaN compares False, which is what "no depth" needs
-        return (depths >= settings.min_depth) & (depths <= settings.max_depth)
-
-
-def _median_absolute_deviation(values: np.ndarray, median: float) -> float:
-    return float(np.median(np.abs(values - median)))

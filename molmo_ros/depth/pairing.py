@@ -45,7 +45,7 @@ class DepthMissing:
     settings: tuple[SettingRef, ...] = ()
 
 
-# What a view's depth is: used, missing with a reason, or None when the camera has no depth source at all.
+# A view's depth before lifting: paired, missing with a reason, or None when the camera has no depth source.
 ViewDepth = PairedDepth | DepthMissing | None
 
 

@@ -2,8 +2,9 @@
 
 Beside each image it publishes, as an RGB-D camera driver does, a depth image registered to it (16UC1,
 millimetres) and the CameraInfo of a plausible pinhole camera, all with the same stamp and frame_id. The
-depth is a synthetic scene of planes and boxes at known distances (SCENE below), not a measurement of
-the picture: it lets the demo and tests exercise the whole 3D path without a real camera.
+depth is a synthetic scene of planes, boxes, a thin pole and a tilted board at known places (SCENE
+below), not a measurement of the picture: it lets the demo and tests exercise the whole 3D path (thin
+parts, edges, surface normals) without a real camera.
 
 Images are loaded and encoded once; each publish only restamps the messages, so the publisher
 itself costs almost nothing and measurements of the pointer node are not disturbed by it.
@@ -24,6 +25,7 @@ from std_msgs.msg import Header
 
 from molmo_ros.depth.images import MILLIMETRES
 from molmo_ros.image_conversion import rgb_to_raw
+from molmo_ros.nodes.dds_profile import large_image_profile
 from molmo_ros.nodes.parameters import declare_setting_parameters, read_settings
 from molmo_ros.nodes.runner import CONFIGURATION_ERRORS, run_node
 from molmo_ros.pointing.settings import camera_info_topic_beside
@@ -50,18 +52,42 @@ class BoxFace:
 
 
 @dataclass(frozen=True)
+class TiltedBoard:
+    """A rectangular board turned about its vertical centre line by `tilt_deg` (positive: its right edge
+    away from the camera), centred at (x, y, z) in the optical frame (metres)."""
+
+    x: float
+    y: float
+    z: float
+    half_width: float
+    half_height: float
+    tilt_deg: float
+
+    @property
+    def normal(self) -> tuple[float, float, float]:
+        """Unit normal of its face, towards the camera."""
+        tilt = math.radians(self.tilt_deg)
+        return (math.sin(tilt), 0.0, -math.cos(tilt))
+
+
+@dataclass(frozen=True)
 class Scene:
-    """A wall facing the camera, a floor below it, and boxes standing on the floor (metres)."""
+    """A wall facing the camera, a floor below it, boxes and a thin pole standing on the floor, and a
+    tilted board, so that thin parts, edges and a slanted surface can all be pointed at (metres)."""
 
     wall_z: float
     floor_y: float  # the camera's height above the floor (y points down)
     boxes: tuple[BoxFace, ...]
+    pole: BoxFace  # 8 mm wide: 2-4 pixels at the demo's sizes, the thin part a window median missed
+    board: TiltedBoard
 
 
 SCENE = Scene(
     wall_z=3.0,
     floor_y=0.6,
     boxes=(BoxFace(-0.5, -0.1, 0.1, 0.6, 1.2), BoxFace(0.2, 0.7, 0.0, 0.6, 1.8)),
+    pole=BoxFace(0.0, 0.008, -0.4, 0.6, 1.0),
+    board=TiltedBoard(-0.9, -0.3, 2.2, 0.35, 0.25, 30.0),
 )
 
 
@@ -89,10 +115,17 @@ def synthetic_depth_mm(width: int, height: int, scene: Scene = SCENE) -> np.ndar
     with np.errstate(divide="ignore"):
         floor = np.where(ray_y > 0, scene.floor_y / ray_y, np.inf)  # rows below the horizon meet the floor
     depth = np.minimum(depth, np.broadcast_to(floor, depth.shape))
-    for box in scene.boxes:
+    for box in (*scene.boxes, scene.pole):
         x, y = ray_x * box.z, ray_y * box.z
         face = (box.left <= x) & (x <= box.right) & (box.top <= y) & (y <= box.bottom)
         depth = np.where(face & (box.z < depth), box.z, depth)
+    board = scene.board
+    nx, _, nz = board.normal
+    # the board's plane n . p = n . centre, met by the ray (ray_x, ray_y, 1) at Z = n . centre / n . ray
+    z = np.broadcast_to((nx * board.x + nz * board.z) / (nx * ray_x + nz), depth.shape)
+    across = (ray_x * z - board.x) * -nz + (z - board.z) * nx  # along the board's horizontal in-plane axis
+    on_board = (np.abs(across) <= board.half_width) & (np.abs(ray_y * z - board.y) <= board.half_height)
+    depth = np.where(on_board & (z > 0) & (z < depth), z, depth)
     return np.round(depth / MILLIMETRES).astype(np.uint16)
 
 
@@ -228,7 +261,12 @@ class ImageFolderPublisher(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node("image_folder_publisher", ImageFolderPublisher, (OSError, *CONFIGURATION_ERRORS), args)
+    """Runs with the shipped Fast DDS profile unless one is chosen: raw frames over 512 KB are otherwise
+    lost whenever the subscriber's process waits for a CPU (see dds_profile)."""
+    with large_image_profile():
+        return run_node(
+            "image_folder_publisher", ImageFolderPublisher, (OSError, *CONFIGURATION_ERRORS), args
+        )
 
 
 if __name__ == "__main__":

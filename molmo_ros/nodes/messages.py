@@ -4,14 +4,17 @@ import math
 
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point as PointMsg
-from geometry_msgs.msg import PointStamped, Pose, Vector3
+from geometry_msgs.msg import PointStamped, Pose, PoseStamped, Quaternion, Transform, Vector3
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
+from molmo_ros.depth.lifting import LiftedPoint
 from molmo_ros.depth.pairing import DepthMissing
+from molmo_ros.depth.transforms import Pose as TargetPose
+from molmo_ros.depth.transforms import RigidTransform
 from molmo_ros.msg import CameraView, PointingResult
 from molmo_ros.nodes.parameters import said_with_parameters
-from molmo_ros.pointing.outcomes import DepthUsed, PointingOutcome, View
+from molmo_ros.pointing.outcomes import DepthUsed, OutcomePoint, PointingOutcome, View
 from molmo_ros.pointing.settings import CameraSettings
 from molmo_ros.settings_fields import SettingRef
 
@@ -19,6 +22,8 @@ NANOSECONDS = 1_000_000_000
 MARKER_DIAMETER_M = 0.03
 LABEL_HEIGHT_M = 0.04
 LABEL_LIFT_M = 0.05  # the label floats above its sphere (optical frame: y points down)
+NORMAL_ARROW_M = 0.08  # length of the normal's arrow
+ARROW_SHAFT_M, ARROW_HEAD_M, ARROW_HEAD_LENGTH_M = 0.008, 0.016, 0.02
 
 
 def stamp(nanoseconds: int) -> Time:
@@ -53,13 +58,7 @@ def depth_stamp(view: View) -> Time:
 
 def result_message(outcome: PointingOutcome) -> PointingResult:
     first = outcome.view
-    points_3d, valid, spread = [], [], []
-    for point in outcome.points:
-        position = point.position_m
-        valid.append(position is not None)
-        points_3d.append(PointMsg(x=position[0], y=position[1], z=position[2]) if position else PointMsg())
-        spread.append(point.depth.spread if position else math.nan)
-    return PointingResult(
+    result = PointingResult(
         header=view_header(first),
         camera=first.camera,
         query=outcome.query,
@@ -68,26 +67,70 @@ def result_message(outcome: PointingOutcome) -> PointingResult:
         labels=[point.label for point in outcome.points],
         image_width=first.width,
         image_height=first.height,
-        views=[
-            CameraView(
-                header=view_header(view),
-                camera=view.camera,
-                image_width=view.width,
-                image_height=view.height,
-                depth_stamp=depth_stamp(view),
-                depth_status=depth_status(view),
-            )
-            for view in outcome.views
-        ],
+        views=[_view_message(outcome, index) for index in range(len(outcome.views))],
         point_views=[point.view for point in outcome.points],
-        points_3d=points_3d,
-        depth_valid=valid,
-        depth_spread=spread,
+        target_frame=outcome.target_frame,
         raw_text=outcome.raw_text,
         answer_malformed=outcome.answer_malformed,
         points_outside_image=outcome.points_outside_image,
         model_seconds=outcome.model_seconds,
         frame_age_seconds=outcome.frame_age_seconds,
+    )
+    for point in outcome.points:
+        _add_3d(result, point)
+    return result
+
+
+def _add_3d(result: PointingResult, point: OutcomePoint) -> None:
+    """Appends one point's entries to every per-point 3D array of `result`."""
+    lifted, target = point.depth, point.target
+    valid = lifted is not None and lifted.valid
+    has_normal = target is not None and target.normal is not None
+    result.points_3d.append(_point(target.position) if target else PointMsg())
+    result.depth_valid.append(valid)
+    result.depth_support.append(lifted.support if valid else 0)
+    result.depth_step.append(lifted.depth_step if valid else math.nan)
+    result.depth_edge.append(valid and lifted.edge)
+    result.depth_fallback.append(valid and lifted.fallback)
+    result.normal_valid.append(has_normal)
+    result.normals.append(_vector(target.normal) if has_normal else Vector3())
+    result.normal_residual.append(lifted.normal_residual if valid else math.nan)
+    result.normal_inliers.append(lifted.normal_inliers if valid else 0)
+    result.normal_status.append(normal_status(lifted))
+    result.approach_poses.append(
+        _pose(target.approach) if has_normal else Pose(orientation=Quaternion(w=0.0))
+    )
+
+
+def normal_status(lifted: LiftedPoint | None) -> str:
+    """Empty when the point has a normal, else why not."""
+    if lifted is None or not lifted.valid:
+        return "no depth at this point"
+    return lifted.normal_reason
+
+
+def _view_message(outcome: PointingOutcome, index: int) -> CameraView:
+    view = outcome.views[index]
+    own = [point.depth for point in outcome.points if point.view == index]
+    to_target = view.to_target or RigidTransform.identity()
+    x, y, z, w = to_target.quaternion
+    return CameraView(
+        header=view_header(view),
+        camera=view.camera,
+        image_width=view.width,
+        image_height=view.height,
+        depth_stamp=depth_stamp(view),
+        depth_status=depth_status(view),
+        camera_to_target=Transform(
+            translation=Vector3(
+                x=float(to_target.translation[0]),
+                y=float(to_target.translation[1]),
+                z=float(to_target.translation[2]),
+            ),
+            rotation=Quaternion(x=x, y=y, z=z, w=w),
+        ),
+        points_3d=[_point(p.xyz) if p is not None and p.xyz else PointMsg() for p in own],
+        normals=[_vector(p.normal) if p is not None and p.normal else Vector3() for p in own],
     )
 
 
@@ -105,54 +148,116 @@ def summary(outcome: PointingOutcome) -> str:
     return ", ".join(parts)
 
 
+def target_header(outcome: PointingOutcome, point: OutcomePoint) -> Header:
+    """The header of a point's 3D values: the target frame, or its camera's, at its colour frame's stamp."""
+    view = outcome.views[point.view]
+    return Header(stamp=stamp(view.stamp_ns), frame_id=outcome.target_frame or view.frame_id)
+
+
 def first_target(outcome: PointingOutcome) -> PointStamped | None:
-    """The first point with a measured 3D position, in its camera's optical frame."""
-    for point in outcome.points:
-        if point.position_m is not None:
-            x, y, z = point.position_m
-            return PointStamped(header=view_header(outcome.views[point.view]), point=PointMsg(x=x, y=y, z=z))
-    return None
+    """The first point with a measured 3D position, in the outcome's target frame."""
+    point = _first_3d(outcome)
+    if point is None:
+        return None
+    return PointStamped(header=target_header(outcome, point), point=_point(point.target.position))
+
+
+def first_target_pose(outcome: PointingOutcome) -> PoseStamped | None:
+    """The approach pose of that same point; None when it has no normal (no orientation is made up)."""
+    point = _first_3d(outcome)
+    if point is None or point.target.approach is None:
+        return None
+    return PoseStamped(header=target_header(outcome, point), pose=_pose(point.target.approach))
+
+
+def _first_3d(outcome: PointingOutcome) -> OutcomePoint | None:
+    return next((point for point in outcome.points if point.target is not None), None)
 
 
 def markers(outcome: PointingOutcome, namespace: str) -> MarkerArray:
-    """DELETEALL, then a sphere and a text label per 3D point, so each answer replaces the last one's."""
+    """DELETEALL, then a sphere, a text label and (with a normal) an arrow along the normal per 3D point,
+    so each answer replaces the last one's; in the outcome's target frame."""
     array = MarkerArray(markers=[Marker(action=Marker.DELETEALL)])
     for index, point in enumerate(outcome.points):
-        if point.position_m is None:
+        if point.target is None:
             continue
-        header = view_header(outcome.views[point.view])
-        x, y, z = point.position_m
-        colour = ColorRGBA(r=1.0, g=0.2, b=0.2, a=1.0)
+        header = target_header(outcome, point)
+        position = point.target.position
         array.markers.append(
             Marker(
                 header=header,
                 ns=namespace,
-                id=2 * index,
+                id=3 * index,
                 type=Marker.SPHERE,
                 action=Marker.ADD,
-                pose=_pose_at(x, y, z),
+                pose=_pose_at(position),
                 scale=Vector3(x=MARKER_DIAMETER_M, y=MARKER_DIAMETER_M, z=MARKER_DIAMETER_M),
-                color=colour,
+                color=ColorRGBA(r=1.0, g=0.2, b=0.2, a=1.0),
             )
         )
         array.markers.append(
             Marker(
                 header=header,
                 ns=namespace,
-                id=2 * index + 1,
+                id=3 * index + 1,
                 type=Marker.TEXT_VIEW_FACING,
                 action=Marker.ADD,
-                pose=_pose_at(x, y - LABEL_LIFT_M, z),
+                pose=_pose_at(_above(position, point.target.normal, outcome)),
                 scale=Vector3(z=LABEL_HEIGHT_M),
                 color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0),
                 text=point.label or outcome.query,
             )
         )
+        if point.target.normal is not None:
+            array.markers.append(
+                _normal_arrow(header, namespace, 3 * index + 2, position, point.target.normal)
+            )
     return array
 
 
-def _pose_at(x: float, y: float, z: float) -> Pose:
+def _normal_arrow(header: Header, namespace: str, marker_id: int, position: tuple, normal: tuple) -> Marker:
+    """An arrow from the point along its normal (ARROW with two points: shaft and head sizes in scale)."""
+    tip = tuple(p + NORMAL_ARROW_M * n for p, n in zip(position, normal, strict=True))
+    marker = Marker(
+        header=header,
+        ns=namespace,
+        id=marker_id,
+        type=Marker.ARROW,
+        action=Marker.ADD,
+        scale=Vector3(x=ARROW_SHAFT_M, y=ARROW_HEAD_M, z=ARROW_HEAD_LENGTH_M),
+        color=ColorRGBA(r=0.2, g=0.6, b=1.0, a=1.0),
+        points=[_point(position), _point(tip)],
+    )
+    marker.pose.orientation.w = 1.0
+    return marker
+
+
+def _above(position: tuple, normal: tuple | None, outcome: PointingOutcome) -> tuple:
+    """Where the label floats: above the sphere in the camera's optical frame (y down); in a target
+    frame, whose up is unknown here, beside the sphere along the normal, or at the sphere itself."""
+    x, y, z = position
+    if not outcome.target_frame:
+        return (x, y - LABEL_LIFT_M, z)
+    if normal is None:
+        return position
+    return tuple(p + LABEL_LIFT_M * n for p, n in zip(position, normal, strict=True))
+
+
+def _point(xyz: tuple) -> PointMsg:
+    return PointMsg(x=float(xyz[0]), y=float(xyz[1]), z=float(xyz[2]))
+
+
+def _vector(xyz: tuple) -> Vector3:
+    return Vector3(x=float(xyz[0]), y=float(xyz[1]), z=float(xyz[2]))
+
+
+def _pose(pose: TargetPose) -> Pose:
+    x, y, z, w = pose.orientation
+    return Pose(position=_point(pose.position), orientation=Quaternion(x=x, y=y, z=z, w=w))
+
+
+def _pose_at(position: tuple) -> Pose:
     pose = Pose()
-    pose.position = PointMsg(x=x, y=y, z=z)
+    pose.position = _point(position)
     pose.orientation.w = 1.0
     return pose

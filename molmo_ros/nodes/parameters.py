@@ -58,6 +58,9 @@ def _descriptor(spec: SettingSpec, read_only: bool) -> ParameterDescriptor:
         descriptor.additional_constraints = f"one of {', '.join(info.choices)}"
     if isinstance(spec.default, bool):
         return descriptor
+    if _is_float_list(spec.default):
+        descriptor.dynamic_typing = True  # [0, 0, 1] (integers) is accepted and converted, as for floats
+        return descriptor
     if isinstance(spec.default, float):
         descriptor.dynamic_typing = True  # an integer is accepted and converted (see to_float_parameters)
         if info.minimum is not None and info.maximum is not None:
@@ -99,6 +102,10 @@ def setting_value(spec: SettingSpec, value: Any) -> Any:
     expected = type(spec.default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if _is_float_list(spec.default):
+        if not isinstance(value, list | tuple) or not all(_is_number(item) for item in value):
+            raise ValueError(f"parameter {spec.parameter} must be a list of numbers, not {value!r}")
+        return tuple(float(item) for item in value)
     if expected is tuple:
         if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
             raise ValueError(f"parameter {spec.parameter} must be a list of strings, not {value!r}")
@@ -108,17 +115,29 @@ def setting_value(spec: SettingSpec, value: Any) -> Any:
     return value
 
 
+def _is_float_list(default: Any) -> bool:
+    return isinstance(default, tuple) and bool(default) and all(isinstance(item, float) for item in default)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def runtime_specs(settings_class: type, prefix: str = "") -> dict[str, SettingSpec]:
     """Parameter name -> spec of the settings that may change while the node runs."""
     return {spec.parameter: spec for spec in setting_specs(settings_class, prefix) if spec.info.runtime}
 
 
 def to_float_parameters(parameters: Sequence[Parameter], float_names: set[str]) -> list[Parameter]:
-    """Pre-set hook: an integer given for a float parameter becomes that float."""
+    """Pre-set hook: an integer given for a float parameter becomes that float (a list of integers for a
+    list of floats, that list of floats)."""
     converted = []
     for parameter in parameters:
         if parameter.name in float_names and parameter.type_ == Parameter.Type.INTEGER:
             parameter = Parameter(parameter.name, Parameter.Type.DOUBLE, float(parameter.value))
+        elif parameter.name in float_names and parameter.type_ == Parameter.Type.INTEGER_ARRAY:
+            values = [float(value) for value in parameter.value]
+            parameter = Parameter(parameter.name, Parameter.Type.DOUBLE_ARRAY, values)
         converted.append(parameter)
     return converted
 
@@ -128,7 +147,7 @@ def float_parameter_names(*specs_sources: tuple[type, str]) -> set[str]:
         spec.parameter
         for settings_class, prefix in specs_sources
         for spec in setting_specs(settings_class, prefix)
-        if isinstance(spec.default, float)
+        if isinstance(spec.default, float) or _is_float_list(spec.default)
     }
 
 

@@ -7,6 +7,7 @@ coroutines that await the worker's answer, so no executor thread is ever parked 
 and one stock single-threaded executor serves everything.
 """
 
+import gc
 import sys
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -14,7 +15,6 @@ from dataclasses import replace
 from typing import Any
 
 from action_msgs.msg import GoalStatus
-from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
@@ -32,19 +32,17 @@ from rclpy.task import Future as RclpyFuture
 from rclpy.validate_topic_name import validate_topic_name
 from sensor_msgs.msg import CameraInfo as CameraInfoMsg
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Header, String
-from visualization_msgs.msg import MarkerArray
+from std_msgs.msg import String
 
 from molmo_ros.action import Point as PointAction
+from molmo_ros.backends.api_key import check_api_key
 from molmo_ros.backends.errors import BackendError
 from molmo_ros.backends.interface import PointingBackend, Stage
 from molmo_ros.backends.settings import BackendSettings
 from molmo_ros.depth.settings import DepthSettings
-from molmo_ros.drawing import draw_points
-from molmo_ros.image_conversion import rgb_to_raw
-from molmo_ros.msg import PointingResult
 from molmo_ros.nodes import messages
 from molmo_ros.nodes.image_messages import camera_model, depth_frame, frame_from_compressed, frame_from_image
+from molmo_ros.nodes.outputs import AnswerOutputs, PublishedAnswer
 from molmo_ros.nodes.parameters import (
     SETTINGS,
     NodeSettings,
@@ -58,12 +56,14 @@ from molmo_ros.nodes.parameters import (
     with_parameter_names,
 )
 from molmo_ros.nodes.runner import CONFIGURATION_ERRORS, run_node
+from molmo_ros.nodes.tf2_transforms import Tf2Transforms
 from molmo_ros.nodes.throttled_log import ThrottledErrorLog
 from molmo_ros.pointing.errors import ErrorCode, PointingError
 from molmo_ros.pointing.outcomes import AskOutcome, PointingOutcome
 from molmo_ros.pointing.requests import PointingRequest
 from molmo_ros.pointing.service import PointingService, Ticket, checked_settings
 from molmo_ros.pointing.settings import CameraSettings, PointingSettings
+from molmo_ros.pointing.target_frame import target_frame
 from molmo_ros.srv import Ask, Point
 
 # Requests a burst may bring before the node has answered any: a service reader with a shorter queue
@@ -74,8 +74,6 @@ REQUEST_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
-RESULTS_DEPTH = 10
-MARKER_NAMESPACE = "molmo"
 
 
 class PointerNode(LifecycleNode):
@@ -95,6 +93,7 @@ class PointerNode(LifecycleNode):
         self._ros_entities: list[Any] = []
         self._goal_tickets: dict[bytes, Ticket] = {}
         self._action: ActionServer | None = None
+        self._tf2: Tf2Transforms | None = None
         for settings_class, prefix in SETTINGS:
             declare_setting_parameters(self, settings_class, prefix)
         self._runtime = runtime_specs(PointingSettings)
@@ -133,14 +132,23 @@ class PointerNode(LifecycleNode):
                 if topic:
                     validate_topic_name(topic)
         self.engine_settings = read_settings(self, BackendSettings, "engine.")
+        check_api_key(self.engine_settings)
+        depth_settings = read_settings(self, DepthSettings)
+        target = target_frame(settings, self.cameras, self._load_tf2)
         return PointingService(
             settings,
             self._now_ns,
             self._publish_standing_outcome,
             self._log_error,
             cameras=self.cameras,
-            depth_settings=read_settings(self, DepthSettings),
+            depth_settings=depth_settings,
+            target=target,
         )
+
+    def _load_tf2(self) -> Tf2Transforms:
+        """tf2 for the cameras without a static pose; ImportError where tf2_ros is not installed."""
+        self._tf2 = Tf2Transforms(self)
+        return self._tf2
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Reads and checks the parameters, then creates the subscriptions, publishers, services and the
@@ -148,7 +156,7 @@ class PointerNode(LifecycleNode):
         try:
             pointing = self._read_parameters()
         except CONFIGURATION_ERRORS as error:
-            self.get_logger().error(f"cannot configure: {error}")
+            self.get_logger().error(f"cannot configure: {with_parameter_names(error)}")
             return TransitionCallbackReturn.FAILURE
         except Exception as error:  # rclpy would turn it into ERROR without a word
             self.get_logger().error(f"cannot configure: {type(error).__name__}: {error}")
@@ -159,7 +167,7 @@ class PointerNode(LifecycleNode):
         self.get_logger().info(
             f"configured: cameras {', '.join(settings.cameras)} (default "
             f"{settings.camera_for_default}), service {self.resolve_service_name('point')}, results on "
-            f"{self._points.topic_name}"
+            f"{self._outputs.results_topic}"
         )
         return super().on_configure(state)
 
@@ -174,10 +182,7 @@ class PointerNode(LifecycleNode):
             else ReliabilityPolicy.BEST_EFFORT,
             durability=DurabilityPolicy.VOLATILE,
         )
-        self._points = self.create_lifecycle_publisher(PointingResult, "points", RESULTS_DEPTH)
-        self._target = self.create_lifecycle_publisher(PointStamped, "target", RESULTS_DEPTH)
-        self._markers = self.create_lifecycle_publisher(MarkerArray, "markers", RESULTS_DEPTH)
-        self._debug_image = self.create_lifecycle_publisher(Image, "debug_image", 1)
+        self._outputs = AnswerOutputs(self)
         group = ReentrantCallbackGroup()
         entities = [
             self.create_subscription(String, "query", self._on_standing_query, 10, callback_group=group),
@@ -217,6 +222,10 @@ class PointerNode(LifecycleNode):
             self.get_logger().error(f"cannot activate: {type(error).__name__}: {error}")
             return TransitionCallbackReturn.FAILURE
         self.pointing.activate(backend)
+        # Everything loaded so far (modules, the model: 414k objects with the tiny MolmoE) lives until
+        # deactivate. Left to the collector, each full collection walks it all while holding the GIL:
+        # 235 ms of CPU, 1.2 s under CPU contention, with no frame taken (bench/frames_under_load.py).
+        gc.freeze()
         self.get_logger().info(f"active: {backend.name} backend ready")
         return super().on_activate(state)
 
@@ -255,6 +264,7 @@ class PointerNode(LifecycleNode):
     def _release_backend(self, backend: PointingBackend | None) -> None:
         if backend is None:
             return
+        gc.unfreeze()  # the model's reference cycles must be collectable again to be freed
         try:
             backend.close()
         except Exception as error:  # freeing must not stop a transition
@@ -274,8 +284,10 @@ class PointerNode(LifecycleNode):
         self._ros_entities = []
         self._action.destroy()
         self._action = None
-        for publisher in (self._points, self._target, self._markers, self._debug_image):
-            self.destroy_lifecycle_publisher(publisher)
+        self._outputs.destroy()
+        if self._tf2 is not None:
+            self._tf2.close()
+            self._tf2 = None
 
     # --- parameters ---------------------------------------------------------------------------------------
 
@@ -295,7 +307,7 @@ class PointerNode(LifecycleNode):
             else:
                 checked_settings(self.pointing.settings, **changes)
         except ValueError as error:
-            return SetParametersResult(successful=False, reason=str(error))
+            return SetParametersResult(successful=False, reason=with_parameter_names(error))
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, parameters: list[Parameter]) -> None:
@@ -365,24 +377,23 @@ class PointerNode(LifecycleNode):
             return _failed(response, error)
         on_progress = None if goal is None else (lambda stage, count: _publish_feedback(goal, stage, count))
         ticket = self.pointing.submit(pointing_request, on_progress)
+        published = PublishedAnswer(self._outputs)
+        ticket.future.add_done_callback(published)  # before _answer_of's, so it has run when that resumes
         if goal is not None:
             self._goal_tickets[bytes(goal.goal_id.uuid)] = ticket
         try:
-            outcome = await self._answer_of(ticket.future)
+            await self._answer_of(ticket.future)
         except PointingError as error:
             return _failed(response, error)
         finally:
             if goal is not None:
                 self._goal_tickets.pop(bytes(goal.goal_id.uuid), None)
-        try:
-            result = messages.result_message(outcome)
-            response.message = messages.summary(outcome)
-        except Exception as error:  # the answer must still go out
-            return _failed(response, _unconvertible(error))
-        response.result = result
+        if published.result is None:  # the answer must still go out
+            return _failed(response, _unconvertible(published.error))
+        response.result = published.result
+        response.message = published.summary
         response.success = True
         response.error_code = Point.Response.OK
-        self._publish_outcome(outcome, result)
         return response
 
     async def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
@@ -451,10 +462,11 @@ class PointerNode(LifecycleNode):
 
     def _accept_goal(self, goal: PointAction.Goal) -> GoalResponse:
         """A goal beyond the queue, or for an inactive node, is rejected at once."""
-        if self.pointing is None or not self.pointing.has_room():
-            self.get_logger().warning(
-                "point goal rejected: the node is not active or its queue is full (parameter queue_size)"
-            )
+        if self.pointing is None or not self.pointing.active:
+            self.get_logger().warning("point goal rejected: the node is not active")
+            return GoalResponse.REJECT
+        if not self.pointing.has_room():
+            self.get_logger().warning("point goal rejected: the queue is full (parameter queue_size)")
             return GoalResponse.REJECT
         return GoalResponse.ACCEPT
 
@@ -485,37 +497,7 @@ class PointerNode(LifecycleNode):
 
     def _publish_standing_outcome(self, outcome: PointingOutcome) -> None:
         """Called on a worker thread for every answer to the standing query."""
-        self._publish_outcome(outcome, messages.result_message(outcome))
-
-    def _publish_outcome(self, outcome: PointingOutcome, result: PointingResult) -> None:
-        """Every answer goes out on the results topic, with its target, markers and debug image. A
-        publish that fails (a node shutting down) is logged; the request was still answered."""
-        try:
-            self._points.publish(result)
-            target = messages.first_target(outcome)
-            if target is not None:
-                self._target.publish(target)
-            if self._markers.get_subscription_count() > 0:
-                self._markers.publish(messages.markers(outcome, MARKER_NAMESPACE))
-            if self._debug_image.get_subscription_count() > 0:
-                self._debug_image.publish(self._debug_image_message(outcome))
-        except Exception as error:
-            self.get_logger().warning(f"publishing an answer failed: {type(error).__name__}: {error}")
-
-    def _debug_image_message(self, outcome: PointingOutcome) -> Image:
-        """The first frame the model saw, with its points, their labels and the query drawn (rgb8)."""
-        view = outcome.view
-        points = [point for point in outcome.points if point.view == 0]
-        drawn = draw_points(outcome.images[0], points, outcome.query)
-        data, step = rgb_to_raw(drawn, "rgb8")
-        return Image(
-            header=Header(stamp=messages.stamp(view.stamp_ns), frame_id=view.frame_id),
-            height=drawn.shape[0],
-            width=drawn.shape[1],
-            encoding="rgb8",
-            step=step,
-            data=data,
-        )
+        self._outputs.publish(outcome)
 
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds

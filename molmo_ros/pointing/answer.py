@@ -23,19 +23,19 @@ from molmo_ros.backends.interface import GenerationControl, PointingBackend
 from molmo_ros.depth.lifting import LiftedPoint
 from molmo_ros.depth.pairing import DepthMissing, PairedDepth, ViewDepth, lift_view
 from molmo_ros.depth.settings import DepthSettings
+from molmo_ros.depth.transforms import RigidTransform, approach_pose
 from molmo_ros.geometry import PixelPoint, to_pixels
 from molmo_ros.parsing import ParsedPoint, parse_answer
 from molmo_ros.pointing.errors import ErrorCode, PointingError, unexpected_error
-from molmo_ros.pointing.outcomes import DepthUsed, OutcomePoint, PointingOutcome, View, ViewDepthState
+from molmo_ros.pointing.outcomes import DepthUsed, OutcomePoint, PointingOutcome, Target, View, ViewDepthState
 from molmo_ros.pointing.settings import CameraSettings
+from molmo_ros.pointing.target_frame import TargetFrame
 from molmo_ros.settings_fields import SettingRef
 
-# Backend failures and how a client hears of them: (type, code, what the message says before the
-# backend's own words, or None to say only that).
-_BACKEND_FAILURES: tuple[tuple[type[BackendError], ErrorCode, str | None], ...] = (
-    (GenerationCancelledError, ErrorCode.CANCELED, None),
+# Backend failures and how a client hears of them: the code, and what the message says before the
+# backend's own words.
+_BACKEND_FAILURES: tuple[tuple[type[BackendError], ErrorCode, str], ...] = (
     (InvalidImageError, ErrorCode.BAD_IMAGE, "the model cannot use this image"),
-    (UnsupportedRequestError, ErrorCode.UNSUPPORTED, ""),
     (DeviceOutOfMemoryError, ErrorCode.ENGINE_ERROR, "the model ran out of memory"),
     (ServerUnavailableError, ErrorCode.SERVER_UNAVAILABLE, "the model server is unavailable"),
     (ServerResponseError, ErrorCode.ENGINE_ERROR, "the model server failed"),
@@ -58,11 +58,14 @@ def ask_model(
     try:
         control.raise_if_cancelled()
         return backend.generate(images, [prompt], control).texts[0]
+    except GenerationCancelledError as error:
+        raise PointingError(ErrorCode.CANCELED, CANCELLED) from error
+    except UnsupportedRequestError as error:  # its message already says which backend can
+        raise PointingError(ErrorCode.UNSUPPORTED, str(error), error.settings) from error
     except BackendError as error:
         for error_type, code, what in _BACKEND_FAILURES:
             if isinstance(error, error_type):
-                message = CANCELLED if what is None else f"{what}: {error}" if what else str(error)
-                raise PointingError(code, message, error.settings) from error
+                raise PointingError(code, f"{what}: {error}", error.settings) from error
         raise unexpected_error("the model failed", error, error.settings) from error
     except Exception as error:
         raise unexpected_error("the model failed", error) from error
@@ -79,10 +82,13 @@ def pointing_outcome(
     model_seconds: float,
     frame_age_seconds: float,
     images: Sequence[np.ndarray] = (),
+    target: TargetFrame | None = None,
 ) -> PointingOutcome:
-    """The answer `text` as points in the pixels of the frame each belongs to, lifted where depth allows.
+    """The answer `text` as points in the pixels of the frame each belongs to, lifted where depth allows,
+    and expressed in `target`'s frame when given.
 
-    Raises NO_DEPTH when `require_depth` and a frame has no usable depth."""
+    Raises NO_DEPTH when `require_depth` and a frame has no usable depth, NO_TRANSFORM when a frame with
+    3D points has no transform to `target`."""
     parsed = parse_answer(text)
     by_view, unseen = _points_by_view(parsed.points, len(inputs))
     views: list[View] = []
@@ -96,9 +102,11 @@ def pointing_outcome(
         lifted, depth_state = _lift(view_input.depth, pixels.inside, size, depth_settings)
         if require_depth and not isinstance(depth_state, DepthUsed):
             raise _no_depth(view.camera, depth_state)
-        views.append(replace(view, depth=depth_state))
+        has_3d = any(point is not None and point.valid for point in lifted)
+        to_target = target.transform_of(view) if target is not None and has_3d else None
+        views.append(replace(view, depth=depth_state, to_target=to_target))
         points += [
-            OutcomePoint(x=pixel.x, y=pixel.y, label=pixel.label, view=index, depth=depth)
+            OutcomePoint(pixel.x, pixel.y, pixel.label, index, depth, _target(depth, to_target))
             for pixel, depth in zip(pixels.inside, lifted, strict=True)
         ]
     return PointingOutcome(
@@ -114,6 +122,21 @@ def pointing_outcome(
         model_seconds=model_seconds,
         frame_age_seconds=frame_age_seconds,
         images=tuple(images),
+        target_frame="" if target is None else target.frame,
+    )
+
+
+def _target(lifted: LiftedPoint | None, to_target: RigidTransform | None) -> Target | None:
+    """The point's position, normal and approach pose in the target frame (the camera's without one)."""
+    if lifted is None or lifted.xyz is None:
+        return None
+    approach = None if lifted.normal is None else approach_pose(lifted.xyz, lifted.normal)
+    if to_target is None:
+        return Target(lifted.xyz, lifted.normal, approach)
+    return Target(
+        to_target.point(lifted.xyz),
+        None if lifted.normal is None else to_target.vector(lifted.normal),
+        None if approach is None else to_target.pose(approach),
     )
 
 

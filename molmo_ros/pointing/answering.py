@@ -1,5 +1,8 @@
-"""Answering one accepted request: what the model is shown (its frames, checked for age and decoded, each
-with the depth frame and camera model that go with it), the model's answer, and the outcome."""
+"""Answering one accepted request: what the model is shown (its frames, checked for age and decoded), the
+model's answer, the depth frame and camera model that go with each frame, and the outcome.
+
+Depth is paired after the model has answered: a depth frame stamped like the colour frame often arrives
+a few milliseconds after it (the standing query wakes on the colour frame), and by then it is there."""
 
 import time
 from collections.abc import Callable, Mapping
@@ -17,6 +20,7 @@ from molmo_ros.pointing.frames import Frame, LatestFrames
 from molmo_ros.pointing.outcomes import AskOutcome, PointingOutcome, View
 from molmo_ros.pointing.requests import PointingRequest
 from molmo_ros.pointing.settings import CameraSettings, PointingSettings
+from molmo_ros.pointing.target_frame import TargetFrame
 from molmo_ros.prompts import make_point_prompt
 from molmo_ros.settings_fields import SettingRef
 
@@ -25,8 +29,9 @@ MAX_FRAME_AGE = SettingRef(PointingSettings, "max_frame_age_s")
 
 @dataclass(frozen=True)
 class ModelInputs:
-    images: list[np.ndarray]  # RGB, one per view
-    views: list[ViewInput]
+    frames: list[Frame]
+    images: list[np.ndarray]  # RGB, one per frame
+    views: list[View]
     ages_s: list[float]  # of each frame, by its stamp, when the model started
 
 
@@ -39,6 +44,7 @@ class Context:
     cameras: Mapping[str, CameraSettings]
     depth_settings: DepthSettings
     now_ns: Callable[[], int]
+    target: TargetFrame | None = None  # where 3D answers are expressed; None: each camera's optical frame
 
 
 def answer_request(
@@ -48,26 +54,25 @@ def answer_request(
     its answer."""
     try:
         settings = context.settings
-        inputs = gather_inputs(
-            request, context.frames, settings, context.cameras, context.depth_settings, context.now_ns
-        )
+        inputs = gather_inputs(request, context.frames, settings, context.now_ns)
         query = request.query.strip()
         prompt = query if request.ask else make_point_prompt(settings.prompt_template, query)
         started = time.perf_counter()
         text = ask_model(backend, inputs.images, prompt, control)
         seconds = time.perf_counter() - started
         if request.ask:
-            return AskOutcome(prompt, inputs.views[0].view, text, seconds, inputs.ages_s[0])
+            return AskOutcome(prompt, inputs.views[0], text, seconds, inputs.ages_s[0])
         return pointing_outcome(
             query=request.query,
             prompt=prompt,
             text=text,
-            inputs=inputs.views,
+            inputs=with_depth(request, inputs, context),
             depth_settings=context.depth_settings,
             require_depth=request.require_depth or settings.require_depth,
             model_seconds=seconds,
             frame_age_seconds=max(inputs.ages_s),
             images=inputs.images,
+            target=context.target,
         )
     except PointingError:
         raise
@@ -79,8 +84,6 @@ def gather_inputs(
     request: PointingRequest,
     frames: LatestFrames,
     settings: PointingSettings,
-    cameras: Mapping[str, CameraSettings],
-    depth_settings: DepthSettings,
     now_ns: Callable[[], int],
 ) -> ModelInputs:
     """The request's own image, or the newest frame of each of its cameras; PointingError for a frame
@@ -90,17 +93,24 @@ def gather_inputs(
     assert all(frame is not None for frame in chosen), "checked at submit; frames are cleared only inactive"
     images, views, ages = [], [], []
     for frame in chosen:
-        ages.append(_checked_age_s(frame, now_ns(), None if own else settings.max_frame_age_s))
+        limit_s = settings.max_frame_age_s
+        ages.append(_age_s(frame, now_ns()) if own else _checked_age_s(frame, now_ns(), limit_s))
         image = _decoded(frame, own)
         height, width = image.shape[:2]
-        view = View(frame.camera, frame.stamp_ns, frame.frame_id, width, height)
-        if own:
-            depth = _own_depth(request, depth_settings)
-        else:
-            depth = _camera_depth(frame, frames, cameras, depth_settings)
         images.append(image)
-        views.append(ViewInput(view, depth))
-    return ModelInputs(images, views, ages)
+        views.append(View(frame.camera, frame.stamp_ns, frame.frame_id, width, height))
+    return ModelInputs(chosen, images, views, ages)
+
+
+def with_depth(request: PointingRequest, inputs: ModelInputs, context: Context) -> list[ViewInput]:
+    """Each view with the depth to lift its points with: the request's own, or the camera's depth frame
+    stamped nearest the colour frame (see the module docstring for why this comes after the model)."""
+    if request.image is not None:
+        return [ViewInput(inputs.views[0], _own_depth(request, context.depth_settings))]
+    return [
+        ViewInput(view, _camera_depth(frame, context.frames, context.cameras, context.depth_settings))
+        for frame, view in zip(inputs.frames, inputs.views, strict=True)
+    ]
 
 
 def _own_depth(request: PointingRequest, settings: DepthSettings) -> ViewDepth:
@@ -133,18 +143,23 @@ def _camera_depth(
     return pair_depth(frame.stamp_ns, depth, model, settings)
 
 
-def _checked_age_s(frame: Frame, now_ns: int, limit_s: float | None) -> float:
-    """Age by the frame's own stamp (a frame without a stamp is aged from when it arrived), checked
-    against `limit_s` unless that is None (a request's own image) or 0 (checks disabled)."""
+def _age_s(frame: Frame, now_ns: int) -> float:
+    """Age by the frame's own stamp; a frame without a stamp is aged from when it arrived."""
     reference_ns = frame.stamp_ns if frame.stamp_ns > 0 else frame.received_ns
-    age_s = (now_ns - reference_ns) / 1e9
-    if not limit_s:
+    return (now_ns - reference_ns) / 1e9
+
+
+def _checked_age_s(frame: Frame, now_ns: int, limit_s: float) -> float:
+    """A camera frame's age, refused beyond `limit_s` either way (0 disables the check)."""
+    age_s = _age_s(frame, now_ns)
+    if limit_s == 0:
         return age_s
     if age_s > limit_s:
         raise PointingError(
             ErrorCode.STALE_FRAME,
             f"the newest frame from camera {frame.camera!r} is {age_s:.2f} s old; the limit is "
-            f"{limit_s:g} s; is the camera still publishing?",
+            f"{limit_s:g} s; is the camera still publishing? (Fast DDS drops raw frames over 512 KB unless "
+            "the camera loads the shipped large-image profile: README, 'Large images')",
             [MAX_FRAME_AGE],
         )
     if -age_s > limit_s:
@@ -152,7 +167,7 @@ def _checked_age_s(frame: Frame, now_ns: int, limit_s: float | None) -> float:
             ErrorCode.FRAME_FROM_FUTURE,
             f"the newest frame from camera {frame.camera!r} is stamped {-age_s:.2f} s ahead of this "
             f"node's clock (more than the frame age limit, {limit_s:g} s): the camera's clock and the "
-            "node's disagree; synchronise them (NTP/PTP), or check use_sim_time on both",
+            "node's disagree; synchronise them (NTP/PTP), or run both on the same (simulated or wall) clock",
             [MAX_FRAME_AGE],
         )
     return age_s

@@ -26,6 +26,7 @@ class ErrorCode(IntEnum):
     UNSUPPORTED = 11
     SERVER_UNAVAILABLE = 12
     CANCELED = 13
+    NO_TRANSFORM = 14
 
 
 class PointingError(RefersToSettings):

@@ -6,6 +6,7 @@ import numpy as np
 
 from molmo_ros.depth.lifting import LiftedPoint
 from molmo_ros.depth.pairing import DepthMissing
+from molmo_ros.depth.transforms import Pose, RigidTransform
 from molmo_ros.geometry import PixelPoint
 
 
@@ -30,6 +31,19 @@ class View:
     width: int
     height: int
     depth: ViewDepthState = None
+    # Maps this frame's optical frame into the outcome's target frame, at its stamp; None when the
+    # outcome has no target frame, or the view no 3D point to express in it.
+    to_target: RigidTransform | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """A point's 3D position, and its surface normal and approach pose where it has a normal, in the
+    outcome's target frame (its view's optical frame when the outcome has none)."""
+
+    position: tuple[float, float, float]
+    normal: tuple[float, float, float] | None
+    approach: Pose | None  # z along the approach (-normal); see depth.transforms
 
 
 @dataclass(frozen=True)
@@ -40,7 +54,10 @@ class OutcomePoint:
     y: float
     label: str
     view: int
-    depth: LiftedPoint | None  # None when the view has no usable depth; else lifted, or why not
+    depth: (
+        LiftedPoint | None
+    )  # None when the view has no usable depth; else lifted (camera frame), or why not
+    target: Target | None = None  # None without a 3D position
 
     @property
     def position_m(self) -> tuple[float, float, float] | None:
@@ -63,6 +80,7 @@ class PointingOutcome:
     frame_age_seconds: float
     # The RGB frames the model saw, one per view (for drawing the answer).
     images: tuple[np.ndarray, ...] = field(default=(), repr=False, compare=False)
+    target_frame: str = ""  # the frame of every point's `target`; empty: each point's view's optical frame
 
     @property
     def view(self) -> View:

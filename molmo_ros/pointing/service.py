@@ -29,7 +29,8 @@ from molmo_ros.pointing.frames import Frame, LatestFrames
 from molmo_ros.pointing.outcomes import AskOutcome, PointingOutcome
 from molmo_ros.pointing.requests import PointingRequest, checked_request, validate_query
 from molmo_ros.pointing.settings import CameraSettings, PointingSettings
-from molmo_ros.pointing.standing import StandingQuery
+from molmo_ros.pointing.standing import StandingQuery, StandingRun
+from molmo_ros.pointing.target_frame import TargetFrame
 from molmo_ros.settings_fields import SettingRef, setting_specs
 
 log = logging.getLogger(__name__)
@@ -83,12 +84,13 @@ class PointingService:
         on_error: Callable[[PointingError], None],
         cameras: Mapping[str, CameraSettings] | None = None,
         depth_settings: DepthSettings | None = None,
+        target: TargetFrame | None = None,
     ) -> None:
         self.frames = LatestFrames()
         self._settings = settings
-        self._cameras = dict(cameras or {})
-        self.depth_settings = depth_settings or DepthSettings()
-        self._now_ns = now_ns
+        # What answering needs besides the newest frames and settings, which it takes when it starts.
+        depths = depth_settings or DepthSettings()
+        self._context = Context(self.frames, settings, dict(cameras or {}), depths, now_ns, target)
         self._on_standing_outcome = on_standing_outcome
         self._on_error = on_error
         self._wake = threading.Condition()
@@ -136,6 +138,7 @@ class PointingService:
             if self._state is not _State.INACTIVE:
                 # A second set of workers would outlive deactivate() and use a backend being freed.
                 raise RuntimeError(f"the pointing service is {self._state.value}; it cannot activate")
+            self.frames.clear()  # a frame that slipped in after the last deactivate's clear is stale now
             self._backend, self._state = backend, _State.ACTIVE
             self._workers = [
                 threading.Thread(target=self._work, name=f"molmo-pointing-worker-{index}", daemon=True)
@@ -156,8 +159,7 @@ class PointingService:
             for ticket in self._running:
                 ticket.stop_reason = ticket.stop_reason or error
                 ticket.control.cancel()
-            if self._standing.control is not None:
-                self._standing.control.cancel()
+            self._standing.stop_running()
             self._standing.forget_frames()
             backend, self._backend = self._backend, None
             workers, self._workers = self._workers, []
@@ -237,31 +239,28 @@ class PointingService:
     def standing_query(self) -> str | None:
         return self._standing.query
 
-    def _next_task(self) -> tuple[Ticket | None, str | None]:
-        """Waits for a request or, failing that, a new frame for the standing query: (ticket, None),
-        (None, standing camera), or (None, None) when the service is no longer active."""
+    def _next_task(self) -> Ticket | StandingRun | None:
+        """Waits for a request or, failing that, a new frame for the standing query; None when the
+        service is no longer active."""
         with self._wake:
             while self._state is _State.ACTIVE:
                 if self._jobs:
                     ticket = self._jobs.popleft()
                     self._running.add(ticket)
                     self._report_positions()
-                    return ticket, None
-                camera = self._standing.start_next(self.frames, self._settings.cameras)
-                if camera is not None:
-                    return None, camera
+                    return ticket
+                run = self._standing.start_next(self.frames, self._settings.cameras)
+                if run is not None:
+                    return run
                 self._wake.wait()
-            return None, None
+            return None
 
     def _work(self) -> None:
-        while True:
-            ticket, standing_camera = self._next_task()
-            if ticket is not None:
-                self._answer_ticket(ticket)
-            elif standing_camera is not None:
-                self._answer_standing_query(standing_camera)
+        while (task := self._next_task()) is not None:
+            if isinstance(task, Ticket):
+                self._answer_ticket(task)
             else:
-                return
+                self._answer_standing_query(task)
 
     def _answer_ticket(self, ticket: Ticket) -> None:
         try:
@@ -275,14 +274,11 @@ class PointingService:
         else:
             ticket.future.set_result(outcome)
 
-    def _answer_standing_query(self, camera: str) -> None:
-        with self._wake:
-            control, as_given = self._standing.control, self._standing.as_given
-        assert control is not None, "set with the lock held when the standing run was chosen"
+    def _answer_standing_query(self, run: StandingRun) -> None:
         try:
-            outcome = self._answer(PointingRequest(query=as_given, cameras=(camera,)), control)
+            outcome = self._answer(PointingRequest(query=run.query, cameras=(run.camera,)), run.control)
         except PointingError as error:
-            if not control.cancelled:  # stopped by deactivate: nobody asked, nothing to report
+            if not run.control.cancelled:  # stopped by deactivate or a new query: nothing to report
                 _notify(self._on_error, error)
         else:
             _notify(self._on_standing_outcome, outcome)
@@ -295,7 +291,7 @@ class PointingService:
         backend = self._backend
         if backend is None:
             raise PointingError(ErrorCode.NOT_ACTIVE, self._inactive_reason)
-        context = Context(self.frames, self._settings, self._cameras, self.depth_settings, self._now_ns)
+        context = replace(self._context, frames=self.frames, settings=self._settings)
         return answer_request(request, backend, control, context)
 
     def _fail(self, ticket: Ticket, error: PointingError) -> None:

@@ -1,16 +1,19 @@
 """How requests are checked and answered, and what each camera delivers: the node's parameters, each
 default written once (see `molmo_ros.settings_fields`)."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
+from molmo_ros.depth.errors import DepthError
 from molmo_ros.depth.images import MILLIMETRES
+from molmo_ros.depth.transforms import RigidTransform
 from molmo_ros.prompts import POINT_ALL_TEMPLATE, POINT_TEMPLATE, QUERY_PLACEHOLDER, make_point_prompt
-from molmo_ros.settings_fields import check_setting_bounds, setting
+from molmo_ros.settings_fields import check_setting_bounds, setting, setting_error
 
 DEFAULT_CAMERA = ""  # a request naming this camera (none) asks about the default camera
 ALL_CAMERAS = "*"  # a request naming this camera asks about the newest frame of every camera at once
 # The transports image_transport appends to an image topic's name.
 TRANSPORT_SUFFIXES = ("compressed", "compressedDepth", "theora", "zstd")
+_POSE = ("pose_translation", "pose_rotation")  # a camera's static pose, besides its parent frame
 
 
 @dataclass(frozen=True)
@@ -49,15 +52,35 @@ class PointingSettings:
     require_depth: bool = setting(
         False, "Answer NO_DEPTH instead of 2D-only points when no usable depth is found.", runtime=True
     )
+    target_frame: str = setting(
+        "",
+        "Frame (e.g. base_link) to express the 3D points, normals, approach poses and markers in, at each "
+        "colour frame's stamp; empty keeps each camera's optical frame. Transforms come from a camera's "
+        "static pose (cameras.<name>.pose_*) or from tf2; one not found in time is the error NO_TRANSFORM.",
+    )
+    transform_timeout: float = setting(
+        0.2,
+        "Seconds to wait for a transform to target_frame at a frame's stamp (tf2 may lag the camera).",
+        minimum=0.0,
+        maximum=10.0,
+    )
 
     def __post_init__(self) -> None:
         check_setting_bounds(self)
         if not self.cameras or len(set(self.cameras)) != len(self.cameras) or not all(self.cameras):
-            raise ValueError(f"camera_names must list distinct, non-empty names: {list(self.cameras)!r}")
+            raise setting_error(
+                self, f"the camera names must be distinct and non-empty: {list(self.cameras)!r}", "cameras"
+            )
         if ALL_CAMERAS in self.cameras:
-            raise ValueError(f"{ALL_CAMERAS!r} cannot be a camera name: it means every camera")
+            raise setting_error(
+                self, f"{ALL_CAMERAS!r} cannot be a camera name: it means every camera", "cameras"
+            )
         if self.default_camera and self.default_camera not in self.cameras:
-            raise ValueError(f"default_camera {self.default_camera!r} is not one of {list(self.cameras)}")
+            raise setting_error(
+                self,
+                f"the default camera {self.default_camera!r} is not one of {list(self.cameras)}",
+                "default_camera",
+            )
         make_point_prompt(self.prompt_template, "check")  # a template without {query} is refused
 
     @property
@@ -93,10 +116,47 @@ class CameraSettings:
         "Lift points from depth frames whose frame_id differs from the colour frame's (declare them "
         "registered to the colour image anyway).",
     )
+    pose_parent_frame: str = setting(
+        "",
+        "A fixed camera's static pose: the frame its pose is given in (it must be target_frame); empty "
+        "means no static pose (tf2 gives the camera's transform, if target_frame is set).",
+    )
+    pose_translation: tuple[float, ...] = setting(
+        [0.0, 0.0, 0.0],
+        "Static pose: position x, y, z in metres of this camera's optical frame (the frame_id of its "
+        "images) in pose_parent_frame.",
+    )
+    pose_rotation: tuple[float, ...] = setting(
+        [0.0, 0.0, 0.0, 1.0],
+        "Static pose: orientation of this camera's optical frame in pose_parent_frame, as a unit "
+        "quaternion x, y, z, w.",
+    )
     name: str = field(default="", compare=True)
 
     def __post_init__(self) -> None:
         check_setting_bounds(self)
+        for name in _POSE:  # frozen: written once here, as tuples of floats whatever the caller gave
+            object.__setattr__(self, name, tuple(float(value) for value in getattr(self, name)))
+        if self.pose_parent_frame:
+            try:
+                RigidTransform.from_quaternion(self.pose_translation, self.pose_rotation)
+            except DepthError as error:
+                raise setting_error(
+                    self, f"camera {self.name!r}: static pose: {error}", "pose_translation", "pose_rotation"
+                ) from error
+        elif any(getattr(self, item.name) != item.default for item in fields(self) if item.name in _POSE):
+            raise setting_error(
+                self,
+                f"camera {self.name!r} has a static pose translation or rotation but no parent frame for "
+                "them: name the frame they are in",
+                "pose_parent_frame",
+            )
+
+    def static_pose(self) -> RigidTransform | None:
+        """This camera's optical frame in pose_parent_frame, or None without a static pose."""
+        if not self.pose_parent_frame:
+            return None
+        return RigidTransform.from_quaternion(self.pose_translation, self.pose_rotation)
 
     def image_topic(self) -> str:
         return self.topic or f"/{self.name}/image_raw" + ("/compressed" if self.compressed else "")

@@ -1,8 +1,10 @@
 """Test double of a user's program: sends COUNT Point requests at once and reports what came back.
 
-    python test/doubles/burst_client.py COUNT WAIT_S QUERY_PREFIX [default|keep_all]
+    python test/doubles/burst_client.py COUNT WAIT_S QUERY_PREFIX [default|keep_all] [BURSTS]
 
-Prints one JSON line: {"sent": .., "codes": {code name: count}, "messages": [...], "unanswered": ..}.
+With BURSTS (default 1), each burst is sent when every answer to the one before has come (or WAIT_S
+has passed). Prints one JSON line over all bursts: {"sent": .., "codes": {code name: count},
+"messages": [...], "unanswered": .., "frame_ages_s": [age of the frame of each answer with points]}.
 The client's QoS matters for bursts: with rclpy's default (keep last 10) the client's own response reader
 may drop answers that arrive faster than its executor takes them, after the node has sent them all.
 `keep_all` is what the README recommends to clients that send more than ten requests at once.
@@ -25,6 +27,7 @@ from molmo_ros.srv import Point
 def main() -> int:
     count, wait_s = int(sys.argv[1]), float(sys.argv[2])
     prefix = sys.argv[3]
+    bursts = int(sys.argv[5]) if len(sys.argv) > 5 else 1
     qos = {
         "keep_all": QoSProfile(history=HistoryPolicy.KEEP_ALL),
         "deep": QoSProfile(depth=1000),
@@ -51,16 +54,19 @@ def main() -> int:
         return 1
     print("ready", flush=True)
     sys.stdin.readline()  # the test says go, so that several clients send at the same moment
-    futures = [client.call_async(Point.Request(query=f"{prefix} {i}")) for i in range(count)]
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and not all(f.done() for f in futures):
-        time.sleep(0.01)
-    answered = [f.result() for f in futures if f.done()]
+    answered = []
+    for burst in range(bursts):
+        futures = [client.call_async(Point.Request(query=f"{prefix} {burst}.{i}")) for i in range(count)]
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and not all(f.done() for f in futures):
+            time.sleep(0.01)
+        answered += [f.result() for f in futures if f.done()]
     report = {
-        "sent": count,
+        "sent": count * bursts,
         "codes": dict(collections.Counter(ErrorCode(r.error_code).name for r in answered)),
         "messages": sorted({r.message for r in answered if not r.success}),
-        "unanswered": count - len(answered),
+        "unanswered": count * bursts - len(answered),
+        "frame_ages_s": [r.result.frame_age_seconds for r in answered if r.success],
     }
     print(json.dumps(report), flush=True)
     executor.shutdown()

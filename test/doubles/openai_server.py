@@ -3,21 +3,44 @@
 It listens on 127.0.0.1 at a random port, answers each request on its own thread, records every request
 (path, headers, JSON body) and can be told to misbehave for the next requests: be slow, answer HTTP 500,
 close the connection without answering, or answer malformed JSON, an empty choice list or a choice with
-no text. It stops by itself after `lifetime_s` so a failing test never leaves it running.
+no text. With `echo_authorization` set to one of ECHOES, its HTTP errors and malformed JSON replies start
+with the request's Authorization header in that encoding: the worst case for keeping an API key out of
+messages. It stops by itself after `lifetime_s` so a failing test never leaves it running.
 
     with OpenAIServerDouble(answers=['<points coords="1 1 500 500">mug</points>']) as server:
         settings = BackendSettings(backend="openai", url=server.url)
 """
 
+import base64
+import html
 import json
+import re
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import quote
 
 DEFAULT_LIFETIME_S = 120.0
 FAULTS = ("slow", "error", "close", "malformed_json", "empty_choices", "no_text")
+# The forms in which servers and proxies have been seen to repeat a header: as received, as a Python bytes
+# repr, byte by byte escaped, as a JSON string, percent-encoded (a URL) and base64-encoded (a log blob).
+ECHOES: dict[str, Callable[[str], str]] = {
+    "raw": lambda value: value,
+    "bytes-repr": lambda value: repr(value.encode()),
+    "hex-escaped": lambda value: "".join(f"\\x{byte:02x}" for byte in value.encode()),
+    "json": json.dumps,
+    "json-escaped-slashes": lambda value: json.dumps(value).replace("/", "\\/"),
+    "percent-lowercase-hex": lambda value: re.sub(
+        r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), quote(value, safe="")
+    ),
+    "html": html.escape,
+    "percent": lambda value: quote(value, safe=""),
+    "base64": lambda value: base64.b64encode(value.encode()).decode(),
+    "base64url": lambda value: base64.urlsafe_b64encode(value.encode()).decode(),
+}
 
 
 @dataclass(frozen=True)
@@ -53,6 +76,7 @@ class OpenAIServerDouble:
         self.requests: list[RecordedRequest] = []
         self.slow_s = slow_s
         self.error_status = 500
+        self.echo_authorization: str | None = None  # a key of ECHOES
         self._faults: deque[str] = deque()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -98,6 +122,9 @@ class OpenAIServerDouble:
                 self.answers.popleft()
         return fault, answer
 
+    def _echo(self, authorization: str) -> str:
+        return ECHOES[self.echo_authorization](authorization) if self.echo_authorization else ""
+
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         double = self
 
@@ -112,11 +139,14 @@ class OpenAIServerDouble:
                 except ValueError:
                     body = raw
                 fault, answer = double._next(RecordedRequest(self.path, dict(self.headers), body))
+                echo = double._echo(self.headers.get("Authorization", ""))
                 if not self.path.endswith("/chat/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                 elif fault == "slow":
                     threading.Event().wait(double.slow_s)
                     self._send(200, _completion(answer))
+                elif fault == "error" and echo:
+                    self._send_raw(double.error_status, f"invalid credentials {echo}".encode())
                 elif fault == "error":
                     # The scripted answer goes into the error text, so a test can make it echo a secret.
                     self._send(double.error_status, {"error": {"message": f"scripted failure: {answer}"}})
@@ -124,7 +154,7 @@ class OpenAIServerDouble:
                     self.close_connection = True
                     self.connection.shutdown(2)  # socket.SHUT_RDWR: the client sees the connection drop
                 elif fault == "malformed_json":
-                    self._send_raw(200, b'{"choices": [')
+                    self._send_raw(200, f'{{"echo": "{echo}", "choices": ['.encode())
                 elif fault == "empty_choices":
                     self._send(200, {**_completion(answer), "choices": []})
                 elif fault == "no_text":
@@ -138,11 +168,14 @@ class OpenAIServerDouble:
                 self._send_raw(status, json.dumps(payload).encode())
 
             def _send_raw(self, status: int, data: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client stopped waiting (a timeout test): nobody to answer
 
         return Handler
 

@@ -4,9 +4,10 @@ process without weights.
 
     python test/doubles/scripted_pointer.py DELAY_S --ros-args -p ...
 
-Each call "runs the model" for DELAY_S seconds and points at the middle of the frame. At exit it prints
-how many Point requests the node took and how many it answered, so a test can tell requests the node
-never received or never answered from answers lost on their way to a client.
+Each call "runs the model" for DELAY_S seconds and points at the middle of the frame. It prints
+FIRST_FRAME once it holds a camera frame, so a test sends requests only when they can find one, and at
+exit how many Point requests the node took and how many it answered, so a test can tell requests the
+node never received or never answered from answers lost on their way to a client.
 """
 
 import sys
@@ -18,15 +19,36 @@ from doubles.scripted_engine import ScriptedEngine, fixed_points_answer  # noqa:
 from molmo_ros.backends.errors import BackendError  # noqa: E402
 from molmo_ros.nodes.pointer import PointerNode  # noqa: E402
 from molmo_ros.nodes.runner import CONFIGURATION_ERRORS, run_node  # noqa: E402
+from molmo_ros.pointing.frames import Frame  # noqa: E402
 from molmo_ros.srv import Point  # noqa: E402
+
+FIRST_FRAME = "holding a camera frame"
+# As many tracked Python objects as the real node holds once its model is loaded (417k with the tiny MolmoE,
+# counted by gc.get_objects() after activate), so the garbage collector has as much to walk here.
+MODEL_OBJECTS = 417_000
 
 
 class CountingPointerNode(PointerNode):
-    """The pointer node, counting the Point requests it takes and answers."""
+    """The pointer node, counting the Point requests it takes and answers, and saying when it first holds
+    a camera frame."""
 
     def __init__(self, **options: object) -> None:
         super().__init__(**options)
         self.taken = self.answered = 0
+
+    def on_configure(self, state):
+        result = super().on_configure(state)
+        pointing = self.pointing
+        if pointing is not None:
+            put_frame = pointing.put_frame
+
+            def put_and_tell(frame: Frame) -> None:
+                put_frame(frame)
+                if pointing.frames.sequence(frame.camera) == 1:  # kept only while active
+                    print(FIRST_FRAME, flush=True)
+
+            pointing.put_frame = put_and_tell
+        return result
 
     async def _on_point(self, request: Point.Request, response: Point.Response) -> Point.Response:
         self.taken += 1
@@ -42,9 +64,14 @@ class CountingPointerNode(PointerNode):
 def main() -> int:
     delay_s = float(sys.argv[1])
     engine = ScriptedEngine(answer=lambda prompt, image: fixed_points_answer([(50.0, 50.0)]), delay_s=delay_s)
+
+    def load_model(settings: object) -> ScriptedEngine:
+        engine.weights = [[index] for index in range(MODEL_OBJECTS)]  # built at activate, as a model loads
+        return engine
+
     return run_node(
         "scripted_pointer",
-        lambda: CountingPointerNode(backend_factory=lambda settings: engine),
+        lambda: CountingPointerNode(backend_factory=load_model),
         (BackendError, *CONFIGURATION_ERRORS),
         sys.argv[2:],
     )

@@ -9,6 +9,7 @@
 
 Import what you need from its module: `backend` (the engine behind the backend interface), `engine`
 (MolmoEngine), `defaults` (torch-free), `checkpoint`, `checkpoint_source`, `checkpoint_reader`,
-`weights_cache`, `config`, `key_mapping`, `modeling`, `preprocessing`, `generation`, `fast_generation`.
+`weights_cache`, `config`, `key_mapping`, `modeling`, `preprocessing`, `generation`, `fast_generation`,
+`quantization` (weight-only int8).
 See docs/ENGINE.md for the facts of the reference model this engine reproduces.
 """

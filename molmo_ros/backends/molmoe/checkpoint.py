@@ -40,14 +40,16 @@ class LoadedCheckpoint:
     description: str  # for logs: what was loaded and from where
 
 
-def load_model(source: CheckpointSource, device: torch.device, dtype: torch.dtype) -> MolmoEForPointing:
+def load_model(
+    source: CheckpointSource, device: torch.device, dtype: torch.dtype, quantization: str = "none"
+) -> MolmoEForPointing:
     """Convert a reference checkpoint tensor by tensor into our model (built in eval mode) on `device`."""
     config = MolmoConfig.from_json_file(source.directory / "config.json")
     with (
         out_of_memory_guard(device, f"loading {source.describe()}"),
         CheckpointReader(source.weights) as reader,
     ):
-        return load_reference_model(config, reader.get_tensor, reader.names, dtype, device)
+        return load_reference_model(config, reader.get_tensor, reader.names, dtype, device, quantization)
 
 
 def load_checkpoint(
@@ -58,23 +60,30 @@ def load_checkpoint(
     *,
     use_cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    quantization: str = "none",
 ) -> LoadedCheckpoint:
-    """Load through the weights cache when the dtype is a reduced one (converting on first use), else
-    straight from the source. A hub id at a pinned commit that is already converted needs neither the
-    network nor the HF cache any more."""
-    caching = use_cache and dtype in CACHEABLE_DTYPES
+    """Load through the weights cache when the dtype is a reduced one or the weights are quantized
+    (converting on first use), else straight from the source. A hub id at a pinned commit that is
+    already converted needs neither the network nor the HF cache any more."""
+    caching = use_cache and (dtype in CACHEABLE_DTYPES or quantization != "none")
     root = weights_cache_root(cache_dir)
     pinned = pinned_hub_origin(model, revision)
-    if caching and pinned is not None and (entry := find_cache_entry(root, pinned, dtype)) is not None:
+    if (
+        caching
+        and pinned is not None
+        and (entry := find_cache_entry(root, pinned, dtype, quantization)) is not None
+    ):
         return _from_cache(entry, device, f"{model}@{pinned['revision']}")
     source = resolve_checkpoint(model, revision)
     if not caching:
-        return LoadedCheckpoint(load_model(source, device, dtype), source.directory, source.describe())
-    entry = find_cache_entry(root, source_origin(source), dtype)
+        return LoadedCheckpoint(
+            load_model(source, device, dtype, quantization), source.directory, source.describe()
+        )
+    entry = find_cache_entry(root, source_origin(source), dtype, quantization)
     if entry is None:
         log.info("converting %s to %s once; the result is kept in %s", source.describe(), dtype, root)
         try:
-            entry = build_cache_entry(root, source, dtype)
+            entry = build_cache_entry(root, source, dtype, quantization)
         except (OSError, SafetensorError) as error:
             log.warning(
                 "cannot keep converted weights in %s (%s: %s); loading %s without the weights cache. "
@@ -85,7 +94,9 @@ def load_checkpoint(
                 source.describe(),
                 CACHE_DIR_ENV_VAR,
             )
-            return LoadedCheckpoint(load_model(source, device, dtype), source.directory, source.describe())
+            return LoadedCheckpoint(
+                load_model(source, device, dtype, quantization), source.directory, source.describe()
+            )
     return _from_cache(entry, device, source.describe())
 
 

@@ -97,7 +97,9 @@ class MolmoEngine:
         model_name: str,
         max_new_tokens: int = BackendSettings.max_new_tokens,
         stop_at_eos: bool = True,
+        use_cuda_graphs: bool | None = None,
     ) -> None:
+        """use_cuda_graphs: None means on CUDA (FastGenerator's default); False decodes eagerly."""
         self._model: MolmoEForPointing | None = model
         self.preprocessor = preprocessor
         self._device = device
@@ -106,7 +108,7 @@ class MolmoEngine:
         self.max_new_tokens = max_new_tokens
         self.stop_at_eos = stop_at_eos
         self._lock = threading.Lock()
-        self._fast: FastGenerator | None = FastGenerator(model)
+        self._fast: FastGenerator | None = FastGenerator(model, use_cuda_graphs=use_cuda_graphs)
         self._last_frame: _FramePrefix | None = None
 
     @classmethod
@@ -126,6 +128,7 @@ class MolmoEngine:
             dtype,
             use_cache=cache_weights,
             cache_dir=settings.cache_dir or None,
+            quantization=settings.quantization,
         )
         preprocessor = MolmoPreprocessor.from_pretrained(loaded.files_dir, device=device)
         engine = cls(

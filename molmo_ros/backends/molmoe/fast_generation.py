@@ -348,7 +348,7 @@ class FastGenerator:
         config = self.model.llm.config
         experts = config._experts_implementation
         # The experts read this at call time, so only the captured step uses it; prefills keep the default.
-        config._experts_implementation = GRAPH_SAFE_EXPERTS
+        config._experts_implementation = self.model.experts_kernel(GRAPH_SAFE_EXPERTS)
         try:
             self._set_write_slot(state, 0)
             state.step.zero_()

@@ -18,6 +18,7 @@ from torch import nn
 from molmo_ros.backends.errors import IncompatibleCheckpointError
 from molmo_ros.backends.molmoe.config import MolmoConfig
 from molmo_ros.backends.molmoe.modeling import MolmoEForPointing, build_meta_model
+from molmo_ros.backends.molmoe.quantization import quantize_tensors, quantized_weight_names
 
 GetTensor = Callable[[str], torch.Tensor]
 _LLM = "model.transformer"
@@ -273,12 +274,30 @@ def convert_reference_state_dict(
         yield from zip(rule.targets, rule.build(read), strict=True)
 
 
+def convert_weights(
+    get_tensor: GetTensor,
+    names: Iterable[str],
+    config: MolmoConfig,
+    dtype: torch.dtype,
+    device: torch.device | str | None = None,
+    quantization: str = "none",
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """`convert_reference_state_dict`, with quantization "int8": the weights quantization.py names become
+    int8 (quantized from the checkpoint's own values, where they were read) and the others `dtype`."""
+    if quantization == "none":
+        return convert_reference_state_dict(get_tensor, names, config, dtype, device)
+    quantized = quantized_weight_names(build_meta_model(config))
+    full_precision = convert_reference_state_dict(get_tensor, names, config, torch.float32)
+    return quantize_tensors(full_precision, quantized, dtype, device)
+
+
 def load_reference_weights(
     model: MolmoEForPointing,
     get_tensor: GetTensor,
     names: Iterable[str],
     dtype: torch.dtype,
     device: torch.device | str | None = None,
+    quantization: str = "none",
 ) -> None:
     """Fill every parameter of a MolmoEForPointing from a reference checkpoint, strictly.
 
@@ -288,7 +307,8 @@ def load_reference_weights(
     expected = dict(model.named_parameters())
     loaded: set[str] = set()
     last_device = None
-    for name, tensor in convert_reference_state_dict(get_tensor, names, model.config, dtype, device):
+    converted = convert_weights(get_tensor, names, model.config, dtype, device, quantization)
+    for name, tensor in converted:
         if name not in expected:
             raise IncompatibleCheckpointError(f"converted tensor {name} has no parameter in the model")
         parameter = expected[name]
@@ -311,6 +331,7 @@ def load_reference_weights(
         raise IncompatibleCheckpointError(f"model parameters left without weights: {_listing(not_loaded)}")
     if any(buffer.is_meta for buffer in model.buffers()):
         model.init_non_persistent_buffers(last_device)
+    model.match_experts_kernel_to_weights()
 
 
 def load_reference_model(
@@ -319,11 +340,12 @@ def load_reference_model(
     names: Iterable[str],
     dtype: torch.dtype,
     device: torch.device | str | None = None,
+    quantization: str = "none",
     **model_options: str | None,
 ) -> MolmoEForPointing:
     """Build the model on the meta device and fill it from a reference checkpoint: no random init, and
-    the weights exist once, in dtype on device. model_options go to MolmoEForPointing (e.g.
+    the weights exist once, in dtype (or int8) on device. model_options go to MolmoEForPointing (e.g.
     experts_implementation)."""
     model = build_meta_model(config, **model_options)
-    load_reference_weights(model, get_tensor, names, dtype, device)
+    load_reference_weights(model, get_tensor, names, dtype, device, quantization)
     return model

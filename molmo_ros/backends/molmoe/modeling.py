@@ -19,6 +19,7 @@ from transformers import CLIPVisionModel, OlmoeModel
 from transformers.models.olmoe.modeling_olmoe import OlmoeRotaryEmbedding
 
 from molmo_ros.backends.molmoe.config import MolmoConfig
+from molmo_ros.backends.molmoe.quantization import experts_are_int8, experts_implementation
 
 PADDING_ID = -1  # fills prompts (right padding) and padded crops in a batch
 PADDING_EMBEDDING_ID = 0  # the token a PADDING_ID is embedded as (its value is masked out of attention)
@@ -155,9 +156,23 @@ class MolmoEForPointing(nn.Module):
     def device(self) -> torch.device:
         return self.lm_head.weight.device
 
-    def set_experts_implementation(self, experts_implementation: str) -> None:
-        """Switch the MoE kernel strategy at run time (e.g. "grouped_mm", "batched_mm", "eager")."""
-        self.llm.set_experts_implementation(experts_implementation)
+    @property
+    def quantization(self) -> str:
+        """"int8" after a weight-only int8 load (quantization.py), else "none"."""
+        return "int8" if experts_are_int8(self.llm.layers[0].mlp.experts) else "none"
+
+    def experts_kernel(self, name: str) -> str:
+        """The experts implementation transformers runs for `name` with this model's expert weights."""
+        return experts_implementation(name, self.quantization == "int8")
+
+    def set_experts_implementation(self, name: str) -> None:
+        """Switch the MoE kernel strategy at run time ("grouped_mm", "batched_mm", "eager"; int8 weights
+        have their own grouped and batched kernels, chosen here by the same names)."""
+        self.llm.set_experts_implementation(self.experts_kernel(name))
+
+    def match_experts_kernel_to_weights(self) -> None:
+        """After loading: int8 expert weights need the int8 kernel of the implementation chosen."""
+        self.set_experts_implementation(self.llm.config._experts_implementation)
 
     def init_non_persistent_buffers(self, device: torch.device | str) -> None:
         """(Re)create the buffers no checkpoint holds, e.g. after building on the meta device.

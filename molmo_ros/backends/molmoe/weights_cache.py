@@ -1,10 +1,13 @@
-"""The converted-weights cache: the checkpoint in our key names and in bfloat16 (or float16), made once.
+"""The converted-weights cache: the checkpoint in our key names and in bfloat16 (or float16), or with int8
+weights (quantization.py), made once.
 
 Converting the released fp32 checkpoint costs time at every start, so the converted weights are kept
 and loaded directly afterwards. The cache lives in `cache_dir` if given, else `$MOLMO_CACHE_DIR`, else
 `$XDG_CACHE_HOME/molmo_ros` (normally `~/.cache/molmo_ros`); one subdirectory per source, revision and
-dtype, with the config/tokenizer files and a manifest saying what it was made from. Deleting it is
-always safe; the caller falls back to loading from the source when it cannot be written.
+dtype (and quantization), with the config/tokenizer files and a manifest saying what it was made from.
+Deleting it is always safe; the caller falls back to loading from the source when it cannot be written.
+int8 weights are torchao `Int8Tensor`s, written as their int8 values and scales with torchao's own
+safetensors flattening (the names and layout are in each shard's metadata).
 """
 
 import hashlib
@@ -17,7 +20,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torchao.prototype.safetensors.safetensors_support import (
+    flatten_tensor_state_dict,
+    unflatten_tensor_state_dict,
+)
+from torchao.quantization import Int8Tensor
 from tqdm import tqdm
 
 from molmo_ros.backends.device import out_of_memory_guard
@@ -27,8 +36,9 @@ from molmo_ros.backends.molmoe.checkpoint_reader import CheckpointReader
 from molmo_ros.backends.molmoe.checkpoint_source import METADATA_FILES, CheckpointSource
 from molmo_ros.backends.molmoe.config import MolmoConfig
 from molmo_ros.backends.molmoe.defaults import MOLMOE_DEFAULT
-from molmo_ros.backends.molmoe.key_mapping import convert_reference_state_dict
+from molmo_ros.backends.molmoe.key_mapping import convert_weights
 from molmo_ros.backends.molmoe.modeling import MolmoEForPointing, build_meta_model
+from molmo_ros.backends.molmoe.quantization import INT8_SCHEME, quantized_weight_names
 
 CACHE_DIR_ENV_VAR = "MOLMO_CACHE_DIR"
 CACHE_FORMAT_VERSION = 1
@@ -73,73 +83,87 @@ def source_origin(source: CheckpointSource) -> dict[str, object]:
     }
 
 
-def _identity(origin: dict[str, object], dtype: torch.dtype) -> dict[str, object]:
-    """What a cache entry must match: its origin, the dtype and the layout version of the cache."""
-    return {
+def _identity(origin: dict[str, object], dtype: torch.dtype, quantization: str) -> dict[str, object]:
+    """What a cache entry must match: its origin, the dtype, the quantization (with how it was made) and
+    the layout version of the cache. Unquantized entries carry no quantization field, so those made
+    before int8 existed still match."""
+    identity = {
         "format_version": CACHE_FORMAT_VERSION,
         "source": origin,
         "dtype": str(dtype).removeprefix("torch."),
     }
+    if quantization != "none":
+        identity["quantization"] = quantization
+        identity["quantization_scheme"] = INT8_SCHEME
+    return identity
 
 
-def cache_entry_dir(root: Path, origin: dict[str, object], dtype: torch.dtype) -> Path:
-    identity = _identity(origin, dtype)
+def cache_entry_dir(root: Path, origin: dict[str, object], dtype: torch.dtype, quantization: str) -> Path:
+    identity = _identity(origin, dtype, quantization)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     readable = re.sub(r"[^\w.-]+", "--", str(origin["model"]).strip("/"))[-_ENTRY_NAME_CHARS:]
-    return root / f"{readable}-{identity['dtype']}-{digest}"
+    kind = identity["dtype"] if quantization == "none" else f"{quantization}-{identity['dtype']}"
+    return root / f"{readable}-{kind}-{digest}"
 
 
-def find_cache_entry(root: Path, origin: dict[str, object], dtype: torch.dtype) -> Path | None:
-    entry = cache_entry_dir(root, origin, dtype)
+def find_cache_entry(
+    root: Path, origin: dict[str, object], dtype: torch.dtype, quantization: str = "none"
+) -> Path | None:
+    entry = cache_entry_dir(root, origin, dtype, quantization)
     try:
         manifest = _read_manifest(entry)
     except (OSError, ValueError):
         return None
-    return entry if manifest.get("identity") == _identity(origin, dtype) else None
+    return entry if manifest.get("identity") == _identity(origin, dtype, quantization) else None
 
 
 def _read_manifest(entry: Path) -> dict:
     return json.loads((entry / CACHE_MANIFEST).read_text())
 
 
-def build_cache_entry(root: Path, source: CheckpointSource, dtype: torch.dtype) -> Path:
+def build_cache_entry(
+    root: Path, source: CheckpointSource, dtype: torch.dtype, quantization: str = "none"
+) -> Path:
     """Convert once into shards of our key names; the manifest is written last, the directory renamed
     into place, so a crash leaves no entry that looks complete."""
     origin = source_origin(source)
-    entry = cache_entry_dir(root, origin, dtype)
+    entry = cache_entry_dir(root, origin, dtype, quantization)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=root))
     try:
         config = MolmoConfig.from_json_file(source.directory / "config.json")
         total = sum(1 for _ in build_meta_model(config).parameters())
+        target = dtype if quantization == "none" else f"{quantization} weights, the rest {dtype}"
         for name in METADATA_FILES:
             if (source.directory / name).is_file():
                 shutil.copyfile(source.directory / name, staging / name)
         with (
             CheckpointReader(source.weights) as reader,
-            tqdm(total=total, unit="tensor", desc=f"converting {source.describe()} to {dtype}") as progress,
+            tqdm(total=total, unit="tensor", desc=f"converting {source.describe()} to {target}") as progress,
         ):
-            converted = convert_reference_state_dict(reader.get_tensor, reader.names, config, dtype)
+            converted = convert_weights(reader.get_tensor, reader.names, config, dtype, None, quantization)
             shards = _write_shards(converted, staging, progress.update)
-        manifest = {"identity": _identity(origin, dtype), "shards": shards}
+        manifest = {"identity": _identity(origin, dtype, quantization), "shards": shards}
         (staging / CACHE_MANIFEST).write_text(json.dumps(manifest, indent=1))
-        _move_into_place(staging, entry, origin, dtype)
+        _move_into_place(staging, entry, origin, dtype, quantization)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return entry
 
 
-def _move_into_place(staging: Path, entry: Path, origin: dict[str, object], dtype: torch.dtype) -> None:
+def _move_into_place(
+    staging: Path, entry: Path, origin: dict[str, object], dtype: torch.dtype, quantization: str
+) -> None:
     """Rename the finished staging directory to `entry`. Another process converting the same source may
     have got there first: its complete entry is kept (it may be loading from it) and ours dropped."""
-    if find_cache_entry(entry.parent, origin, dtype) is not None:
+    if find_cache_entry(entry.parent, origin, dtype, quantization) is not None:
         return
     if entry.exists():  # without a matching manifest: left over from something else, never complete
         shutil.rmtree(entry, ignore_errors=True)
     try:
         staging.rename(entry)
     except OSError:
-        if find_cache_entry(entry.parent, origin, dtype) is None:
+        if find_cache_entry(entry.parent, origin, dtype, quantization) is None:
             raise
 
 
@@ -153,13 +177,17 @@ def _write_shards(
 
     def flush() -> None:
         name = f"model-{len(shards) + 1:05d}.safetensors"
-        save_file(pending, directory / name, metadata={"format": "pt"})
+        if any(isinstance(tensor, Int8Tensor) for tensor in pending.values()):
+            flat, layout = flatten_tensor_state_dict(pending)
+            save_file(flat, directory / name, metadata={"format": "pt", **layout})
+        else:
+            save_file(pending, directory / name, metadata={"format": "pt"})
         shards.append(name)
         pending.clear()
 
     for name, tensor in tensors:
         pending[name] = tensor.detach().to("cpu").contiguous()
-        pending_bytes += tensor.numel() * tensor.element_size()
+        pending_bytes += _stored_bytes(tensor)
         advance(1)
         if pending_bytes >= CACHE_SHARD_BYTES:
             flush()
@@ -169,6 +197,24 @@ def _write_shards(
     return shards
 
 
+def _stored_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor takes in a shard: an Int8Tensor's int8 values and scales, not its nominal dtype."""
+    if isinstance(tensor, Int8Tensor):
+        return _stored_bytes(tensor.qdata) + _stored_bytes(tensor.scale)
+    return tensor.numel() * tensor.element_size()
+
+
+def _load_shard(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """One shard's tensors on `device`, int8 weights rebuilt as torchao Int8Tensors."""
+    with safe_open(path, framework="pt") as shard:
+        metadata = shard.metadata() or {}
+    tensors = load_file(path, device=str(device))
+    if "tensor_names" not in metadata:  # an unquantized shard: plain tensors only
+        return tensors
+    rebuilt, leftover = unflatten_tensor_state_dict(tensors, metadata)
+    return {**rebuilt, **leftover}
+
+
 def load_cached_model(entry: Path, device: torch.device) -> MolmoEForPointing:
     """Load weights already in our key names and dtype, shard by shard, straight onto `device`."""
     model = build_meta_model(MolmoConfig.from_json_file(entry / "config.json"))
@@ -176,7 +222,7 @@ def load_cached_model(entry: Path, device: torch.device) -> MolmoEForPointing:
     loaded: set[str] = set()
     with out_of_memory_guard(device, f"loading the converted weights in {entry}"):
         for shard in _read_manifest(entry)["shards"]:
-            tensors = load_file(entry / shard, device=str(device))
+            tensors = _load_shard(entry / shard, device)
             unexpected = set(tensors) - expected
             if unexpected:
                 raise IncompatibleCheckpointError(
@@ -187,10 +233,24 @@ def load_cached_model(entry: Path, device: torch.device) -> MolmoEForPointing:
             model.load_state_dict(tensors, strict=False, assign=True)
             loaded.update(tensors)
         model.init_non_persistent_buffers(device)
+    model.match_experts_kernel_to_weights()
     missing = expected - loaded
     if missing:
         raise IncompatibleCheckpointError(
             f"the weights cache {entry} lacks {len(missing)} tensors (e.g. {sorted(missing)[:_SHOWN]}); "
             "delete that directory to rebuild it"
         )
+    _check_int8_weights(model, entry)
     return model
+
+
+def _check_int8_weights(model: MolmoEForPointing, entry: Path) -> None:
+    """An int8 entry holds int8 exactly where quantization puts it (an unquantized entry nowhere)."""
+    int8 = {name for name, parameter in model.named_parameters() if isinstance(parameter, Int8Tensor)}
+    wanted = quantized_weight_names(model) if int8 else set()
+    if int8 != wanted:
+        wrong = sorted(int8 ^ wanted)
+        raise IncompatibleCheckpointError(
+            f"the weights cache {entry} holds int8 weights where this version does not put them, or lacks "
+            f"some (e.g. {wrong[:_SHOWN]}); delete that directory to rebuild it"
+        )
