@@ -138,7 +138,8 @@ def tiny_config() -> Molmo2Config:
 
 
 def hub_config(native: dict) -> dict:
-    """The native config.json (`native`) rewritten with the hub's names and structure."""
+    """The native config.json (`native`) rewritten with the hub's names and structure. Long: one literal
+    per section, field for field, so that it reads like the hub's config.json."""
     vision, adapter, text = native["vision_config"], native["adapter_config"], native["text_config"]
     vit_config = {
         "hidden_size": vision["hidden_size"],
