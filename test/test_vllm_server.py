@@ -38,6 +38,7 @@ from vllm_server import (
     ENSURE_SCRIPT,
     RECEIVED,
     SERVED_NAME,
+    SUPERVISOR,
     VllmServer,
     VllmStartError,
     unavailable_outcome,
@@ -155,6 +156,31 @@ def test_venv_check_says_why_the_venv_is_not_ready(tmp_path):
     assert check.returncode == 1 and missing in check.stdout and "ensure_vllm_venv" in check.stdout
     skipped = check_venv(MOLMO_ROS_VLLM_VENV=missing, MOLMO_ROS_SKIP_VLLM="1")
     assert skipped.returncode == 1 and "MOLMO_ROS_SKIP_VLLM=1" in skipped.stdout
+
+
+def test_a_server_whose_starter_dies_unstopped_ends_with_all_its_processes(tmp_path):
+    """The supervisor that leads a server's process group, with `sleep` standing for vLLM: a starter that
+    dies without stopping it (here os._exit) takes the whole group with it."""
+    pids = tmp_path / "pids"
+    starter = (
+        "import os, subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', sys.argv[1], str(os.getpid()), 'sleep', '600'],"
+        " start_new_session=True)\n"
+        f"open({str(pids)!r}, 'w').write(str(child.pid))\n"
+        "import time; time.sleep(1)\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", starter, SUPERVISOR], check=True, timeout=30)
+    group = int(pids.read_text())
+
+    def group_alive() -> bool:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    assert wait_until(lambda: not group_alive(), timeout=10), "the group outlived its starter"
 
 
 # --- what vLLM needs, and how it reads the checkpoint ------------------------------------------------------

