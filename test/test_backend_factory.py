@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from molmo2_tiny import build_tiny_molmo2
 
 from molmo_ros.backends.factory import load_backend
 from molmo_ros.backends.molmo2 import Molmo2Backend
@@ -23,9 +22,8 @@ def test_openai_setting_gives_the_chat_client_with_its_in_flight_limit():
     backend.close()
 
 
-def test_molmo2_setting_loads_the_tiny_checkpoint(tmp_path):
-    directory = build_tiny_molmo2(tmp_path / "tiny")
-    backend = load_backend(BackendSettings(backend="molmo2", model=str(directory), device="cpu"))
+def test_molmo2_setting_loads_the_tiny_checkpoint(tiny_molmo2_dir):
+    backend = load_backend(BackendSettings(backend="molmo2", model=str(tiny_molmo2_dir), device="cpu"))
     assert isinstance(backend, Molmo2Backend) and backend.name == "molmo2"
     backend.close()
 

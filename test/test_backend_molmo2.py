@@ -1,13 +1,19 @@
-"""Molmo2Backend on a tiny random Molmo2 built here: the real loader, one and two images, shared vision work,
-cancel and progress, and the errors for a wrong checkpoint or missing weights. Its text is random."""
+"""Molmo2Backend on a tiny random Molmo2 in the hub's layout (conftest's `tiny_molmo2_dir`): the real loader
+without remote code, token-for-token agreement with transformers' own save, one and two images, shared vision
+work, cancel and progress, and the errors for a wrong checkpoint, an incomplete config or missing weights.
+Its text is random."""
 
 import json
+import shutil
+import sys
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from molmo2_tiny import build_tiny_molmo2
+from molmo2_tiny import AUTO_MAP, REMOTE_CODE_MARKER, WEIGHTS_FILE, build_native_molmo2, write_remote_code
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, dynamic_module_utils
 
 from molmo_ros.backends.errors import (
     GenerationCancelledError,
@@ -21,11 +27,8 @@ from molmo_ros.backends.settings import BackendSettings
 from molmo_ros.nodes.parameters import with_parameter_names
 
 MAX_NEW_TOKENS = 5
-
-
-@pytest.fixture(scope="module")
-def tiny_molmo2_dir(tmp_path_factory):
-    return build_tiny_molmo2(tmp_path_factory.mktemp("tiny_molmo2"))
+COMPARED_TOKENS = 12  # greedy tokens compared between two saves of the same weights
+DYNAMIC_MODULES = "transformers_modules"  # the package transformers imports remote code into
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +56,120 @@ def test_loads_through_the_real_loader_in_float32_on_cpu(backend, tiny_molmo2_di
     assert backend.device.type == "cpu" and backend.dtype == torch.float32
     assert backend.model_name == str(tiny_molmo2_dir)
     assert type(backend.model).__name__ == "Molmo2ForConditionalGeneration"
+
+
+def test_hub_checkpoint_loads_without_its_remote_code(tiny_molmo2_dir, monkeypatch):
+    """The checkpoint names remote code in auto_map, as the hub's do; the files it names leave a marker and
+    fail when imported. Loading never asks for remote code and never imports them."""
+    config = json.loads((tiny_molmo2_dir / "config.json").read_text())
+    assert config["auto_map"] == AUTO_MAP and "vit_config" in config and "vision_config" not in config
+    calls = []
+    for loader in (AutoModelForImageTextToText, AutoProcessor):
+        original = loader.from_pretrained.__func__
+
+        def recording(cls, *args, _original=original, **kwargs):
+            calls.append(kwargs)
+            return _original(cls, *args, **kwargs)
+
+        monkeypatch.setattr(loader, "from_pretrained", classmethod(recording))
+    loaded = Molmo2Backend.load(BackendSettings(backend="molmo2", model=str(tiny_molmo2_dir), device="cpu"))
+    assert len(calls) == 2 and not any(kwargs.get("trust_remote_code") for kwargs in calls)
+    assert not (tiny_molmo2_dir / REMOTE_CODE_MARKER).exists()
+    assert not [name for name in sys.modules if name.startswith(DYNAMIC_MODULES)]
+    assert type(loaded.model).__module__.startswith("transformers.models.molmo2")
+    loaded.close()
+
+
+def test_remote_code_marker_appears_when_remote_code_is_trusted(tiny_molmo2_dir, tmp_path, monkeypatch):
+    """The control for the test above: with trust_remote_code the auto_map target is imported and leaves its
+    marker (in a copy of the checkpoint's config, so the shared checkpoint stays clean; transformers copies
+    remote code into a modules cache, here a temporary one)."""
+    copy = tmp_path / "metadata"
+    copy.mkdir()
+    shutil.copy(tiny_molmo2_dir / "config.json", copy / "config.json")
+    write_remote_code(copy)
+    monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(ImportError, match="remote code was imported"):
+        AutoConfig.from_pretrained(copy, trust_remote_code=True)
+    imported = (copy / REMOTE_CODE_MARKER).read_text()
+    assert imported.startswith(DYNAMIC_MODULES) and imported.endswith(".configuration_molmo2")
+    for name in [name for name in sys.modules if name.startswith(DYNAMIC_MODULES)]:
+        monkeypatch.delitem(sys.modules, name)
+
+
+def greedy_tokens(directory, image: np.ndarray, prompt: str) -> tuple[list[int], torch.Tensor]:
+    """The greedy answer tokens and the first step's logits of the checkpoint in `directory`."""
+    loaded = Molmo2Backend.load(BackendSettings(backend="molmo2", model=str(directory), device="cpu"))
+    inputs = loaded._prompt_inputs([PIL.Image.fromarray(image)], prompt)
+    with torch.inference_mode():
+        logits = loaded.model(**inputs).logits[0, -1]
+        output = loaded.model.generate(**inputs, max_new_tokens=COMPARED_TOKENS, do_sample=False)
+    loaded.close()
+    return output[0, inputs["input_ids"].shape[1] :].tolist(), logits
+
+
+def test_hub_layout_answers_token_for_token_as_the_native_save(tiny_molmo2_dir, tmp_path):
+    """Same weights, two layouts: the hub's config and embedding split must give the native save's answer.
+
+    Both loads pass transformers' key check, so only the output catches a wrong half order in the fused
+    `ff_proj` (gate and up): the same checkpoint with the halves swapped, built here, loads just as well and
+    answers differently. The logits are compared exactly: the same weights run the same operations."""
+    image, prompt = frame(48, 64, 7), "Point to the mug"
+    native_tokens, native_logits = greedy_tokens(build_native_molmo2(tmp_path / "native"), image, prompt)
+    hub_tokens, hub_logits = greedy_tokens(tiny_molmo2_dir, image, prompt)
+    assert hub_tokens == native_tokens and len(hub_tokens) == COMPARED_TOKENS
+    assert torch.equal(hub_logits, native_logits)
+
+    swapped = tmp_path / "swapped"
+    shutil.copytree(tiny_molmo2_dir, swapped)
+    weights = load_file(swapped / WEIGHTS_FILE)
+    for name in [name for name in weights if name.endswith("mlp.ff_proj.weight")]:
+        first, second = weights[name].chunk(2)
+        weights[name] = torch.cat([second, first])
+    save_file(weights, swapped / WEIGHTS_FILE, metadata={"format": "pt"})
+    swapped_tokens, swapped_logits = greedy_tokens(swapped, image, prompt)
+    assert swapped_tokens != native_tokens
+    assert not torch.allclose(swapped_logits, native_logits)
+
+
+@pytest.mark.parametrize(
+    "path, reported",
+    [
+        (("text_config",), "text_config"),
+        (("vit_config",), "vit_config (or vision_config)"),
+        (("adapter_config",), "adapter_config"),
+        (("image_patch_id",), "image_patch_id"),
+        (("text_config", "rope_theta"), "text_config.rope_theta (or rope_parameters)"),
+        (("text_config", "qk_norm_type"), "text_config.qk_norm_type"),
+        (("adapter_config", "vit_layers"), "adapter_config.vit_layers (or vision_feature_layer)"),
+        (("vit_config", "num_hidden_layers"), "vit_config.num_hidden_layers"),
+    ],
+)
+def test_config_missing_what_molmo2_needs_is_refused_naming_it(tiny_molmo2_dir, tmp_path, path, reported):
+    """Without the check, transformers fills these with Molmo2-8B's values: an 8B model built in memory (no
+    text_config), a failure at the first image (no image_patch_id), or wrong answers with no error."""
+    checkpoint = tmp_path / "incomplete"
+    shutil.copytree(tiny_molmo2_dir, checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    section = config
+    for key in path[:-1]:
+        section = section[key]
+    del section[path[-1]]
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    with pytest.raises(IncompatibleCheckpointError) as failure:
+        Molmo2Backend.load(BackendSettings(backend="molmo2", model=str(checkpoint), device="cpu"))
+    message = str(failure.value)
+    assert f"lacks what Molmo2 needs: {reported}" in message
+    assert "original config.json" in message, "the message says how to fix it"
+
+
+def test_native_save_passes_the_config_check(tmp_path):
+    """transformers' own names (vision_config, vision_feature_layer, rope_parameters) are accepted too."""
+    loaded = Molmo2Backend.load(
+        BackendSettings(backend="molmo2", model=str(build_native_molmo2(tmp_path / "native")), device="cpu")
+    )
+    loaded.close()
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ import numpy as np
 import PIL.Image
 import pytest
 from doubles.openai_server import OpenAIServerDouble
-from molmo2_tiny import build_tiny_molmo2
 
 from molmo_ros.backends import factory
 from molmo_ros.backends.interface import BackendAnswer
@@ -212,11 +211,6 @@ def test_all_points_outside_the_image_are_reported_once_as_dropped(monkeypatch, 
 
 
 # --- the molmo2 and openai backends, and the engine options ---------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_molmo2_dir(tmp_path_factory) -> Path:
-    return build_tiny_molmo2(tmp_path_factory.mktemp("tiny_molmo2"))
 
 
 def test_engine_options_are_the_backend_settings_with_their_defaults():

@@ -89,11 +89,8 @@ def test_console_entry_point_with_params_file_and_tiny_model(ros, tiny_model_dir
     assert len(int8_entries) == (quantization == "int8"), "int8 weights load through their own cache entry"
 
 
-def test_console_entry_point_with_the_tiny_molmo2_backend(ros, tmp_path):
-    """Proof of life of the molmo2 backend in the real node program: a tiny random Molmo2 built here."""
-    from molmo2_tiny import build_tiny_molmo2
-
-    checkpoint = build_tiny_molmo2(tmp_path / "tiny-molmo2")
+def test_console_entry_point_with_the_tiny_molmo2_backend(ros, tiny_molmo2_dir):
+    """Proof of life of the molmo2 backend in the real node program: the tiny random Molmo2 (hub layout)."""
     node = start(
         [
             str(BIN / "pointer"),
@@ -101,7 +98,7 @@ def test_console_entry_point_with_the_tiny_molmo2_backend(ros, tmp_path):
             "-p",
             "engine.backend:=molmo2",
             "-p",
-            f"engine.model:={checkpoint}",
+            f"engine.model:={tiny_molmo2_dir}",
             "-p",
             "engine.device:=cpu",
             "-p",

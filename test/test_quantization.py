@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from molmo2_tiny import build_tiny_molmo2
 from safetensors.torch import load_file
 from torchao.quantization import Int8Tensor
 from transformers import OlmoeConfig
@@ -352,11 +351,10 @@ def test_molmo_point_refuses_int8_for_the_openai_backend(png, capsys):
     assert "server" in capsys.readouterr().err
 
 
-def test_molmo2_int8_quantizes_the_language_model_and_keeps_the_vision_tower(tmp_path):
+def test_molmo2_int8_quantizes_the_language_model_and_keeps_the_vision_tower(tiny_molmo2_dir):
     from molmo_ros.backends.molmo2 import FULL_PRECISION_PREFIXES, Molmo2Backend
 
-    directory = build_tiny_molmo2(tmp_path / "tiny-molmo2")
-    settings = {"backend": "molmo2", "model": str(directory), "device": "cpu", "max_new_tokens": 4}
+    settings = {"backend": "molmo2", "model": str(tiny_molmo2_dir), "device": "cpu", "max_new_tokens": 4}
     plain = Molmo2Backend.load(BackendSettings(**settings)).model
     backend = Molmo2Backend.load(BackendSettings(**settings, quantization="int8"))
     original = dict(plain.named_parameters())

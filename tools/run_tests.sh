@@ -6,6 +6,11 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${MOLMO_ROS_VENV:-$repo_root/.venv}"
 "$repo_root/tools/ensure_venv.sh"
+# The real vLLM server's venv (test/test_vllm_server.py). A failure here does not stop the other tests: the
+# vLLM tests then fail under CI=true and are skipped elsewhere, each saying why.
+if ! "$repo_root/tools/ensure_vllm_venv.sh"; then
+  echo "run_tests: the vLLM test venv could not be set up (see above)" >&2
+fi
 cd "$repo_root"
 
 # Debian's colcon for test/test_colcon_build.py (one dpkg query once installed). If it cannot be had, the

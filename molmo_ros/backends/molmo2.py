@@ -42,10 +42,28 @@ log = logging.getLogger(__name__)
 
 # The smallest Molmo2 (Qwen3-4B): about 10 GB of bfloat16 weights, the one that fits the most GPUs. No
 # commit of the Molmo2 repositories could be verified from where this was written (no network to the
-# hub, and no public source named one), so the default follows the repository's main branch; pin the
-# revision setting to a commit for reproducible answers.
+# hub, and no public source found names one: the public code that loads Molmo2-4B pins "main" too), so
+# the default follows the repository's main branch; pin the revision setting to a commit for reproducible
+# answers.
 MOLMO2_DEFAULT = DefaultModel(family="Molmo2", model_id="allenai/Molmo2-4B", revision="main")
 SUPPORTED = "allenai/Molmo2-4B, -8B or -O-7B"
+# What a Molmo2 config.json must state itself, per section ("" = top level); a tuple holds the hub's name
+# and transformers' own. transformers fills anything missing with Molmo2-8B's values, which fails late (no
+# text_config builds an 8B-parameter model before the shape check; no image_patch_id fails at the first
+# image) or never (another RoPE base, other ViT layers, another q/k norm: the model runs and answers
+# wrongly).
+REQUIRED_CONFIG_FIELDS = {
+    "": (("text_config",), ("vit_config", "vision_config"), ("adapter_config",), ("image_patch_id",)),
+    "text_config": (
+        ("vocab_size",),
+        ("hidden_size",),
+        ("num_hidden_layers",),
+        ("rope_theta", "rope_parameters"),
+        ("qk_norm_type",),
+    ),
+    "vit_config|vision_config": (("hidden_size",), ("num_hidden_layers",)),
+    "adapter_config": (("vit_layers", "vision_feature_layer"),),
+}
 # Molmo2 was trained on multi-image inputs. 8 frames covers a robot's camera set, and even 8 frames of
 # 1920x1080 (9 crops, 1162 image tokens each with the processor's defaults) stay near 9,300 tokens, well
 # inside the 36,864 positions of Molmo2's text model.
@@ -257,9 +275,34 @@ def _is_complete(directory: Path) -> bool:
 
 
 def check_model_type(directory: Path, model_id: str) -> None:
-    """Refuses a checkpoint that is not Molmo2, naming the backend that runs it."""
+    """Refuses a checkpoint that is not Molmo2, naming the backend that runs it, or whose config lacks
+    what Molmo2 needs (REQUIRED_CONFIG_FIELDS)."""
     try:
         config = json.loads((directory / "config.json").read_text())
     except (OSError, ValueError) as error:
         raise IncompatibleCheckpointError(f"{model_id}: cannot read config.json ({error})") from error
     check_family(config, MOLMO2, model_id, SUPPORTED)
+    missing = missing_config_fields(config)
+    if missing:
+        raise IncompatibleCheckpointError(
+            f"{model_id}: its config.json lacks what Molmo2 needs: {', '.join(missing)}; transformers would "
+            "put Molmo2-8B's values in their place. To fix: restore the checkpoint's original config.json "
+            "(from the hub: hf download <model> config.json), or add those fields."
+        )
+
+
+def missing_config_fields(config: dict) -> list[str]:
+    """The REQUIRED_CONFIG_FIELDS absent from a config.json's content, as `section.name (or other)`."""
+    missing = []
+    for section_names, fields in REQUIRED_CONFIG_FIELDS.items():
+        section, prefix = config, ""
+        if section_names:
+            present = [name for name in section_names.split("|") if isinstance(config.get(name), dict)]
+            if not present:
+                continue  # the section itself is reported missing at the top level
+            section, prefix = config[present[0]], f"{present[0]}."
+        for alternatives in fields:
+            if all(section.get(name) is None for name in alternatives):
+                others = "".join(f" (or {name})" for name in alternatives[1:])
+                missing.append(f"{prefix}{alternatives[0]}{others}")
+    return missing
