@@ -14,7 +14,8 @@ Positions: how far the lifted 3D point lies from the true surface point on the p
 depth taken three ways: the surface's depth (the median of the window's samples on it, the depth at
 the seed pixel's centre) along the ray; the fitted plane's depth along the ray; and what molmo_ros
 publishes, the surface's depth plus the plane's change of depth from the seed pixel's centre to the ray.
-On tilted planes (as above, with and without noise) and on vertical cylinders 6 to 12 cm across.
+On tilted planes (as above, with and without noise) and on vertical cylinders 6 to 12 cm across, with the
+angle of the published normal to the surface's at the point, and how many points got none.
 """
 
 import argparse
@@ -70,14 +71,16 @@ class Scene:
             ]
         )
 
-    def plane(self, normal: np.ndarray, distance: float) -> tuple[np.ndarray, Callable[[np.ndarray], float]]:
-        """Depth of the plane through (0, 0, distance) with `normal`, and Z along any ray."""
+    def plane(self, normal: np.ndarray, distance: float) -> tuple[np.ndarray, Callable, Callable]:
+        """Depth of the plane through (0, 0, distance) with `normal`, Z along any ray, and the normal at
+        any point."""
         depth = normal[2] * distance / (normal[0] * self.ray_x + normal[1] * self.ray_y + normal[2])
-        return depth, lambda ray: normal[2] * distance / float(normal @ ray)
+        return depth, lambda ray: normal[2] * distance / float(normal @ ray), lambda point: normal
 
-    def cylinder(self, radius: float, axis_z: float) -> tuple[np.ndarray, Callable[[np.ndarray], float]]:
+    def cylinder(self, radius: float, axis_z: float) -> tuple[np.ndarray, Callable, Callable]:
         """Depth of a vertical cylinder whose axis passes through (0, 0, axis_z), 1.5 m behind it elsewhere,
-        and Z along any ray that meets it: the nearer root of (Z x)^2 + (Z - axis_z)^2 = radius^2."""
+        Z along any ray that meets it (the nearer root of (Z x)^2 + (Z - axis_z)^2 = radius^2), and the
+        normal at a point of it."""
 
         def along(ray_x: np.ndarray) -> np.ndarray:
             a, b, c = ray_x**2 + 1.0, -2.0 * axis_z, axis_z**2 - radius**2
@@ -85,7 +88,11 @@ class Scene:
             return np.where(discriminant >= 0, (-b - np.sqrt(np.maximum(discriminant, 0.0))) / (2 * a), 1.5)
 
         depth = np.broadcast_to(along(self.ray_x), (self.height, self.width))
-        return depth, lambda ray: float(along(np.array(ray[0])))
+        return (
+            depth,
+            lambda ray: float(along(np.array(ray[0]))),
+            lambda point: np.array([point[0], 0.0, point[2] - axis_z]) / radius,
+        )
 
     def middle_points(self, rng: np.random.Generator, count: int) -> np.ndarray:
         w, h = self.width, self.height
@@ -100,7 +107,7 @@ def normal_errors(
     errors, published = [], []
     for axis in AXES:
         normal = tilted(axis, TILT_DEG)
-        depth, _ = scene.plane(normal, distance)
+        depth, _, _ = scene.plane(normal, distance)
         noisy = (depth + rng.normal(0.0, NOISE_M, depth.shape)).astype(np.float32)
         points = scene.middle_points(rng, count)
         for point in lift_points(points, (scene.width, scene.height), noisy, scene.camera, settings):
@@ -138,50 +145,63 @@ def print_normals(points: int, seed: int) -> None:
     print()
 
 
-def position_errors(scene: Scene, depth: np.ndarray, true_z, points: np.ndarray) -> dict[str, list[float]]:
-    """Millimetres from each variant's 3D point to the true surface point on the pointed ray."""
+def position_errors(scene: Scene, surface: tuple, points: np.ndarray) -> dict[str, list[float]]:
+    """Millimetres from each variant's 3D point to the true surface point on the pointed ray, and the
+    published normal's angle to the true one (degrees; inf where a point got none)."""
+    depth, true_z, true_normal = surface
     size = (scene.width, scene.height)
     depth = depth.astype(np.float32)
     lifted = lift_points(points, size, depth, scene.camera, DEFAULTS)
     surfaces = [pointed_surface(depth, x, y, DEFAULTS) for x, y in points]
     normals = surface_normals(depth, scene.camera, (1.0, 1.0), surfaces, DEFAULTS)
-    errors: dict[str, list[float]] = {"surface depth": [], "plane": [], "published": []}
-    for (x, y), point, surface, normal in zip(points, lifted, surfaces, normals, strict=True):
-        if normal.plane is None:
-            continue
+    errors: dict[str, list[float]] = {"surface depth": [], "plane": [], "published": [], "normal": []}
+    for (x, y), point, found, normal in zip(points, lifted, surfaces, normals, strict=True):
         ray = scene.ray(x, y)
         truth = true_z(ray) * ray
-        errors["surface depth"].append(np.linalg.norm(surface.depth * ray - truth) * 1000)
+        if normal.plane is None:
+            errors["normal"].append(math.inf)
+            continue
+        errors["surface depth"].append(np.linalg.norm(found.depth * ray - truth) * 1000)
         errors["plane"].append(np.linalg.norm(float(normal.plane.depth_along(ray)) * ray - truth) * 1000)
         errors["published"].append(np.linalg.norm(np.array(point.xyz) - truth) * 1000)
+        cosine = min(1.0, abs(float(np.dot(point.normal, true_normal(truth)))))
+        errors["normal"].append(math.degrees(math.acos(cosine)))
     return errors
 
 
 def print_positions(points: int, seed: int) -> None:
-    print("3D point error (mm): mean / max, by how the depth along the pointed ray is taken")
-    print(f"{'surface':<37} | {'surface depth':^15} | {'plane':^15} | {'published':^15}")
+    print(
+        "3D point error (mm): mean / max, by how the depth along the pointed ray is taken; normal error (deg)"
+    )
+    print(
+        f"{'surface':<37} | {'surface depth':^15} | {'plane':^15} | {'published':^15} | {'normal, none':^19}"
+    )
     rng = np.random.default_rng(seed)
     rows = []
     for camera, (width, height, focal) in CAMERAS.items():
         scene = Scene(width, height, focal)
         for noise in (0.0, NOISE_M):
-            depth, true_z = scene.plane(tilted((0.0, 1.0, 0.0), TILT_DEG), 0.6)
+            depth, true_z, true_normal = scene.plane(tilted((0.0, 1.0, 0.0), TILT_DEG), 0.6)
             depth = depth + rng.normal(0.0, 1.0, depth.shape) * noise
             label = f"plane {TILT_DEG:g} deg, 0.6 m, {noise * 1000:g} mm, {camera}"
-            rows.append((label, position_errors(scene, depth, true_z, scene.middle_points(rng, points))))
+            surface = (depth, true_z, true_normal)
+            rows.append((label, position_errors(scene, surface, scene.middle_points(rng, points))))
     scene = Scene(*CAMERAS["640x480"])
     for radius, axis_z in CYLINDERS:
-        depth, true_z = scene.cylinder(radius, axis_z)
+        depth, true_z, true_normal = scene.cylinder(radius, axis_z)
         depth = depth + rng.normal(0.0, NOISE_M, depth.shape)
         # across the cylinder's middle 70 % (its rim is seen edge-on), anywhere within the pixel
         surface_z = axis_z - radius
         xs = rng.uniform(-0.7, 0.7, points) * radius / surface_z * scene.focal + scene.width / 2
         points_px = np.stack([xs, rng.uniform(200.0, 280.0, points)], axis=1)
         label = f"cylinder {radius * 200:g} cm across at {axis_z:g} m, 1 mm"
-        rows.append((label, position_errors(scene, depth, true_z, points_px)))
+        rows.append((label, position_errors(scene, (depth, true_z, true_normal), points_px)))
     for label, errors in rows:
-        cells = " | ".join(f"{np.mean(values):6.2f} / {np.max(values):5.2f}" for values in errors.values())
-        print(f"{label:<37} | {cells}")
+        *positions, angles = errors.values()
+        fitted = [angle for angle in angles if math.isfinite(angle)]
+        cells = " | ".join(f"{np.mean(values):6.2f} / {np.max(values):5.2f}" for values in positions)
+        none = len(angles) - len(fitted)
+        print(f"{label:<37} | {cells} | {np.mean(fitted):5.2f} / {np.max(fitted):5.2f}, {none:3d}")
     print()
 
 

@@ -47,6 +47,7 @@ from molmo_ros.depth.camera import CameraModel
 from molmo_ros.depth.images import DepthImage
 from molmo_ros.depth.settings import DepthSettings
 from molmo_ros.depth.surface import Plane, Surface, noise_sigma, sample_grids, usable_depths, window_offsets
+from molmo_ros.depth.transforms import no_negative_zeros
 from molmo_ros.settings_fields import SettingRef
 
 # Depths within this many noise sigmas of the plane (or, for the first fit, of the surface's depth) are
@@ -247,11 +248,6 @@ class _Checks:
             )
         normal = no_negative_zeros(self.normals[index])
         return SurfaceNormal(normal, residual, count, error, plane=Plane(normal, float(self.offsets[index])))
-
-
-def no_negative_zeros(values: Sequence[float] | np.ndarray) -> tuple[float, ...]:
-    """Plain floats, with -0.0 made 0.0 (adding 0.0 does it), so that none is ever printed as "-0.0"."""
-    return tuple(float(value) + 0.0 for value in values)
 
 
 def _neighbourhoods(

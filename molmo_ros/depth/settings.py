@@ -20,16 +20,17 @@ class DepthSettings:
 
     depth_window: int = setting(
         5,
-        "Side in depth-image pixels of the square window around the pointed pixel: the window's depths "
-        "within the noise tolerance of the pointed pixel's are its surface (their median is the depth); "
-        "the others show an edge.",
+        "Side in depth-image pixels of the square window around the pointed pixel: its depths near the "
+        "pointed pixel's, re-centred on their median, are the pointed surface (their median is the depth); "
+        "two or more others (off the surface, or off the plane fitted around the point) show an edge.",
         minimum=1,
         maximum=101,
     )
     depth_noise: float = setting(
         0.001,
         "Depth noise of the camera near zero range, in metres (the constant term of the noise model "
-        "sigma(Z) = depth_noise + depth_noise_quadratic * Z^2); depths within 3 sigma are one surface.",
+        "sigma(Z) = depth_noise + depth_noise_quadratic * Z^2): window depths within 4 sigma of the "
+        "surface are on it, and the normal's plane is fitted to the points within 3 sigma of it.",
         minimum=0.0,
         maximum=1.0,
     )

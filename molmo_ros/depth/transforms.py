@@ -38,6 +38,11 @@ class Pose:
     orientation: Quaternion
 
 
+def no_negative_zeros(values: Sequence[float] | np.ndarray) -> tuple[float, ...]:
+    """Plain floats, with -0.0 made 0.0 (adding 0.0 does it), so that none is ever printed as "-0.0"."""
+    return tuple(float(value) + 0.0 for value in values)
+
+
 def unit_quaternion(values: Sequence[float], what: str = "quaternion") -> Quaternion:
     """(x, y, z, w) normalised; DepthError unless it has 4 finite values and a norm near 1."""
     quaternion = np.asarray(values, dtype=np.float64).reshape(-1)
@@ -100,10 +105,6 @@ class RigidTransform:
         if vector.size != 3 or not np.all(np.isfinite(vector)):
             raise DepthError(f"a translation must be 3 finite numbers x, y, z, not {list(translation)!r}")
         return cls(quaternion_to_matrix(unit_quaternion(quaternion)), vector)
-
-    @classmethod
-    def identity(cls) -> "RigidTransform":
-        return cls(np.eye(3), np.zeros(3))
 
     @property
     def quaternion(self) -> Quaternion:
