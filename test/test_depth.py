@@ -188,7 +188,7 @@ def test_window_is_centred_on_the_pixel_under_the_point():
     depth = plane(1.0)
     depth[10:12, 12] = 3.0  # two columns right of pixel (10, 10): inside a 5-window, outside a 3-window
     (point,) = lift_points([(10.9, 10.1)], (WIDTH, HEIGHT), depth, pinhole(), DEFAULTS)
-    assert point.depth == 1.0 and point.support == 23 and point.depth_step == 2.0
+    assert point.depth == 1.0 and point.support == 23 and point.depth_step == pytest.approx(2.0, rel=1e-12)
     narrow = DepthSettings(depth_window=3)
     (point,) = lift_points([(10.9, 10.1)], (WIDTH, HEIGHT), depth, pinhole(), narrow)
     assert point.support == 9 and point.depth_step == 0.0

@@ -22,7 +22,7 @@ from molmo_ros.depth.errors import DepthError
 from molmo_ros.depth.images import DepthImage
 from molmo_ros.depth.normals import SurfaceNormal, surface_normals
 from molmo_ros.depth.settings import DepthSettings
-from molmo_ros.depth.surface import Surface, judged_against_planes, pointed_surface
+from molmo_ros.depth.surface import Surface, pointed_surface
 from molmo_ros.settings_fields import SettingRef
 
 # A depth image may differ from the colour image's aspect ratio by this many depth pixels (rounding of
@@ -104,12 +104,6 @@ def lift_points(
     surfaces = [pointed_surface(depth_m, x * scale[0], y * scale[1], settings) for x, y in points]
     found = [surface for surface in surfaces if surface is not None]
     normals = surface_normals(depth_m, camera, scale, found, settings)  # all at once: one fit per answer
-    planar = [index for index, normal in enumerate(normals) if normal.plane is not None]
-    judged = judged_against_planes(
-        depth_m, camera, scale, [found[i] for i in planar], [normals[i].plane for i in planar], settings
-    )
-    for index, surface in zip(planar, judged, strict=True):
-        found[index] = surface
     seed_pixels = np.array([(surface.column, surface.row) for surface in found]).reshape(-1, 2)
     seed_rays = camera.rays((seed_pixels + 0.5) / np.asarray(scale))  # the seed pixels' centres
     lifted = []
@@ -134,14 +128,15 @@ def _lifted(ray: np.ndarray, surface: Surface, normal: SurfaceNormal, seed_ray: 
     at 1 m, f = 600 px, that half pixel alone is 0.26 mm on average, at most 0.9). The plane's own depth
     along the ray would average more noise away on a true plane, but on a curved surface it lies 1-2 mm
     behind it (bench/normal_accuracy.py, positions)."""
-    depth = surface.depth
-    if normal.plane is not None:
-        depth += float(normal.plane.depth_along(ray) - normal.plane.depth_along(seed_ray))
+    depth, support, step = surface.depth, surface.support, surface.depth_step
+    if normal.plane is not None:  # the window judged against the plane (see surface.py)
+        depth += normal.plane.depth_at(ray) - normal.plane.depth_at(seed_ray)
+        support, step = normal.window_support, normal.window_step
     return LiftedPoint(
         xyz=(float(ray[0] * depth), float(ray[1] * depth), depth),
         depth=depth,
-        support=surface.support,
-        depth_step=surface.depth_step,
+        support=support,
+        depth_step=step,
         fallback=surface.fallback,
         search_distance=surface.search_distance,
         normal=normal.normal,

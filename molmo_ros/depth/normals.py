@@ -46,7 +46,14 @@ import numpy as np
 from molmo_ros.depth.camera import CameraModel
 from molmo_ros.depth.images import DepthImage
 from molmo_ros.depth.settings import DepthSettings
-from molmo_ros.depth.surface import Plane, Surface, noise_sigma, sample_grids, usable_depths, window_offsets
+from molmo_ros.depth.surface import (
+    Plane,
+    Surface,
+    judged_against_planes,
+    noise_sigma,
+    usable_depths,
+    window_offsets,
+)
 from molmo_ros.depth.transforms import no_negative_zeros
 from molmo_ros.settings_fields import SettingRef
 
@@ -76,16 +83,22 @@ class SurfaceNormal:
     reason: str = ""  # empty when there is a normal
     settings: tuple[SettingRef, ...] = ()  # the settings `reason` is about
     plane: Plane | None = None  # the fitted plane, where there is a normal
+    # Where there is a plane: the surface's depth window judged against it (surface.judged_against_planes):
+    # the samples on it, and the signed step to the farthest off it (0: no edge)
+    window_support: int = 0
+    window_step: float = 0.0
 
 
 @dataclass(frozen=True)
 class _Neighbourhoods:
-    """k neighbourhoods of M = (2 normal_radius + 1)^2 pixels, each in its own line-of-sight frame, with
-    the seed pixel's point (at its surface's depth) as the origin."""
+    """k neighbourhoods of M pixels, each in its own line-of-sight frame, with the seed pixel's point (at
+    its surface's depth) as the origin: the (2 normal_radius + 1)^2 pixels of the grid, then the
+    depth_window^2 pixels of the dense window around the seed."""
 
     features: np.ndarray  # k x M x 9: 1, u, v, t, uu, uv, vv, ut, vt of each pixel's point; 0 without depth
     depths: np.ndarray  # k x M: each pixel's depth (Z); NaN where it has none
     valid: np.ndarray  # k x M
+    on_grid: np.ndarray  # M: the grid's pixels (the others are the dense window's)
     seeds: np.ndarray  # k x 3: the seed pixels' points, optical frame
     frames: np.ndarray  # k x 3 x 3: columns u, v, t in the optical frame
 
@@ -141,16 +154,18 @@ def surface_normals(
         )
     if not surfaces:
         return []
-    near, window = _neighbourhoods(depth_m, camera, scale, surfaces, settings)
+    near = _neighbourhoods(depth_m, camera, scale, surfaces, settings)
     depths = np.array([surface.depth for surface in surfaces])
     tolerances = TOLERANCE_SIGMAS * noise_sigma(depths, settings)[:, np.newaxis]
-    chosen = _near_depth(near, depths, tolerances)
+    with np.errstate(invalid="ignore"):  # NaN depths (no depth) are never within the band
+        band = near.valid & (np.abs(near.depths - depths[:, np.newaxis]) <= tolerances)
     # the first plane also holds the dense window around the seed: on a steep surface, whose depth band is
     # a thin strip across the grid, the window still spreads both ways; later fits are the grid's alone
-    planes = _fit(near, chosen, (window, _near_depth(window, depths, tolerances)))
+    planes = _fit(near, band)
+    chosen = band & near.on_grid
     too_few = np.zeros(len(surfaces), dtype=bool)
     for refits in range(MAX_REFITS + 1):
-        refit = near.valid & (np.abs(planes.along_sight(near)) <= tolerances)
+        refit = near.valid & near.on_grid & (np.abs(planes.along_sight(near)) <= tolerances)
         too_few |= refit.sum(axis=1) < settings.normal_min_points
         refit[too_few] = chosen[too_few]  # too few points: refused as it stands
         if refits > 0 and np.array_equal(refit, chosen):
@@ -159,6 +174,13 @@ def surface_normals(
         planes = _fit(near, chosen)
     distances = planes.along_sight(near)
     residuals = np.sqrt(np.sum(chosen * distances * distances, axis=1) / np.maximum(planes.counts, 1))
+    # the window's samples from the plane, along the line of sight to depth (Z): the sight's z component
+    window = judged_against_planes(
+        distances[:, ~near.on_grid] * near.frames[:, 2, 2, np.newaxis],
+        near.valid[:, ~near.on_grid],
+        depths,
+        settings,
+    )
     sigmas = np.maximum(noise_sigma(depths, settings), residuals)
     bends, allowed = _bends(near, chosen, sigmas, settings.normal_max_bend)
     u0, v0, t0 = planes.means[:, 0], planes.means[:, 1], planes.means[:, 2]
@@ -181,6 +203,7 @@ def surface_normals(
         tolerances[:, 0],
         normals,
         np.sum(normals * through, axis=1),
+        window,
     )
     focal = 0.5 * (camera.fx * scale[0] + camera.fy * scale[1])
     return [checks.verdict(index, surfaces[index].depth / focal, settings) for index in range(len(surfaces))]
@@ -201,6 +224,7 @@ class _Checks:
     tolerances: np.ndarray
     normals: np.ndarray  # k x 3, optical frame, towards the camera
     offsets: np.ndarray  # k: n . p of the planes' points
+    window: tuple[np.ndarray, np.ndarray]  # k supports and steps: see SurfaceNormal.window_support
 
     def verdict(self, index: int, pixel_m: float, settings: DepthSettings) -> SurfaceNormal:
         """Point `index`'s normal, or the first reason it has none; `pixel_m` is the width of a depth
@@ -247,7 +271,11 @@ class _Checks:
                 "the surface around it",
             )
         normal = no_negative_zeros(self.normals[index])
-        return SurfaceNormal(normal, residual, count, error, plane=Plane(normal, float(self.offsets[index])))
+        plane = Plane(normal, float(self.offsets[index]))
+        support, step = int(self.window[0][index]), float(self.window[1][index])
+        return SurfaceNormal(
+            normal, residual, count, error, plane=plane, window_support=support, window_step=step
+        )
 
 
 def _neighbourhoods(
@@ -256,54 +284,53 @@ def _neighbourhoods(
     scale: tuple[float, float],
     surfaces: Sequence[Surface],
     settings: DepthSettings,
-) -> tuple[_Neighbourhoods, _Neighbourhoods]:
+) -> _Neighbourhoods:
     """The sampling grids centred on the surfaces' seed pixels (see the module's docstring), and the
-    dense depth windows around them, each valid pixel lifted along its own ray."""
-    radius = settings.normal_radius
+    dense depth windows around them, each valid pixel lifted along its own ray, in one gather."""
+    count, side = len(surfaces), 2 * settings.normal_radius + 1
     depths = np.array([surface.depth for surface in surfaces])
     focal = np.array([camera.fx * scale[0], camera.fy * scale[1]])
     # pixels between neighbouring samples, so that the grid spans normal_size from its first pixel's outer
     # edge to its last's; 1 where adjacent pixels already span more
-    spacing = np.maximum(1.0, (settings.normal_size * focal / depths[:, np.newaxis] - 1.0) / (2 * radius))
-    steps = np.arange(-radius, radius + 1)
-    seed_pixels = np.array([(surface.column, surface.row) for surface in surfaces])
-    seeds = camera.rays((seed_pixels + 0.5) / np.asarray(scale)) * depths[:, np.newaxis]
-    frames = _sight_frames(seeds)
+    spacing = np.maximum(1.0, (settings.normal_size * focal / depths[:, np.newaxis] - 1.0) / (side - 1))
+    steps = np.arange(side) - settings.normal_radius
+    seed_pixels = np.array([(surface.column, surface.row) for surface in surfaces])  # k x 2
     grid = seed_pixels[:, :, np.newaxis] + np.rint(steps * spacing[:, :, np.newaxis]).astype(np.int64)
-    dense = seed_pixels[:, :, np.newaxis] + window_offsets(settings.depth_window)
-    return tuple(
-        _lifted(depth_m, camera, scale, pixels[:, 1], pixels[:, 0], seeds, frames, settings)
-        for pixels in (grid, dense)
+    window = seed_pixels[:, :, np.newaxis] + window_offsets(settings.depth_window)
+    # every pixel of both, k x M: the grid's row by row, then the window's
+    size = settings.depth_window
+    columns = np.concatenate([np.tile(grid[:, 0], (1, side)), np.tile(window[:, 0], (1, size))], axis=1)
+    rows = np.concatenate(
+        [np.repeat(grid[:, 1], side, axis=1), np.repeat(window[:, 1], size, axis=1)], axis=1
     )
-
-
-def _lifted(
-    depth_m: np.ndarray | DepthImage,
-    camera: CameraModel,
-    scale: tuple[float, float],
-    rows: np.ndarray,
-    columns: np.ndarray,
-    seeds: np.ndarray,
-    frames: np.ndarray,
-    settings: DepthSettings,
-) -> _Neighbourhoods:
-    """The k grids of depth pixels rows[i] x columns[i] lifted and expressed in the seeds' frames."""
-    count = len(seeds)
-    patches = sample_grids(depth_m, rows, columns)
-    valid = usable_depths(patches, settings).reshape(count, -1)
+    height, width = depth_m.shape
+    inside = (rows >= 0) & (rows < height) & (columns >= 0) & (columns < width)
+    gathered = depth_m[np.clip(rows, 0, height - 1), np.clip(columns, 0, width - 1)]
+    patches = np.where(inside, np.asarray(gathered, dtype=np.float64), np.nan)
+    valid = usable_depths(patches, settings)
     # depth-image pixel centres as continuous points of the colour image, which the camera model is for
-    ray_x, ray_y = camera.grid_rays((columns + 0.5) / scale[0], (rows + 0.5) / scale[1])
-    points = np.stack([ray_x * patches, ray_y * patches, patches], axis=-1).reshape(count, -1, 3)
-    u, v, t = np.moveaxis((points - seeds[:, np.newaxis]) @ frames, -1, 0)
-    features = np.stack([np.ones_like(u), u, v, t, u * u, u * v, v * v, u * t, v * t], axis=-1)
-    features[~valid] = 0.0  # no depth: no weight in any sum, and no NaN to spread through a product
-    return _Neighbourhoods(features, patches.reshape(count, -1), valid, seeds, frames)
-
-
-def _near_depth(near: _Neighbourhoods, depths: np.ndarray, tolerances: np.ndarray) -> np.ndarray:
-    """k x M: the points within the tolerance of their surface's depth."""
-    with np.errstate(invalid="ignore"):  # NaN depths (no depth) are never within the band
-        return near.valid & (np.abs(near.depths - depths[:, np.newaxis]) <= tolerances)
+    ray_x, ray_y = camera.pixel_rays((columns + 0.5) / scale[0], (rows + 0.5) / scale[1])
+    seed_x, seed_y = camera.pixel_rays(
+        (seed_pixels[:, 0] + 0.5) / scale[0], (seed_pixels[:, 1] + 0.5) / scale[1]
+    )
+    seeds = np.stack([seed_x, seed_y, np.ones(count)], axis=1) * depths[:, np.newaxis]
+    frames = _sight_frames(seeds)
+    seeds_along = np.einsum("ki,kij->kj", seeds, frames)  # the seeds' own (u, v, t)
+    # each point Z (ray_x, ray_y, 1), less its seed, along each axis of its frame; 0 without depth, so that
+    # it has no weight in any sum and no NaN spreads through a product
+    z = np.where(valid, patches, 0.0)
+    u, v, t = (
+        np.where(
+            valid,
+            z * (ray_x * frames[:, 0, [axis]] + ray_y * frames[:, 1, [axis]] + frames[:, 2, [axis]])
+            - seeds_along[:, [axis]],
+            0.0,
+        )
+        for axis in range(3)
+    )
+    features = np.stack([valid.astype(np.float64), u, v, t, u * u, u * v, v * v, u * t, v * t], axis=-1)
+    on_grid = np.arange(columns.shape[1]) < side * side
+    return _Neighbourhoods(features, patches, valid, on_grid, seeds, frames)
 
 
 def _sight_frames(seeds: np.ndarray) -> np.ndarray:
@@ -312,19 +339,14 @@ def _sight_frames(seeds: np.ndarray) -> np.ndarray:
     sight = seeds / np.linalg.norm(seeds, axis=1, keepdims=True)
     right = np.array([1.0, 0.0, 0.0]) - sight[:, :1] * sight
     right /= np.linalg.norm(right, axis=1, keepdims=True)
-    return np.stack([right, np.cross(sight, right), sight], axis=2)
+    (sx, sy, sz), (rx, ry, rz) = sight.T, right.T
+    down = np.stack([sy * rz - sz * ry, sz * rx - sx * rz, sx * ry - sy * rx], axis=1)  # sight x right
+    return np.stack([right, down, sight], axis=2)
 
 
-def _fit(
-    near: _Neighbourhoods, chosen: np.ndarray, more: tuple[_Neighbourhoods, np.ndarray] | None = None
-) -> _Planes:
-    """The least-squares planes of the chosen (k x M) points of each neighbourhood, and of `more` points
-    (other neighbourhoods of the same seeds, and which of their points to take)."""
-    moments = (chosen.astype(np.float64)[:, np.newaxis, :] @ near.features)[:, 0]
-    if more is not None:
-        other, taken = more
-        moments += (taken.astype(np.float64)[:, np.newaxis, :] @ other.features)[:, 0]
-    return _Planes.from_moments(moments)
+def _fit(near: _Neighbourhoods, chosen: np.ndarray) -> _Planes:
+    """The least-squares planes of the chosen (k x M) points of each neighbourhood."""
+    return _Planes.from_moments((chosen.astype(np.float64)[:, np.newaxis, :] @ near.features)[:, 0])
 
 
 def _slopes(

@@ -23,11 +23,10 @@ pointed object stands in front of its background.
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
-from molmo_ros.depth.camera import CameraModel
 from molmo_ros.depth.images import DepthImage
 from molmo_ros.depth.settings import DepthSettings
 
@@ -53,19 +52,6 @@ def usable_depths(depths: np.ndarray, settings: DepthSettings) -> np.ndarray:
     never is."""
     with np.errstate(invalid="ignore"):  # NaN compares False, which is what "no depth" needs
         return (depths >= settings.min_depth) & (depths <= settings.max_depth)
-
-
-def sample_grids(depth_m: np.ndarray | DepthImage, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """k x n x m float64 depths at the pixels rows[i, a], columns[i, b] of k grids (k x n and k x m
-    integer pixel indices); NaN beyond the image. One gather for every grid of an answer."""
-    height, width = depth_m.shape
-    inside = ((rows >= 0) & (rows < height))[:, :, np.newaxis] & ((columns >= 0) & (columns < width))[
-        :, np.newaxis, :
-    ]
-    values = depth_m[
-        np.clip(rows, 0, height - 1)[:, :, np.newaxis], np.clip(columns, 0, width - 1)[:, np.newaxis, :]
-    ]
-    return np.where(inside, np.asarray(values, dtype=np.float64), np.nan)
 
 
 def window_offsets(side: int) -> np.ndarray:
@@ -106,12 +92,13 @@ class Plane:
     normal: tuple[float, float, float]  # unit, towards the camera
     offset: float  # metres; negative (the camera, at the origin, is on the side the normal faces)
 
-    def depth_along(self, rays: np.ndarray) -> np.ndarray:
-        """Z where rays (... x 3, each (x, y, 1)) meet the plane; NaN where one runs along it or meets
-        it behind the camera."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            depth = self.offset / (rays @ np.asarray(self.normal))
-        return np.where(depth > 0, depth, np.nan)
+    def depth_at(self, ray: Sequence[float]) -> float:
+        """Z where a ray (x, y, 1) meets the plane; NaN where it runs along it or meets it behind the
+        camera. Plain floats: numpy's per-call cost is most of the work on one three-vector."""
+        nx, ny, nz = self.normal
+        along = nx * float(ray[0]) + ny * float(ray[1]) + nz * float(ray[2])
+        depth = self.offset / along if along != 0.0 else math.nan
+        return depth if depth > 0 else math.nan
 
 
 def pointed_surface(
@@ -124,7 +111,7 @@ def pointed_surface(
     row = min(int(math.floor(y)), rows - 1)
     found = _surface_at(depth_m, row, column, settings)
     if found is not None:
-        return replace(found, row=row, column=column)
+        return found
     radius = settings.depth_search_radius
     top, left = max(0, row - radius), max(0, column - radius)
     patch = depth_m[top : row + radius + 1, left : column + radius + 1]
@@ -135,67 +122,56 @@ def pointed_surface(
         seed_row, seed_column = int(candidate_rows[index] + top), int(candidate_columns[index] + left)
         if (seed_row, seed_column) == (row, column):
             continue
-        found = _surface_at(depth_m, seed_row, seed_column, settings)
+        found = _surface_at(depth_m, seed_row, seed_column, settings, float(distances[index]))
         if found is not None:
-            return replace(
-                found,
-                fallback=True,
-                search_distance=float(distances[index]),
-                row=seed_row,
-                column=seed_column,
-            )
+            return found
     return None
 
 
 def _surface_at(
-    depth_m: np.ndarray | DepthImage, row: int, column: int, settings: DepthSettings
+    depth_m: np.ndarray | DepthImage,
+    row: int,
+    column: int,
+    settings: DepthSettings,
+    fallback_distance: float = 0.0,
 ) -> Surface | None:
-    """The surface of the window around a pixel, when the pixel is a surface (see the module docstring)."""
+    """The surface of the window around a pixel, when the pixel is a surface (see the module docstring);
+    found `fallback_distance` depth pixels from the point (0: the pointed pixel itself)."""
     own = float(depth_m[row : row + 1, column : column + 1][0, 0])
     if not settings.min_depth <= own <= settings.max_depth:  # NaN (no depth) compares False
         return None
     top, bottom, left, right = window_bounds(row, column, settings.depth_window, depth_m.shape)
     window = depth_m[top:bottom, left:right]
     samples = window[usable_depths(window, settings)]
-    margin = EDGE_SIGMAS * noise_sigma(own, settings)
-    band = np.abs(samples - own) <= margin
+    band = np.abs(samples - own) <= EDGE_SIGMAS * _sigma(own, settings)
     if int(band.sum()) < settings.depth_min_support:
         return None
-    centre = _median(samples[band])
-    agree = np.abs(samples - centre) <= EDGE_SIGMAS * noise_sigma(centre, settings)
-    depth = _median(samples[agree])
-    return Surface(depth, int(agree.sum()), _step(samples[~agree] - depth), False, 0.0, row, column)
+    depth = _median(samples[band])
+    agree = np.abs(samples - depth) <= EDGE_SIGMAS * _sigma(depth, settings)
+    if (agree ^ band).any():  # re-centring moved a sample in or out: the median of the new set
+        depth = _median(samples[agree])
+    step = _step(samples[~agree] - depth)
+    return Surface(depth, int(agree.sum()), step, fallback_distance > 0, fallback_distance, row, column)
 
 
 def judged_against_planes(
-    depth_m: np.ndarray | DepthImage,
-    camera: CameraModel,
-    scale: tuple[float, float],
-    surfaces: Sequence[Surface],
-    planes: Sequence[Plane],
-    settings: DepthSettings,
-) -> list[Surface]:
-    """`surfaces` with their support and step judged against the plane fitted around each (the window's
-    samples, each against the plane's depth along its own ray), for k surfaces at once."""
-    if not surfaces:
-        return []
-    offsets = window_offsets(settings.depth_window)
-    rows = np.array([surface.row for surface in surfaces])[:, np.newaxis] + offsets
-    columns = np.array([surface.column for surface in surfaces])[:, np.newaxis] + offsets
-    samples = sample_grids(depth_m, rows, columns)
-    ray_x, ray_y = camera.grid_rays((columns + 0.5) / scale[0], (rows + 0.5) / scale[1])
-    normals = np.array([plane.normal for plane in planes])[:, np.newaxis, np.newaxis, :]
-    offsets_m = np.array([plane.offset for plane in planes])[:, np.newaxis, np.newaxis]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        on_plane = offsets_m / (normals[..., 0] * ray_x + normals[..., 1] * ray_y + normals[..., 2])
-        off = samples - on_plane  # NaN where there is no depth, or the ray misses the plane
-    usable = usable_depths(samples, settings) & np.isfinite(on_plane)  # a ray along the plane: not judged
-    agree = usable & (np.abs(off) <= EDGE_SIGMAS * noise_sigma(on_plane, settings))
-    judged = []
-    for index, surface in enumerate(surfaces):
-        away = off[index][usable[index] & ~agree[index]]
-        judged.append(replace(surface, support=int(agree[index].sum()), depth_step=_step(away)))
-    return judged
+    offsets: np.ndarray, usable: np.ndarray, depths: np.ndarray, settings: DepthSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """The support and step (see Surface) of k surfaces judged against the planes fitted around them:
+    `offsets` (k x n) are their windows' samples' depths less the plane's along the same rays, `usable`
+    (k x n) which samples have a depth, `depths` (k) the surfaces' depths."""
+    usable_offsets = np.where(usable, offsets, 0.0)
+    away = usable & (np.abs(usable_offsets) > EDGE_SIGMAS * noise_sigma(depths, settings)[:, np.newaxis])
+    farthest = np.take_along_axis(
+        usable_offsets, np.argmax(np.where(away, np.abs(usable_offsets), -1.0), axis=1)[:, np.newaxis], axis=1
+    )[:, 0]
+    steps = np.where(away.sum(axis=1) >= MIN_EDGE_SAMPLES, farthest, 0.0)
+    return (usable & ~away).sum(axis=1), steps
+
+
+def _sigma(depth: float, settings: DepthSettings) -> float:
+    """noise_sigma of one depth, in plain floats (numpy's per-call cost is most of the work on one)."""
+    return settings.depth_noise + settings.depth_noise_quadratic * depth * depth
 
 
 def _median(values: np.ndarray) -> float:
