@@ -162,7 +162,7 @@ def position_errors(scene: Scene, surface: tuple, points: np.ndarray) -> dict[st
             errors["normal"].append(math.inf)
             continue
         errors["surface depth"].append(np.linalg.norm(found.depth * ray - truth) * 1000)
-        errors["plane"].append(np.linalg.norm(float(normal.plane.depth_along(ray)) * ray - truth) * 1000)
+        errors["plane"].append(np.linalg.norm(normal.plane.depth_at(ray) * ray - truth) * 1000)
         errors["published"].append(np.linalg.norm(np.array(point.xyz) - truth) * 1000)
         cosine = min(1.0, abs(float(np.dot(point.normal, true_normal(truth)))))
         errors["normal"].append(math.degrees(math.acos(cosine)))

@@ -38,7 +38,7 @@ class LiftedPoint:
     xyz: tuple[float, float, float] | None  # metres in the colour camera's optical frame; None if invalid
     depth: float  # Z in metres; NaN when invalid
     support: int  # depth-window samples on the pointed surface; 0 when invalid
-    # Signed metres along the line of sight from the surface to the farthest window sample off it:
+    # Signed metres of depth (Z) from the surface to the farthest window sample off it:
     # positive behind (the point is on the near side of an edge), negative in front; 0 = no edge.
     depth_step: float
     fallback: bool  # the pointed pixel had no depth of its own: the nearest surface was used
@@ -104,10 +104,8 @@ def lift_points(
     surfaces = [pointed_surface(depth_m, x * scale[0], y * scale[1], settings) for x, y in points]
     found = [surface for surface in surfaces if surface is not None]
     normals = surface_normals(depth_m, camera, scale, found, settings)  # all at once: one fit per answer
-    seed_pixels = np.array([(surface.column, surface.row) for surface in found]).reshape(-1, 2)
-    seed_rays = camera.rays((seed_pixels + 0.5) / np.asarray(scale))  # the seed pixels' centres
     lifted = []
-    fits = iter(zip(found, normals, seed_rays, strict=True))
+    fits = iter(zip(found, normals, strict=True))
     for ray, surface in zip(rays, surfaces, strict=True):
         if surface is None:
             reason = (
@@ -121,7 +119,7 @@ def lift_points(
     return lifted
 
 
-def _lifted(ray: np.ndarray, surface: Surface, normal: SurfaceNormal, seed_ray: np.ndarray) -> LiftedPoint:
+def _lifted(ray: np.ndarray, surface: Surface, normal: SurfaceNormal) -> LiftedPoint:
     """A point on `surface`, along its ray. Its depth is the surface's, which is the depth at the centre of
     the seed pixel, up to half a pixel (or the fallback's search distance) from the ray: where a plane was
     fitted, the plane's change of depth from that centre to the ray is added (on a plane tilted 30 degrees
@@ -130,7 +128,7 @@ def _lifted(ray: np.ndarray, surface: Surface, normal: SurfaceNormal, seed_ray: 
     behind it (bench/normal_accuracy.py, positions)."""
     depth, support, step = surface.depth, surface.support, surface.depth_step
     if normal.plane is not None:  # the window judged against the plane (see surface.py)
-        depth += normal.plane.depth_at(ray) - normal.plane.depth_at(seed_ray)
+        depth += normal.plane.depth_at(ray) - normal.plane.seed_depth
         support, step = normal.window_support, normal.window_step
     return LiftedPoint(
         xyz=(float(ray[0] * depth), float(ray[1] * depth), depth),

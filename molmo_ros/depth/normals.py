@@ -95,10 +95,13 @@ class _Neighbourhoods:
     its surface's depth) as the origin: the (2 normal_radius + 1)^2 pixels of the grid, then the
     depth_window^2 pixels of the dense window around the seed."""
 
-    features: np.ndarray  # k x M x 9: 1, u, v, t, uu, uv, vv, ut, vt of each pixel's point; 0 without depth
+    features: (
+        np.ndarray
+    )  # k x M x 9: 1, u, v, t, uu, uv, vv, ut, vt of each pixel's point; 0 where not fitted
     depths: np.ndarray  # k x M: each pixel's depth (Z); NaN where it has none
-    valid: np.ndarray  # k x M
-    on_grid: np.ndarray  # M: the grid's pixels (the others are the dense window's)
+    valid: np.ndarray  # k x M: the pixels with a depth that may be fitted (a window pixel also on the grid
+    # is fitted as the grid's)
+    window: np.ndarray  # k x depth_window^2: the dense window's pixels with a depth
     seeds: np.ndarray  # k x 3: the seed pixels' points, optical frame
     frames: np.ndarray  # k x 3 x 3: columns u, v, t in the optical frame
 
@@ -159,25 +162,24 @@ def surface_normals(
     tolerances = TOLERANCE_SIGMAS * noise_sigma(depths, settings)[:, np.newaxis]
     with np.errstate(invalid="ignore"):  # NaN depths (no depth) are never within the band
         band = near.valid & (np.abs(near.depths - depths[:, np.newaxis]) <= tolerances)
-    # the first plane also holds the dense window around the seed: on a steep surface, whose depth band is
-    # a thin strip across the grid, the window still spreads both ways; later fits are the grid's alone
-    planes = _fit(near, band)
-    chosen = band & near.on_grid
-    too_few = np.zeros(len(surfaces), dtype=bool)
-    for refits in range(MAX_REFITS + 1):
-        refit = near.valid & near.on_grid & (np.abs(planes.along_sight(near)) <= tolerances)
-        too_few |= refit.sum(axis=1) < settings.normal_min_points
+    chosen = band  # with the dense window: on a steep surface the band is a thin strip across the grid,
+    too_few = np.zeros(len(surfaces), dtype=bool)  # and the window's part of it still spreads both ways
+    for _ in range(MAX_REFITS + 1):
+        too_few |= chosen.sum(axis=1) < settings.normal_min_points
+        planes = _fit(near, chosen)
+        refit = near.valid & (np.abs(planes.along_sight(near)) <= tolerances)
         refit[too_few] = chosen[too_few]  # too few points: refused as it stands
-        if refits > 0 and np.array_equal(refit, chosen):
-            break  # the grid's own plane selects the points it was fitted to
+        if np.array_equal(refit, chosen):
+            break
         chosen = refit
+    else:
         planes = _fit(near, chosen)
     distances = planes.along_sight(near)
     residuals = np.sqrt(np.sum(chosen * distances * distances, axis=1) / np.maximum(planes.counts, 1))
     # the window's samples from the plane, along the line of sight to depth (Z): the sight's z component
     window = judged_against_planes(
-        distances[:, ~near.on_grid] * near.frames[:, 2, 2, np.newaxis],
-        near.valid[:, ~near.on_grid],
+        distances[:, -near.window.shape[1] :] * near.frames[:, 2, 2, np.newaxis],
+        near.window,
         depths,
         settings,
     )
@@ -191,6 +193,7 @@ def surface_normals(
     normals = normals[..., 0] / np.linalg.norm(normals[..., 0], axis=1, keepdims=True)
     # the plane passes through the inliers' mean; n . p there is the plane's offset
     through = near.seeds + (near.frames @ planes.means[..., np.newaxis])[..., 0]
+    offsets = np.sum(normals * through, axis=1)
     checks = _Checks(
         planes,
         residuals,
@@ -202,7 +205,8 @@ def surface_normals(
         off,
         tolerances[:, 0],
         normals,
-        np.sum(normals * through, axis=1),
+        offsets,
+        offsets * depths / np.sum(normals * near.seeds, axis=1),  # along the seeds' rays: seed / depth
         window,
     )
     focal = 0.5 * (camera.fx * scale[0] + camera.fy * scale[1])
@@ -224,6 +228,7 @@ class _Checks:
     tolerances: np.ndarray
     normals: np.ndarray  # k x 3, optical frame, towards the camera
     offsets: np.ndarray  # k: n . p of the planes' points
+    seed_depths: np.ndarray  # k: Z of each plane along its seed pixel's ray
     window: tuple[np.ndarray, np.ndarray]  # k supports and steps: see SurfaceNormal.window_support
 
     def verdict(self, index: int, pixel_m: float, settings: DepthSettings) -> SurfaceNormal:
@@ -271,7 +276,7 @@ class _Checks:
                 "the surface around it",
             )
         normal = no_negative_zeros(self.normals[index])
-        plane = Plane(normal, float(self.offsets[index]))
+        plane = Plane(normal, float(self.offsets[index]), float(self.seed_depths[index]))
         support, step = int(self.window[0][index]), float(self.window[1][index])
         return SurfaceNormal(
             normal, residual, count, error, plane=plane, window_support=support, window_step=step
@@ -317,20 +322,20 @@ def _neighbourhoods(
     frames = _sight_frames(seeds)
     seeds_along = np.einsum("ki,kij->kj", seeds, frames)  # the seeds' own (u, v, t)
     # each point Z (ray_x, ray_y, 1), less its seed, along each axis of its frame; 0 without depth, so that
-    # it has no weight in any sum and no NaN spreads through a product
+    # no NaN spreads through a product (the points fitted are chosen by weights, see _fit)
     z = np.where(valid, patches, 0.0)
-    u, v, t = (
-        np.where(
-            valid,
-            z * (ray_x * frames[:, 0, [axis]] + ray_y * frames[:, 1, [axis]] + frames[:, 2, [axis]])
-            - seeds_along[:, [axis]],
-            0.0,
-        )
-        for axis in range(3)
-    )
+    sight = np.stack([ray_x * z, ray_y * z, z], axis=-1) @ frames - seeds_along[:, np.newaxis]
+    u, v, t = np.moveaxis(np.where(valid[..., np.newaxis], sight, 0.0), -1, 0)
     features = np.stack([valid.astype(np.float64), u, v, t, u * u, u * v, v * v, u * t, v * t], axis=-1)
-    on_grid = np.arange(columns.shape[1]) < side * side
-    return _Neighbourhoods(features, patches, valid, on_grid, seeds, frames)
+    # a window pixel on the grid too (all of them where the grid's pixels are adjacent) is fitted once
+    on_grid = [
+        (grid[:, axis, :, np.newaxis] == window[:, axis, np.newaxis, :]).any(axis=1) for axis in (0, 1)
+    ]
+    fitted = valid.copy()
+    fitted[:, side * side :] &= ~(on_grid[1][:, :, np.newaxis] & on_grid[0][:, np.newaxis, :]).reshape(
+        count, -1
+    )
+    return _Neighbourhoods(features, patches, fitted, valid[:, side * side :], seeds, frames)
 
 
 def _sight_frames(seeds: np.ndarray) -> np.ndarray:

@@ -11,8 +11,8 @@ the same centre.
 
 On a steep surface the window's own depths spread over more than the noise, and a centre depth would
 read the slope as an edge; so where a plane was fitted around the point (`normals`), the window is judged
-against that plane instead (`judged_against_planes`): each sample's depth against the plane's depth
-along the sample's own ray.
+against that plane instead (`judged_against_planes`): each sample by its distance from the plane along
+the line of sight, in depth (Z).
 
 The pointed pixel counts as a surface only when at least `depth_min_support` window samples (itself
 included) agree with it; a lone value between an edge's two sides (a flying pixel) or a hole is not one.
@@ -75,7 +75,7 @@ class Surface:
 
     depth: float  # metres: the median of the supporting window samples
     support: int  # window samples on the surface (the seed included)
-    # Metres along the line of sight from the surface to the off-surface window sample farthest from it:
+    # Metres of depth (Z) from the surface to the off-surface window sample farthest from it:
     # positive when that sample lies behind the surface (the point is on the near side of an edge), negative
     # when in front (the far side); 0 when fewer than MIN_EDGE_SAMPLES are off (no edge).
     depth_step: float
@@ -91,6 +91,7 @@ class Plane:
 
     normal: tuple[float, float, float]  # unit, towards the camera
     offset: float  # metres; negative (the camera, at the origin, is on the side the normal faces)
+    seed_depth: float  # Z where the ray through the centre of the surface's seed pixel meets the plane
 
     def depth_at(self, ray: Sequence[float]) -> float:
         """Z where a ray (x, y, 1) meets the plane; NaN where it runs along it or meets it behind the
