@@ -160,20 +160,10 @@ def surface_normals(
     near = _neighbourhoods(depth_m, camera, scale, surfaces, settings)
     depths = np.array([surface.depth for surface in surfaces])
     tolerances = TOLERANCE_SIGMAS * noise_sigma(depths, settings)[:, np.newaxis]
-    with np.errstate(invalid="ignore"):  # NaN depths (no depth) are never within the band
-        band = near.valid & (np.abs(near.depths - depths[:, np.newaxis]) <= tolerances)
-    chosen = band  # with the dense window: on a steep surface the band is a thin strip across the grid,
-    too_few = np.zeros(len(surfaces), dtype=bool)  # and the window's part of it still spreads both ways
-    for _ in range(MAX_REFITS + 1):
-        too_few |= chosen.sum(axis=1) < settings.normal_min_points
-        planes = _fit(near, chosen)
-        refit = near.valid & (np.abs(planes.along_sight(near)) <= tolerances)
-        refit[too_few] = chosen[too_few]  # too few points: refused as it stands
-        if np.array_equal(refit, chosen):
-            break
-        chosen = refit
-    else:
-        planes = _fit(near, chosen)
+    # NaN depths (no depth) are never within the band; with the dense window: on a steep surface the band
+    # is a thin strip across the grid, and the window's part of it still spreads both ways
+    band = near.valid & (np.abs(near.depths - depths[:, np.newaxis]) <= tolerances)
+    planes, chosen, too_few = _settled_fit(near, band, tolerances, settings.normal_min_points)
     distances = planes.along_sight(near)
     residuals = np.sqrt(np.sum(chosen * distances * distances, axis=1) / np.maximum(planes.counts, 1))
     # the window's samples from the plane, along the line of sight to depth (Z): the sight's z component
@@ -347,6 +337,24 @@ def _sight_frames(seeds: np.ndarray) -> np.ndarray:
     (sx, sy, sz), (rx, ry, rz) = sight.T, right.T
     down = np.stack([sy * rz - sz * ry, sz * rx - sx * rz, sx * ry - sy * rx], axis=1)  # sight x right
     return np.stack([right, down, sight], axis=2)
+
+
+def _settled_fit(
+    near: _Neighbourhoods, chosen: np.ndarray, tolerances: np.ndarray, min_points: int
+) -> tuple[_Planes, np.ndarray, np.ndarray]:
+    """Fits the chosen points, takes every point within the tolerance of the plane and fits again until
+    the set settles (or MAX_REFITS): the planes, the points fitted, and which had too few to fit (those
+    are left as they were)."""
+    too_few = np.zeros(len(chosen), dtype=bool)
+    for _ in range(MAX_REFITS + 1):
+        too_few |= chosen.sum(axis=1) < min_points
+        planes = _fit(near, chosen)
+        refit = near.valid & (np.abs(planes.along_sight(near)) <= tolerances)
+        refit[too_few] = chosen[too_few]
+        if np.array_equal(refit, chosen):
+            return planes, chosen, too_few
+        chosen = refit
+    return _fit(near, chosen), chosen, too_few
 
 
 def _fit(near: _Neighbourhoods, chosen: np.ndarray) -> _Planes:

@@ -47,11 +47,10 @@ def noise_sigma(depth_m: float | np.ndarray, settings: DepthSettings) -> float |
     return settings.depth_noise + settings.depth_noise_quadratic * np.square(depth_m)
 
 
-def usable_depths(depths: np.ndarray, settings: DepthSettings) -> np.ndarray:
-    """Where `depths` hold a depth the settings accept: within [min_depth, max_depth]; NaN (no depth)
-    never is."""
-    with np.errstate(invalid="ignore"):  # NaN compares False, which is what "no depth" needs
-        return (depths >= settings.min_depth) & (depths <= settings.max_depth)
+def usable_depths(depths: float | np.ndarray, settings: DepthSettings) -> bool | np.ndarray:
+    """Where `depths` (an array, or one depth) hold a depth the settings accept: within [min_depth,
+    max_depth]; NaN (no depth) never is, as NaN compares False."""
+    return (depths >= settings.min_depth) & (depths <= settings.max_depth)
 
 
 def window_offsets(side: int) -> np.ndarray:
@@ -139,7 +138,7 @@ def _surface_at(
     """The surface of the window around a pixel, when the pixel is a surface (see the module docstring);
     found `fallback_distance` depth pixels from the point (0: the pointed pixel itself)."""
     own = float(depth_m[row : row + 1, column : column + 1][0, 0])
-    if not settings.min_depth <= own <= settings.max_depth:  # NaN (no depth) compares False
+    if not usable_depths(own, settings):
         return None
     top, bottom, left, right = window_bounds(row, column, settings.depth_window, depth_m.shape)
     window = depth_m[top:bottom, left:right]
