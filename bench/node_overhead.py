@@ -268,6 +268,11 @@ def bench_depth_mm(width: int, height: int) -> np.ndarray:
     return synthetic_depth_mm(width, height)
 
 
+def no_tf2() -> None:
+    """The answer path is timed with the static pose alone, as where tf2_ros is not installed."""
+    raise ImportError("the bench times static camera poses only")
+
+
 def answer_path(width: int = 1920, height: int = 1080) -> None:
     """Times `pointing_outcome` in this process on a 16UC1 depth buffer, as the node's worker runs it."""
     from dataclasses import replace
@@ -288,7 +293,7 @@ def answer_path(width: int = 1920, height: int = 1080) -> None:
         name=CAMERA_NAME, pose_parent_frame=TARGET_FRAME, pose_translation=translation, pose_rotation=rotation
     )
     settings = PointingSettings(cameras=(CAMERA_NAME,), target_frame=TARGET_FRAME)
-    static = target_frame(settings, {CAMERA_NAME: camera}, load_tf2=lambda: None)
+    static = target_frame(settings, {CAMERA_NAME: camera}, load_tf2=no_tf2)
     view = View(CAMERA_NAME, 1, OPTICAL_FRAME, width, height)
     defaults = DepthSettings()
     variants = [

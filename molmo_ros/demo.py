@@ -22,6 +22,7 @@ from rclpy.client import Client
 from rclpy.node import Node
 
 from molmo_ros.backends.settings import BACKENDS, BackendSettings
+from molmo_ros.depth.transforms import no_negative_zeros
 from molmo_ros.msg import PointingResult
 from molmo_ros.nodes.image_folder_publisher import DEFAULT_DEPTH_TOPIC, SCENE
 from molmo_ros.pointing.settings import camera_info_topic_beside
@@ -217,16 +218,23 @@ def _print_3d(result: PointingResult) -> None:
             print(f"  {label}: no valid depth at this point")
             continue
         frame = result.target_frame or frames[result.point_views[index]]
-        edge = f"edge: depth step {result.depth_step[index]:.3f} m" if result.depth_edge[index] else "no edge"
-        fallback = ", nearest surface (no depth at the pixel)" if result.depth_fallback[index] else ""
+        step = result.depth_step[index]
+        edge = f"edge: depth step {step:+.3f} m" if result.depth_edge[index] else "no edge"
+        distance = result.depth_search_distance[index]
+        fallback = (
+            f", nearest surface {distance:.1f} px away (none at the pixel)"
+            if result.depth_fallback[index]
+            else ""
+        )
         print(
             f"  {label}: x={point.x:.3f} y={point.y:.3f} z={point.z:.3f} m in {frame} "
             f"(support {result.depth_support[index]}, {edge}{fallback})"
         )
         if result.normal_valid[index]:
             normal = result.normals[index]
-            x, y, z = (round(value, 3) + 0.0 for value in (normal.x, normal.y, normal.z))  # no "-0.000"
-            print(f"    surface normal ({x:.3f}, {y:.3f}, {z:.3f})")
+            x, y, z = no_negative_zeros([round(value, 3) for value in (normal.x, normal.y, normal.z)])
+            error = result.normal_error[index]
+            print(f"    surface normal ({x:.3f}, {y:.3f}, {z:.3f}), within {error:.1f} degrees (1 sigma)")
         else:
             print(f"    no normal: {result.normal_status[index]}")
 

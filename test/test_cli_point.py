@@ -177,13 +177,41 @@ def test_depth_and_intrinsics_add_3d_points_to_the_json(monkeypatch, png, tmp_pa
     assert lifted["xyz"] == pytest.approx([-0.48, 0.0, 1.5], rel=1e-6)
     # a flat wall: the whole 5x5 window supports the depth, no edge, the normal faces the camera
     assert lifted["support"] == 25 and lifted["edge"] is False and lifted["depth_step"] == 0.0
-    assert lifted["fallback"] is False and lifted["normal_reason"] == ""
+    assert lifted["fallback"] is False and lifted["search_distance"] == 0.0 and lifted["normal_reason"] == ""
+    # 1 mm + 3.8 mm x 1.5^2 of modelled noise over a 21-pixel grid 0.63 m wide: a fraction of a degree
+    assert 0 < lifted["normal_error"] < 1.0
     assert lifted["normal"] == pytest.approx([0.0, 0.0, -1.0], abs=1e-12)
     assert lifted["approach_pose"]["orientation_xyzw"] == pytest.approx([0.0, 0.0, 0.0, 1.0], abs=1e-12)
     assert cli.main(arguments) == cli.EXIT_OK
     text = capsys.readouterr().out
     assert "1. x=-0.480 y=0.000 z=1.500 m (support 25, no edge)" in text
     assert "normal (0.000, 0.000, -1.000)" in text
+
+
+def test_the_depth_settings_are_options_and_their_errors_name_them(monkeypatch, png, tmp_path, capsys):
+    import cv2
+
+    use_backend(monkeypatch, FakeAnsweringBackend)
+    depth = tmp_path / "depth.png"
+    cv2.imwrite(str(depth), np.full((HEIGHT, WIDTH), 1500, dtype=np.uint16))
+    arguments = [
+        "--query",
+        "red mug",
+        "--image",
+        str(png),
+        "--depth",
+        str(depth),
+        "--intrinsics",
+        "50,50,31.5,23.5",
+    ]
+    assert cli.main([*arguments, "--format", "json", "--normal-radius", "0"]) == cli.EXIT_OK
+    (lifted,) = json.loads(capsys.readouterr().out)["points_3d"]
+    assert lifted["normal"] is None and lifted["normal_reason"] == "normals are off (option --normal-radius)"
+    assert cli.main([*arguments, "--min-depth", "2", "--max-depth", "1"]) == cli.EXIT_USAGE
+    error = capsys.readouterr().err
+    assert "the nearest depth (2 m) must be less than the farthest (1 m)" in error
+    assert "(option --min-depth, --max-depth)" in error
+    assert cli.main([*arguments, "--max-depth-skew", "1"]) == cli.EXIT_USAGE, "files have no stamps to pair"
 
 
 def test_help_and_usage_errors_do_not_import_torch():

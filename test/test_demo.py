@@ -23,19 +23,21 @@ def test_valid_3d_points_are_printed_in_metres_with_their_frame_and_trust(capsys
     result.points_3d = [PointMsg(x=0.1234, y=-0.05, z=1.5), PointMsg(x=0.2, y=0.1, z=0.8), PointMsg()]
     result.depth_valid = [True, True, False]
     result.depth_support = [25, 5, 0]
-    result.depth_step = [0.0, 1.2, math.nan]
+    result.depth_step = [0.0, -1.2, math.nan]
     result.depth_edge = [False, True, False]
     result.depth_fallback = [False, True, False]
+    result.depth_search_distance = [0.0, 1.5, math.nan]
     result.normal_valid = [True, False, False]
-    result.normals = [Vector3(x=0.0, y=-0.5, z=-0.866), Vector3(), Vector3()]
+    result.normals = [Vector3(x=-0.0001, y=-0.5, z=-0.866), Vector3(), Vector3()]
+    result.normal_error = [0.42, math.nan, math.nan]
     result.normal_status = ["", "the surface is too thin here to orient", "no depth at this point"]
     demo._print_3d(result)
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         "  mug 0: x=0.123 y=-0.050 z=1.500 m in camera_optical_frame (support 25, no edge)",
-        "    surface normal (0.000, -0.500, -0.866)",
-        "  mug 1: x=0.200 y=0.100 z=0.800 m in camera_optical_frame (support 5, edge: depth step 1.200 m, "
-        "nearest surface (no depth at the pixel))",
+        "    surface normal (0.000, -0.500, -0.866), within 0.4 degrees (1 sigma)",
+        "  mug 1: x=0.200 y=0.100 z=0.800 m in camera_optical_frame (support 5, edge: depth step -1.200 m, "
+        "nearest surface 1.5 px away (none at the pixel))",
         "    no normal: the surface is too thin here to orient",
         "  mug 2: no valid depth at this point",
     ]
@@ -47,7 +49,8 @@ def test_a_target_frame_is_named_instead_of_the_cameras(capsys):
     result.points_3d = [PointMsg(x=1.0, y=0.0, z=0.5)]
     result.depth_valid, result.depth_support, result.depth_step = [True], [25], [0.0]
     result.depth_edge, result.depth_fallback, result.normal_valid = [False], [False], [False]
-    result.normals, result.normal_status = [Vector3()], ["normals are off (normal_radius is 0)"]
+    result.depth_search_distance, result.normal_error = [0.0], [math.nan]
+    result.normals, result.normal_status = [Vector3()], ["normals are off (parameter normal_radius)"]
     demo._print_3d(result)
     assert "m in base_link (support 25" in capsys.readouterr().out
 

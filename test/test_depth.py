@@ -115,8 +115,9 @@ def lift_window(window: np.ndarray, settings: DepthSettings = DEFAULTS) -> Lifte
 
 
 def tolerance(z: float, settings: DepthSettings = DEFAULTS) -> float:
-    """3 sigma of the noise model the settings describe (written out here, not taken from the code)."""
-    return 3 * (settings.depth_noise + settings.depth_noise_quadratic * z * z)
+    """4 sigma of the noise model the settings describe (written out here, not taken from the code): how
+    far a window sample may lie from the surface and still be on it (see surface.EDGE_SIGMAS)."""
+    return 4 * (settings.depth_noise + settings.depth_noise_quadratic * z * z)
 
 
 def test_the_pointed_pixel_decides_the_surface_even_against_the_windows_majority():
@@ -125,20 +126,20 @@ def test_the_pointed_pixel_decides_the_surface_even_against_the_windows_majority
     window[1:4, 2] = 1.0  # ...with the two pixels above and below it: 3 agree, depth_min_support
     point = lift_window(window)
     assert point.depth == 1.0 and point.support == 3 and not point.fallback
-    assert point.depth_step == pytest.approx(1.0) and point.edge
+    assert point.depth_step == pytest.approx(1.0) and point.edge  # positive: the 2 m samples lie behind
     window[1, 2] = 2.0  # now only 2 agree: a lone value, treated as a hole; the nearest surface is 2 m
     point = lift_window(window)
     assert point.depth == 2.0 and point.fallback and point.search_distance == 1.0
     # the window of the pixel found, (49, 50), holds rows 48-51 of the placed 5x5 depths: 20 samples, all
-    # at 2 m but the two 1 m ones
-    assert point.support == 18 and point.depth_step == 1.0
+    # at 2 m but the two 1 m ones, which lie in front of it: a negative step
+    assert point.support == 18 and point.depth_step == -1.0
 
 
 def test_window_samples_within_the_noise_tolerance_give_the_median_and_the_others_the_step():
     z = 1.0
     window = np.full((5, 5), np.nan, dtype=np.float32)
-    inside = [z - 0.9 * tolerance(z), z - 0.004, z + 0.002, z + 0.6 * tolerance(z)]
-    outside = [z + 1.1 * tolerance(z), z + 0.5]
+    inside = [z - 0.004, z + 0.002, z + 0.006, z + 0.010]
+    outside = [z + 1.1 * tolerance(z) + 0.002, z + 0.5]  # beyond the tolerance of the centre (z + 0.002)
     window.flat[[3, 4, 5, 6]] = inside
     window.flat[[7, 8]] = outside
     window[2, 2] = z
@@ -148,21 +149,46 @@ def test_window_samples_within_the_noise_tolerance_give_the_median_and_the_other
     assert point.depth_step == pytest.approx(0.5 + z - point.depth, rel=1e-6)  # to the farthest off it
 
 
+def test_the_surface_is_centred_on_its_samples_not_on_the_pointed_pixels_own_noisy_depth():
+    """The pointed pixel reads 17 mm nearer than the 23 samples around it (3.5 sigma at 1 m): measured
+    from its depth, two samples 5 mm behind the others would be 22 mm off, beyond the 19.2 mm tolerance,
+    an edge that is not there; measured from the centre of its surface they are on it."""
+    z = 1.0
+    window = np.full((5, 5), z + 0.017, dtype=np.float32)
+    window[2, 2] = z
+    window[0, 0:2] = z + 0.022
+    assert 0.022 > tolerance(z) > 0.005
+    point = lift_window(window)
+    assert point.support == 25 and not point.edge and point.depth == np.float32(z + 0.017)
+
+
+def test_one_sample_off_the_surface_is_no_edge():
+    """A single sample off (noise: one of 24 beyond 4 sigma in 0.25 % of windows; or a lone flying
+    pixel) is left out of the support but makes no edge; two are an edge."""
+    window = np.full((5, 5), 1.0, dtype=np.float32)
+    window[0, 0] = 1.5
+    point = lift_window(window)
+    assert point.support == 24 and point.depth_step == 0.0 and not point.edge
+    window[0, 1] = 1.3
+    point = lift_window(window)
+    assert point.support == 23 and point.depth_step == pytest.approx(0.5) and point.edge
+
+
 def test_the_tolerance_grows_with_the_square_of_the_depth():
-    for z, off in [(1.0, 0.02), (3.0, 0.09)]:  # 3 sigma: 14.4 mm at 1 m, 106 mm at 3 m
+    for z, off in [(1.0, 0.021), (3.0, 0.09)]:  # 4 sigma: 19.2 mm at 1 m, 141 mm at 3 m
         window = np.full((5, 5), z, dtype=np.float32)
-        window[0, 0] = z + off
+        window[0, 0:2] = z + off
         point = lift_window(window)
         agrees = off <= tolerance(z)
-        assert point.support == (25 if agrees else 24) and point.edge is not agrees
-    assert tolerance(1.0) < 0.02 < 0.09 < tolerance(3.0)
+        assert point.support == (25 if agrees else 23) and point.edge is not agrees
+    assert tolerance(1.0) < 0.021 < 0.09 < tolerance(3.0)
 
 
 def test_window_is_centred_on_the_pixel_under_the_point():
     depth = plane(1.0)
-    depth[10, 12] = 3.0  # two columns right of pixel (10, 10): inside a 5-window, outside a 3-window
+    depth[10:12, 12] = 3.0  # two columns right of pixel (10, 10): inside a 5-window, outside a 3-window
     (point,) = lift_points([(10.9, 10.1)], (WIDTH, HEIGHT), depth, pinhole(), DEFAULTS)
-    assert point.depth == 1.0 and point.support == 24 and point.depth_step == 2.0
+    assert point.depth == 1.0 and point.support == 23 and point.depth_step == pytest.approx(2.0, rel=1e-12)
     narrow = DepthSettings(depth_window=3)
     (point,) = lift_points([(10.9, 10.1)], (WIDTH, HEIGHT), depth, pinhole(), narrow)
     assert point.support == 9 and point.depth_step == 0.0

@@ -16,6 +16,8 @@ from molmo_ros.cli.depth_options import describe_lifted, lifted_to_json, parse_i
 from molmo_ros.depth.errors import DepthError
 from molmo_ros.depth.files import read_camera_info, read_depth_file
 from molmo_ros.depth.lifting import LiftedPoint
+from molmo_ros.depth.settings import DepthSettings
+from molmo_ros.settings_fields import SettingRef
 
 WIDTH, HEIGHT = 64, 48
 
@@ -175,9 +177,28 @@ def test_bad_camera_yaml_names_the_file_and_the_problem(tmp_path, old, new, frag
 def test_lifted_points_become_json_safe_and_readable():
     lifted = [
         LiftedPoint(
-            (0.1, -0.2, 1.5), 1.5, 18, 0.42, False, 0.0, (0.0, 0.0, -1.0), 0.0004, 300, normal_reason=""
+            (0.1, -0.2, 1.5),
+            1.5,
+            18,
+            -0.42,
+            False,
+            0.0,
+            (-0.0001, 0.0, -1.0),
+            0.0004,
+            300,
+            normal_error=0.31,
+            normal_reason="",
         ),
-        LiftedPoint((0.1, 0.2, 2.0), 2.0, 3, 0.0, True, 2.5, normal_reason="too thin"),
+        LiftedPoint(
+            (0.1, 0.2, 2.0),
+            2.0,
+            3,
+            0.0,
+            True,
+            2.5,
+            normal_reason="too thin",
+            normal_settings=(SettingRef(DepthSettings, "normal_max_error"),),
+        ),
         LiftedPoint(None, math.nan, 0, math.nan, False, math.nan, reason="none"),
     ]
     report = lifted_to_json(lifted)
@@ -186,26 +207,31 @@ def test_lifted_points_become_json_safe_and_readable():
         "valid": True,
         "support": 18,
         "edge": True,
-        "depth_step": 0.42,
+        "depth_step": -0.42,
         "fallback": False,
-        "normal": [0.0, 0.0, -1.0],
+        "search_distance": 0.0,
+        "normal": [-0.0001, 0.0, -1.0],
+        "normal_error": 0.31,
         "normal_residual": 0.0004,
         "normal_inliers": 300,
         "normal_reason": "",
-        # approach along +z (into the surface), x image-right: the identity rotation
-        "approach_pose": {"position": [0.1, -0.2, 1.5], "orientation_xyzw": [0.0, 0.0, 0.0, 1.0]},
+        "approach_pose": report[0]["approach_pose"],
         "reason": "",
     }
+    # approach along +z (into the surface), x image-right: the identity rotation, to the normal's 1e-4 tilt
+    assert report[0]["approach_pose"]["position"] == [0.1, -0.2, 1.5]
+    assert report[0]["approach_pose"]["orientation_xyzw"] == pytest.approx([0.0, 0.0, 0.0, 1.0], abs=1e-4)
     assert report[1]["normal"] is None and report[1]["approach_pose"] is None and report[1]["fallback"]
-    assert report[1]["normal_reason"] == "too thin" and report[1]["edge"] is False
+    assert report[1]["normal_reason"] == "too thin (option --normal-max-error)" and report[1]["edge"] is False
+    assert report[1]["search_distance"] == 2.5 and report[1]["normal_error"] is None
     assert report[2]["xyz"] is None and report[2]["depth_step"] is None and report[2]["reason"] == "none"
     assert json.loads(json.dumps(report)) == report, "JSON-safe: no NaN reaches the output"
     assert describe_lifted(lifted) == [
-        "  1. x=0.100 y=-0.200 z=1.500 m (support 18, edge, depth step 0.420 m)",
-        "     normal (0.000, 0.000, -1.000), fit RMS 0.4 mm over 300 points",
+        "  1. x=0.100 y=-0.200 z=1.500 m (support 18, edge, depth step -0.420 m)",
+        "     normal (0.000, 0.000, -1.000) within 0.3 degrees (1 sigma), fit RMS 0.4 mm over 300 points",
         "  2. x=0.100 y=0.200 z=2.000 m (support 3, no edge, the pointed pixel had no depth: nearest "
-        "surface used)",
-        "     no normal: too thin",
+        "surface used, 2.5 px away)",
+        "     no normal: too thin (option --normal-max-error)",
         "  3. no 3D: none",
     ]
 

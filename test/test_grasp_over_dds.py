@@ -17,6 +17,7 @@ import pytest
 import rclpy
 from doubles import tf2_ros as tf2_double
 from geometry_msgs.msg import PointStamped, PoseStamped, Quaternion, TransformStamped, Vector3
+from quaternions import hamilton, rotate
 from rclpy.lifecycle import TransitionCallbackReturn
 from ros_helpers import (
     camera_info_message,
@@ -40,10 +41,12 @@ FOCAL_PX, WIDTH, HEIGHT = 100.0, 64, 48
 # the 21-pixel fit at 1 m spans w = 210 mm (10 mm a pixel), so each of the two tilts is off by at most
 # 0.41 degrees, the normal by at most sqrt(2) * 0.41 = 0.58 degrees.
 ROUNDED_NORMAL_DEG = 0.6
-# The depth is the median of the window's samples on the surface: on a plane tilted by 30 degrees about
-# the vertical, the middle column's depth, whose centre is half a pixel from the pointed ray: 0.5 px *
-# Z tan(30 deg) / f = 2.9 mm at 1 m, plus 0.5 mm of rounding.
-TILTED_DEPTH_M = 0.0034
+# The depth is the median of the window's samples on the surface (on a plane, its middle pixel's depth,
+# rounded by at most 0.5 mm), plus the fitted plane's change of depth from that pixel's centre to the
+# pointed ray, half a pixel away: 0.5 px * Z tan(30 deg) / f = 2.9 mm at 1 m, which the slope's error
+# (0.41 degrees, above) leaves right to 0.5 px * 10 mm * tan(0.41 deg) / cos^2(30 deg) = 0.05 mm. Without
+# that change of depth the point lay 2.9 mm off the plane.
+TILTED_DEPTH_M = 0.00055
 EXACT = 1e-9  # rotations and vectors derived from one another, in float64
 
 
@@ -66,30 +69,6 @@ def make_rig():
     yield make
     for rig in rigs:
         rig.close()
-
-
-def hamilton(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The quaternion product a b, both (x, y, z, w)."""
-    (ax, ay, az, aw), (bx, by, bz, bw) = a, b
-    return np.array(
-        [
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-            aw * bw - ax * bx - ay * by - az * bz,
-        ]
-    )
-
-
-def rotate(quaternion: Quaternion | np.ndarray, vector: np.ndarray) -> np.ndarray:
-    """q v q* for a unit quaternion."""
-    q = (
-        np.array([quaternion.x, quaternion.y, quaternion.z, quaternion.w])
-        if isinstance(quaternion, Quaternion)
-        else quaternion
-    )
-    conjugate = q * np.array([-1, -1, -1, 1])
-    return hamilton(hamilton(q, np.append(vector, 0.0)), conjugate)[:3]
 
 
 def tilted_plane_mm(tilt_deg: float, distance_m: float) -> tuple[np.ndarray, np.ndarray]:
@@ -148,6 +127,16 @@ def test_the_approach_pose_of_a_tilted_surface_goes_out_on_target_pose(make_rig)
     assert result.normal_valid[0] and result.normal_status[0] == ""
     normal = vector(result.normals[0])
     assert angle_deg(normal, true_normal) <= ROUNDED_NORMAL_DEG
+    # the noise model's 4.8 mm over a grid 0.21 m wide: about 0.1 degrees (1 sigma)
+    assert 0.0 < result.normal_error[0] < ROUNDED_NORMAL_DEG and result.depth_search_distance[0] == 0.0
+    no_target = result.views[0].camera_to_target
+    assert (no_target.rotation.x, no_target.rotation.y, no_target.rotation.z, no_target.rotation.w) == (
+        0,
+        0,
+        0,
+        0,
+    )
+    assert vector(no_target.translation).tolist() == [0.0, 0.0, 0.0], "no transform: zeros, not an identity"
     # the approach pose: z along -normal, x the image-right direction made perpendicular to z, at the point
     pose = result.approach_poses[0]
     expected_x = np.array([1.0, 0.0, 0.0]) + normal[0] * -normal  # e_x - (e_x . z) z, with z = -normal
@@ -185,6 +174,9 @@ def test_a_thin_pole_gets_its_own_depth_and_no_orientation(make_rig):
     assert result.points_3d[0].z == pytest.approx(0.8) and result.depth_support[0] == 5  # its column
     assert result.depth_edge[0] and result.depth_step[0] == pytest.approx(1.2)
     assert not result.normal_valid[0] and "too thin" in result.normal_status[0]
+    assert result.normal_status[0].endswith("(parameter normal_max_error)") and math.isnan(
+        result.normal_error[0]
+    )
     assert (result.approach_poses[0].orientation.w, result.approach_poses[0].orientation.z) == (0.0, 0.0)
     assert not wait_until(lambda: poses, timeout=0.5), "no pose is made up for a point without a normal"
 
@@ -260,6 +252,10 @@ def test_a_static_camera_pose_puts_points_poses_and_markers_in_the_target_frame(
         assert header.frame_id == "base_link" and header.stamp == result.header.stamp
     assert [targets[0].point.x, targets[0].point.y, targets[0].point.z] == pytest.approx(in_base, abs=1e-6)
     assert poses[0].pose == pose
+    (arrow,) = [m for m in markers[-1].markers if (m.action, m.type) == (Marker.ADD, Marker.ARROW)]
+    assert arrow.header.frame_id == "base_link" and arrow.header.stamp == result.header.stamp
+    start, tip = (np.array([p.x, p.y, p.z]) for p in arrow.points)
+    assert start == pytest.approx(in_base, abs=1e-6) and angle_deg(tip - start, normal_in_base) < 1e-6
 
 
 def test_a_frame_without_a_transform_is_no_transform_never_the_camera_frame(make_rig):
@@ -299,13 +295,19 @@ def transform_message(translation: np.ndarray, quaternion: np.ndarray) -> Transf
     return message
 
 
+def tf2_frames_services(rig: Rig) -> int:
+    return sum(service.srv_name.split("/")[-1] == "tf2_frames" for service in rig.node.services)
+
+
 def test_cameras_without_a_static_pose_take_tf2s_transform_at_the_frames_stamp(make_rig, monkeypatch):
-    """Against the tf2_ros double: the lookup's frames, stamp and timeout, and its answer's conversion."""
+    """Against the tf2_ros double: the lookup's frames, stamp and timeout, and its answer's conversion.
+    tf2 takes a quaternion whose squared norm is within 1e-2 of 1; this one's is 1.005, and is normalised."""
     monkeypatch.setitem(sys.modules, "tf2_ros", tf2_double)
     rig = make_rig(target_frame="base_link", transform_timeout=0.3)
     (listener,) = [made for made in tf2_double.TransformListener.made if made.node is rig.node]
     translation, rotation, quaternion = camera_pose()
-    listener.buffer.transforms[("base_link", "front_optical")] = transform_message(translation, quaternion)
+    off_unit = quaternion * math.sqrt(1.005)
+    listener.buffer.transforms[("base_link", "front_optical")] = transform_message(translation, off_unit)
     stamp_ns = rig.now_ns()
     rig.send_front_info(fx=FOCAL_PX)
     rig.send_front_depth(2.0, stamp_ns)
@@ -321,5 +323,9 @@ def test_cameras_without_a_static_pose_take_tf2s_transform_at_the_frames_stamp(m
     failed = rig.user.point("mug")
     assert failed.error_code == Point.Response.NO_TRANSFORM and "tf2: LookupException" in failed.message
     assert rig.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert tf2_frames_services(rig) == 1
     assert rig.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
     assert listener.unregistered, "cleanup stops listening to /tf"
+    assert tf2_frames_services(rig) == 0 and listener.buffer.jump_handle.unregistered, "the buffer's go too"
+    assert rig.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert tf2_frames_services(rig) == 1, "configuring again adds one tf2_frames service, not a second"

@@ -22,6 +22,7 @@ from molmo_ros.depth.errors import DepthError
 from molmo_ros.depth.images import read_depth
 from molmo_ros.depth.pairing import DepthFrame, DepthMissing
 from molmo_ros.depth.settings import DepthSettings
+from molmo_ros.depth.transforms import RigidTransform
 from molmo_ros.image_conversion import ImageConversionError, raw_to_rgb
 from molmo_ros.pointing.errors import ErrorCode, PointingError
 from molmo_ros.pointing.frames import Frame
@@ -29,6 +30,7 @@ from molmo_ros.pointing.outcomes import AskOutcome, DepthUsed, View
 from molmo_ros.pointing.requests import PointingRequest
 from molmo_ros.pointing.service import SHUTTING_DOWN, PointingService, Ticket, checked_settings
 from molmo_ros.pointing.settings import ALL_CAMERAS, CameraSettings, PointingSettings
+from molmo_ros.pointing.target_frame import TargetFrame, TransformUnavailable
 from molmo_ros.settings_fields import SettingRef, setting_specs
 
 SECOND = 1_000_000_000
@@ -133,6 +135,7 @@ class Harness:
         engine: ScriptedEngine | None,
         cameras: dict[str, CameraSettings] | None = None,
         depth_settings: DepthSettings | None = None,
+        target: TargetFrame | None = None,
         **settings: object,
     ) -> None:
         defaults = dict(
@@ -155,6 +158,7 @@ class Harness:
             self.errors.append,
             cameras=cameras,
             depth_settings=depth_settings,
+            target=target,
         )
         if engine is not None:
             self.service.activate(engine)
@@ -958,8 +962,8 @@ def test_depth_in_another_frame_is_refused_unless_declared_registered(make_harne
     harness.put_depth("front", stamp, 2.0, frame_id="front_depth_optical")
     outcome = harness.point("cup")
     assert outcome.points[0].position_m is None
-    assert (
-        "depth_registered" in depth_words(outcome.view) and "front_depth_optical" in depth_words(outcome.view)
+    assert "depth_registered" in depth_words(outcome.view) and "front_depth_optical" in depth_words(
+        outcome.view
     )
 
     registered = depth_harness(
@@ -1105,3 +1109,65 @@ def test_ask_about_every_camera_is_refused_as_unsupported(make_harness):
     harness.put(make_frame("wrist", harness.clock.now_ns))
     error = failure(harness, "What is on the table?", camera="*", ask=True)
     assert error.code == ErrorCode.UNSUPPORTED and "one camera" in str(error)
+
+
+# --- the target frame ---------------------------------------------------------------------------------
+
+
+class RecordingTransforms:
+    """A TransformSource double: a translation by (1, 0, 0), or TransformUnavailable when `missing`; it
+    records, for each lookup, how many model calls had started by then."""
+
+    def __init__(self, engine: ScriptedEngine, missing: bool = False) -> None:
+        self.engine, self.missing = engine, missing
+        self.asked: list[int] = []
+
+    def lookup(self, target: str, view: View, timeout_s: float) -> RigidTransform:
+        self.asked.append(len(self.engine.calls))
+        if self.missing:
+            raise TransformUnavailable("no such frame")
+        return RigidTransform.from_quaternion((1.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0))
+
+
+def target_harness(make_harness, answer: str, missing: bool = False) -> tuple[Harness, RecordingTransforms]:
+    """A camera with depth 2 m away, answering `answer`, and a target frame whose transforms come from a
+    RecordingTransforms."""
+    engine = ScriptedEngine(answer=lambda prompt, image: answer)
+    transforms = RecordingTransforms(engine, missing)
+    camera = CameraSettings(name="front", depth_topic="/d")
+    target = TargetFrame("base_link", transforms, 0.1)
+    harness = make_harness(engine, cameras={"front": camera}, target=target)
+    harness.service.put_camera_model("front", make_camera_model())
+    stamp = harness.clock.now_ns
+    harness.put(make_frame("front", stamp))
+    harness.put_depth("front", stamp, 2.0)
+    return harness, transforms
+
+
+def test_the_transform_to_the_target_frame_is_looked_up_before_the_model_runs(make_harness):
+    """tf2 keeps 10 s of a moving camera's transforms: looked up after a long answer, a frame's transform
+    could be gone. It is looked up when the frame is chosen, before the model's first call."""
+    harness, transforms = target_harness(make_harness, CENTRE_ANSWER)
+    outcome = harness.point("cup")
+    assert transforms.asked == [0], "once, before the model ran"
+    (point,) = outcome.points
+    expected = np.array(expected_position(16.0, 24.0, 2.0)) + [1.0, 0.0, 0.0]
+    assert point.target.position == pytest.approx(expected, abs=LIFT_TOLERANCE_M)
+
+
+def test_a_transform_not_found_fails_only_an_answer_with_3d_points(make_harness):
+    harness, transforms = target_harness(make_harness, CENTRE_ANSWER, missing=True)
+    error = failure(harness, "cup")
+    assert error.code == ErrorCode.NO_TRANSFORM and "no such frame" in str(error)
+    assert transforms.asked == [0], "not looked up again after the model"
+    harness, transforms = target_harness(make_harness, "There are none.", missing=True)
+    assert harness.point("cup").points == ()
+
+
+def test_a_camera_without_depth_needs_no_transform(make_harness):
+    engine = ScriptedEngine(answer=lambda prompt, image: CENTRE_ANSWER)
+    transforms = RecordingTransforms(engine, missing=True)
+    harness = make_harness(engine, target=TargetFrame("base_link", transforms, 0.1))
+    harness.put(make_frame("front", harness.clock.now_ns))
+    outcome = harness.point("cup")
+    assert transforms.asked == [] and outcome.points[0].target is None

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from quaternions import axis_angle_quaternion, hamilton, rotate
 
 from molmo_ros.depth.camera import CameraModel
 from molmo_ros.depth.errors import DepthError
@@ -32,28 +33,6 @@ from molmo_ros.pointing.settings import CameraSettings, PointingSettings
 from molmo_ros.pointing.target_frame import StaticCameraPoses, TargetFrame, TransformUnavailable, target_frame
 
 EXACT = 1e-12
-
-
-def hamilton(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    (ax, ay, az, aw), (bx, by, bz, bw) = a, b
-    return np.array(
-        [
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-            aw * bw - ax * bx - ay * by - az * bz,
-        ]
-    )
-
-
-def rotate(quaternion, vector) -> np.ndarray:
-    q = np.asarray(quaternion, dtype=np.float64)
-    return hamilton(hamilton(q, np.append(vector, 0.0)), q * np.array([-1, -1, -1, 1]))[:3]
-
-
-def axis_angle_quaternion(axis, angle: float) -> np.ndarray:
-    axis = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
-    return np.append(axis * math.sin(angle / 2), math.cos(angle / 2))
 
 
 rotations = st.tuples(
@@ -170,12 +149,27 @@ def answer_over_a_wall(target: TargetFrame | None, camera: str = "front"):
     )
 
 
+def no_tf2():
+    raise ImportError("No module named 'tf2_ros'")
+
+
+class Tf2Double:
+    """Stands in for tf2 (a TransformSource): every frame 1, 2, 3 m from the target, unturned."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def lookup(self, target, view, timeout_s):
+        self.asked.append(view.frame_id)
+        return RigidTransform.from_quaternion((1, 2, 3), (0, 0, 0, 1))
+
+
 def static_target(translation, quaternion) -> TargetFrame:
     camera = CameraSettings(
         name="front", pose_parent_frame="base_link", pose_translation=translation, pose_rotation=quaternion
     )
     settings = PointingSettings(cameras=("front",), target_frame="base_link")
-    found = target_frame(settings, {"front": camera}, load_tf2=pytest.fail)
+    found = target_frame(settings, {"front": camera}, load_tf2=no_tf2)
     assert found is not None and found.frame == "base_link"
     return found
 
@@ -217,13 +211,14 @@ def test_a_frame_without_a_transform_is_the_no_transform_error():
     assert "camera 'wrist' has no static pose" in str(raised.value)
 
 
-def test_static_poses_answer_only_for_their_cameras_and_their_parent_frame():
-    poses = StaticCameraPoses({"front": CameraSettings(name="front", pose_parent_frame="world")})
+def test_static_poses_answer_only_for_their_cameras():
+    poses = StaticCameraPoses({"front": CameraSettings(name="front", pose_parent_frame="base_link")})
     view = View(camera="front", stamp_ns=0, frame_id="front_optical", width=1, height=1)
     assert poses.has_pose("front") and not poses.has_pose("wrist")
-    with pytest.raises(TransformUnavailable, match="given in 'world', not in 'base_link'"):
-        poses.lookup("base_link", view, 0.1)
-    np.testing.assert_allclose(poses.lookup("world", view, 0.1).rotation, np.eye(3))
+    np.testing.assert_allclose(poses.lookup("base_link", view, 0.1).rotation, np.eye(3))
+    own = View(camera="", stamp_ns=0, frame_id="handheld", width=1, height=1)
+    with pytest.raises(TransformUnavailable, match="^a request's own image has no static pose$"):
+        poses.lookup("base_link", own, 0.1)
 
 
 # --- choosing the transform sources ---
@@ -239,22 +234,38 @@ def test_cameras_without_a_static_pose_need_tf2_and_say_what_to_set_without_it()
         "front": CameraSettings(name="front", pose_parent_frame="base_link"),
         "wrist": CameraSettings(name="wrist"),
     }
-
-    def no_tf2():
-        raise ImportError("No module named 'tf2_ros'")
-
     with pytest.raises(ValueError, match="camera.s. wrist have no static pose .* tf2 is not available"):
         target_frame(settings, cameras, no_tf2)
-
-    class Tf2Double:
-        def lookup(self, target, view, timeout_s):
-            return RigidTransform.from_quaternion((1, 2, 3), (0, 0, 0, 1))
 
     found = target_frame(settings, cameras, Tf2Double)
     wrist = View(camera="wrist", stamp_ns=0, frame_id="wrist_optical", width=1, height=1)
     front = View(camera="front", stamp_ns=0, frame_id="front_optical", width=1, height=1)
     assert found.transform_of(wrist).translation == pytest.approx([1, 2, 3])
     assert found.transform_of(front).translation == pytest.approx([0, 0, 0]), "its static pose, not tf2"
+
+
+def test_a_requests_own_image_takes_tf2_even_when_every_camera_has_a_static_pose():
+    settings = PointingSettings(cameras=("front",), target_frame="base_link")
+    cameras = {"front": CameraSettings(name="front", pose_parent_frame="base_link")}
+    tf2 = Tf2Double()
+    found = target_frame(settings, cameras, lambda: tf2)
+    own = View(camera="", stamp_ns=0, frame_id="handheld", width=1, height=1)
+    assert found.transform_of(own).translation == pytest.approx([1, 2, 3]) and tf2.asked == ["handheld"]
+
+
+def test_without_tf2_static_poses_serve_alone_and_other_frames_say_tf2_is_missing():
+    settings = PointingSettings(cameras=("front",), target_frame="base_link")
+    cameras = {"front": CameraSettings(name="front", pose_parent_frame="base_link")}
+    found = target_frame(settings, cameras, no_tf2)
+    front = View(camera="front", stamp_ns=0, frame_id="front_optical", width=1, height=1)
+    assert found.transform_of(front).translation == pytest.approx([0, 0, 0])
+    own = View(camera="", stamp_ns=0, frame_id="handheld", width=1, height=1)
+    with pytest.raises(PointingError) as raised:
+        found.transform_of(own)
+    assert raised.value.code is ErrorCode.NO_TRANSFORM
+    assert "a request's own image has no static pose, and tf2 is not available (No module named" in str(
+        raised.value
+    )
 
 
 def test_a_static_pose_in_another_frame_than_the_target_is_refused_at_once():

@@ -24,7 +24,8 @@ from molmo_ros.settings_fields import SettingSpec, setting_specs
 README = REPO_ROOT / "README.md"
 # Each table: its marker name and the settings it lists, with their parameter prefix.
 TABLES: dict[str, tuple[tuple[type, str], ...]] = {
-    "node": ((NodeSettings, ""), (PointingSettings, ""), (DepthSettings, "")),
+    "node": ((NodeSettings, ""), (PointingSettings, "")),
+    "depth": ((DepthSettings, ""),),
     "camera": ((CameraSettings, camera_prefix("<name>")),),
     "engine": ((BackendSettings, "engine."),),
 }

@@ -1,19 +1,22 @@
 """`molmo-point --depth`: the depth options, read and checked before the model is loaded, and 3D output.
 
-    molmo-point --image rgb.png --depth depth.png --intrinsics 615,615,319.5,239.5 --query mug --format json
-    molmo-point --image rgb.png --depth depth.npy --camera-info camera.yaml --query mug
+molmo-point --image rgb.png --depth depth.png --intrinsics 615,615,319.5,239.5 --query mug --format json
+molmo-point --image rgb.png --depth depth.npy --camera-info camera.yaml --query mug
 """
 
 import argparse
 import math
 from pathlib import Path
 
+from molmo_ros.cli.settings_options import add_setting_options, with_option_names
 from molmo_ros.depth.camera import CameraModel
 from molmo_ros.depth.errors import DepthError
 from molmo_ros.depth.files import read_camera_info, read_depth_file
 from molmo_ros.depth.lifting import LiftedPoint, check_depth_geometry
 from molmo_ros.depth.pairing import PairedDepth
-from molmo_ros.depth.transforms import approach_pose
+from molmo_ros.depth.settings import DepthSettings
+from molmo_ros.depth.transforms import approach_pose, no_negative_zeros
+from molmo_ros.settings_fields import RefersToSettings
 
 
 def add_depth_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +38,10 @@ def add_depth_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="camera calibration YAML of --image (camera_calibration)",
     )
+    lifting = parser.add_argument_group(
+        "depth lifting", "how points are lifted with --depth (the node's depth parameters)"
+    )
+    add_setting_options(lifting, DepthSettings)
 
 
 def load_depth_input(args: argparse.Namespace, width: int, height: int) -> PairedDepth | None:
@@ -98,15 +105,22 @@ def lifted_to_json(lifted: list[LiftedPoint]) -> list[dict[str, object]]:
             "edge": point.edge,
             "depth_step": number(point.depth_step),
             "fallback": point.fallback,
+            "search_distance": number(point.search_distance),
             "normal": None if point.normal is None else list(point.normal),
+            "normal_error": number(point.normal_error),
             "normal_residual": number(point.normal_residual),
             "normal_inliers": point.normal_inliers,
-            "normal_reason": point.normal_reason,
+            "normal_reason": normal_reason(point),
             "approach_pose": approach(point),
             "reason": point.reason,
         }
         for point in lifted
     ]
+
+
+def normal_reason(point: LiftedPoint) -> str:
+    """Why the point has no normal, naming the options it is about; empty when it has one."""
+    return with_option_names(RefersToSettings(point.normal_reason, point.normal_settings))
 
 
 def describe_lifted(lifted: list[LiftedPoint]) -> list[str]:
@@ -117,15 +131,19 @@ def describe_lifted(lifted: list[LiftedPoint]) -> list[str]:
             lines.append(f"  {number}. no 3D: {point.reason}")
             continue
         x, y, z = point.xyz
-        edge = f"edge, depth step {point.depth_step:.3f} m" if point.edge else "no edge"
-        found = ", the pointed pixel had no depth: nearest surface used" if point.fallback else ""
+        edge = f"edge, depth step {point.depth_step:+.3f} m" if point.edge else "no edge"
+        found = (
+            f", the pointed pixel had no depth: nearest surface used, {point.search_distance:.1f} px away"
+            if point.fallback
+            else ""
+        )
         lines.append(f"  {number}. x={x:.3f} y={y:.3f} z={z:.3f} m (support {point.support}, {edge}{found})")
         if point.normal is None:
-            lines.append(f"     no normal: {point.normal_reason}")
-        else:
-            nx, ny, nz = (round(value, 3) + 0.0 for value in point.normal)  # + 0.0: no "-0.000"
-            lines.append(
-                f"     normal ({nx:.3f}, {ny:.3f}, {nz:.3f}), fit RMS {point.normal_residual * 1000:.1f} mm "
-                f"over {point.normal_inliers} points"
-            )
+            lines.append(f"     no normal: {normal_reason(point)}")
+            continue
+        nx, ny, nz = no_negative_zeros([round(value, 3) for value in point.normal])
+        lines.append(
+            f"     normal ({nx:.3f}, {ny:.3f}, {nz:.3f}) within {point.normal_error:.1f} degrees (1 sigma), "
+            f"fit RMS {point.normal_residual * 1000:.1f} mm over {point.normal_inliers} points"
+        )
     return lines

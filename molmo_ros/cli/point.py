@@ -28,6 +28,7 @@ from molmo_ros.backends.errors import BackendError, WeightsNotFoundError
 from molmo_ros.backends.interface import GenerationControl
 from molmo_ros.backends.settings import BackendSettings
 from molmo_ros.cli.depth_options import add_depth_arguments, describe_lifted, lifted_to_json, load_depth_input
+from molmo_ros.cli.settings_options import add_setting_options, settings_from_options, with_option_names
 from molmo_ros.depth.errors import DepthError
 from molmo_ros.depth.lifting import LiftedPoint
 from molmo_ros.depth.pairing import PairedDepth
@@ -43,7 +44,6 @@ from molmo_ros.prompts import (
     POINT_TEMPLATE,
     make_point_prompt,
 )
-from molmo_ros.settings_fields import SettingRef, setting_specs, worded
 
 TASKS = ("point", "ask", "caption", "ocr")
 EXIT_OK, EXIT_ENGINE_ERROR, EXIT_USAGE, EXIT_NO_WEIGHTS = 0, 1, 2, 3
@@ -85,24 +85,21 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "engine", "which model answers, and how (the node's engine.* parameters)"
     )
-    for spec in setting_specs(BackendSettings):
-        group.add_argument(
-            "--" + spec.field_name.replace("_", "-"),
-            dest=spec.field_name,
-            type=type(spec.default),
-            default=spec.default,
-            choices=spec.info.choices or None,
-            help=f"{spec.info.description} (default: {spec.default!r})",
-        )
+    add_setting_options(group, BackendSettings)
 
 
 def backend_settings(args: argparse.Namespace) -> BackendSettings:
     try:
-        settings = BackendSettings(
-            **{spec.field_name: getattr(args, spec.field_name) for spec in setting_specs(BackendSettings)}
-        )
+        settings = settings_from_options(BackendSettings, args)
         check_api_key(settings)
         return settings
+    except ValueError as error:
+        raise UsageError(with_option_names(error)) from error
+
+
+def depth_settings(args: argparse.Namespace) -> DepthSettings:
+    try:
+        return settings_from_options(DepthSettings, args)
     except ValueError as error:
         raise UsageError(with_option_names(error)) from error
 
@@ -155,17 +152,6 @@ def describe_backend(backend: object, settings: BackendSettings) -> dict[str, st
     }
 
 
-def option_name(ref: SettingRef) -> str | None:
-    """The command-line option of a setting an error is about (only the engine's settings have one)."""
-    if ref.settings_class is not BackendSettings:
-        return None
-    return "--" + ref.field_name.replace("_", "-")
-
-
-def with_option_names(error: BaseException) -> str:
-    return worded(error, option_name, "option")
-
-
 def _point_dict(point: LabelledPoint) -> dict[str, object]:
     return {"x": point.x, "y": point.y, "label": point.label}
 
@@ -179,10 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         task = choose_task(args)
         prompt = build_prompt(task, args)
         pixels = read_image(args.image)
-        depth = load_depth_input(args, pixels.shape[1], pixels.shape[0])
+        inputs = (pixels, load_depth_input(args, pixels.shape[1], pixels.shape[0]), depth_settings(args))
         settings = backend_settings(args)
         answer, about, timings = _ask(settings, pixels, prompt)
-        outcome = _outcome(args.query or prompt, prompt, answer, pixels, depth, timings["answer_s"])
+        outcome = _outcome(args.query or prompt, prompt, answer, inputs, timings["answer_s"])
         _write_drawing(args, outcome, pixels)
     except (UsageError, DepthError) as error:
         print(f"molmo-point: {error}", file=sys.stderr)
@@ -199,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BackendError as error:
         print(f"molmo-point: {type(error).__name__}: {with_option_names(error)}", file=sys.stderr)
         return EXIT_ENGINE_ERROR
-    report = _report(task, prompt, answer, outcome, args, timings, about, with_depth=depth is not None)
+    report = _report(task, prompt, answer, outcome, args, timings, about, with_depth=inputs[1] is not None)
     if args.format == "json":
         print(json.dumps(report, indent=2))
     else:
@@ -225,9 +211,15 @@ def _ask(
 
 
 def _outcome(
-    query: str, prompt: str, answer: str, pixels: np.ndarray, depth: PairedDepth | None, seconds: float
+    query: str,
+    prompt: str,
+    answer: str,
+    inputs: tuple[np.ndarray, PairedDepth | None, DepthSettings],
+    seconds: float,
 ) -> PointingOutcome:
-    """The answer's points in the image's pixels, lifted with --depth: the node's own answer path."""
+    """The answer's points in the image's pixels, lifted with --depth and the depth options: the node's own
+    answer path."""
+    pixels, depth, lifting = inputs
     height, width = pixels.shape[:2]
     view = View(camera="", stamp_ns=0, frame_id="", width=width, height=height)
     return pointing_outcome(
@@ -235,7 +227,7 @@ def _outcome(
         prompt=prompt,
         text=answer,
         inputs=[ViewInput(view, depth)],
-        depth_settings=DepthSettings(),
+        depth_settings=lifting,
         require_depth=False,
         model_seconds=seconds,
         frame_age_seconds=0.0,

@@ -126,19 +126,14 @@ class CameraModel:
         undistorted = undistort(opencv, self.k, self.d, None, None, self.p[:, :3], UNDISTORT_CRITERIA)
         return undistorted.reshape(-1, 2)
 
-    def grid_rays(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The x and y ray components (as in `rays`) of k grids of continuous points: xs and ys are k x n
-        (columns and rows of each grid); the results broadcast to k x n x n. A camera without
-        distortion needs no per-point work (k x 1 x n and k x n x 1)."""
+    def pixel_rays(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The x and y components (as in `rays`) of the rays of continuous points (xs, ys), arrays of one
+        shape; a camera without distortion needs no undistortion, just the pinhole's arithmetic."""
         xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
         if self.distortion_model == "":
-            return ((xs - 0.5 - self.cx) / self.fx)[:, np.newaxis, :], ((ys - 0.5 - self.cy) / self.fy)[
-                :, :, np.newaxis
-            ]
-        grid_x = np.broadcast_to(xs[:, np.newaxis, :], (xs.shape[0], ys.shape[1], xs.shape[1]))
-        grid_y = np.broadcast_to(ys[:, :, np.newaxis], grid_x.shape)
-        rays = self.rays(np.stack([grid_x.reshape(-1), grid_y.reshape(-1)], axis=1))
-        return rays[:, 0].reshape(grid_x.shape), rays[:, 1].reshape(grid_x.shape)
+            return (xs - 0.5 - self.cx) / self.fx, (ys - 0.5 - self.cy) / self.fy
+        rays = self.rays(np.stack([xs.reshape(-1), ys.reshape(-1)], axis=1))
+        return rays[:, 0].reshape(xs.shape), rays[:, 1].reshape(xs.shape)
 
     def rays(self, points_px: np.ndarray) -> np.ndarray:
         """Nx3 rays (x, y, 1) in the optical frame; a point at depth Z is Z times its ray."""

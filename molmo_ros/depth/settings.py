@@ -20,16 +20,17 @@ class DepthSettings:
 
     depth_window: int = setting(
         5,
-        "Side in depth-image pixels of the square window around the pointed pixel: the window's depths "
-        "within the noise tolerance of the pointed pixel's are its surface (their median is the depth); "
-        "the others show an edge.",
+        "Side in depth-image pixels of the square window around the pointed pixel: its depths near the "
+        "pointed pixel's, re-centred on their median, are the pointed surface (their median is the depth); "
+        "two or more others (off the surface, or off the plane fitted around the point) show an edge.",
         minimum=1,
         maximum=101,
     )
     depth_noise: float = setting(
         0.001,
         "Depth noise of the camera near zero range, in metres (the constant term of the noise model "
-        "sigma(Z) = depth_noise + depth_noise_quadratic * Z^2); depths within 3 sigma are one surface.",
+        "sigma(Z) = depth_noise + depth_noise_quadratic * Z^2): window depths within 4 sigma of the "
+        "surface are on it, and the normal's plane is fitted to the points within 3 sigma of it.",
         minimum=0.0,
         maximum=1.0,
     )
@@ -65,11 +66,20 @@ class DepthSettings:
     )
     normal_radius: int = setting(
         10,
-        "Half side, in depth-image pixels, of the neighbourhood whose points on the pointed surface are "
-        "fitted with a plane for the surface normal (a wider one averages more noise away but needs a "
-        "larger flat surface); 0 turns normals off.",
+        "Half side, in samples, of the square grid of depth-image pixels whose points on the pointed "
+        "surface are fitted with a plane for the surface normal (21 x 21 by default: more samples average "
+        "more noise away, at more cost); 0 turns normals off.",
         minimum=0,
         maximum=100,
+    )
+    normal_size: float = setting(
+        0.025,
+        "Smallest side, in metres at the surface, of the neighbourhood the normal is fitted over: the grid's "
+        "samples are spaced so that it spans this much (adjacent pixels where they span more). A normal's "
+        "error is about the depth noise over this width, whatever the range and focal length; a smaller "
+        "surface is fitted with its own points only. 0: adjacent pixels always.",
+        minimum=0.0,
+        maximum=1.0,
     )
     normal_min_points: int = setting(
         10,
@@ -83,6 +93,14 @@ class DepthSettings:
         "spread: a thinner or smaller surface gets no normal.",
         minimum=0.0,
         maximum=90.0,
+    )
+    normal_max_bend: float = setting(
+        30.0,
+        "Largest angle, in degrees, between the planes of the surface's two sides of the point (beyond "
+        "what noise explains) that still gets a normal, their average: a mug 8 cm across bends about 18 "
+        "degrees over 2.5 cm; a sharper ridge or the corner between two faces gets none.",
+        minimum=0.0,
+        maximum=180.0,
     )
     max_depth_skew: float = setting(
         0.05,

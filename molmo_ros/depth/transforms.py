@@ -13,7 +13,7 @@ image-right direction itself (within PARALLEL_LIMIT) is image-down (+y) used in 
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,6 +36,11 @@ class Pose:
 
     position: Vector
     orientation: Quaternion
+
+
+def no_negative_zeros(values: Sequence[float] | np.ndarray) -> tuple[float, ...]:
+    """Plain floats, with -0.0 made 0.0 (adding 0.0 does it), so that none is ever printed as "-0.0"."""
+    return tuple(float(value) + 0.0 for value in values)
 
 
 def unit_quaternion(values: Sequence[float], what: str = "quaternion") -> Quaternion:
@@ -89,10 +94,21 @@ def matrix_to_quaternion(rotation: np.ndarray | Sequence[Sequence[float]]) -> Qu
 
 @dataclass(frozen=True, eq=False)
 class RigidTransform:
-    """p_target = rotation @ p_source + translation (metres)."""
+    """p_target = rotation @ p_source + translation (metres). Points, directions and poses are moved with
+    plain floats: numpy's per-call cost is most of the work on three-vectors, and an answer moves a few."""
 
     rotation: np.ndarray  # 3x3
     translation: np.ndarray  # 3
+    # the same in plain floats, and the rotation as a quaternion (x, y, z, w), made once
+    _rows: tuple[Vector, Vector, Vector] = field(init=False, repr=False)
+    _shift: Vector = field(init=False, repr=False)
+    _turn: Quaternion = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        rows = tuple(tuple(float(value) for value in row) for row in self.rotation)
+        object.__setattr__(self, "_rows", rows)
+        object.__setattr__(self, "_shift", tuple(float(value) for value in self.translation))
+        object.__setattr__(self, "_turn", matrix_to_quaternion(rows))
 
     @classmethod
     def from_quaternion(cls, translation: Sequence[float], quaternion: Sequence[float]) -> "RigidTransform":
@@ -101,24 +117,32 @@ class RigidTransform:
             raise DepthError(f"a translation must be 3 finite numbers x, y, z, not {list(translation)!r}")
         return cls(quaternion_to_matrix(unit_quaternion(quaternion)), vector)
 
-    @classmethod
-    def identity(cls) -> "RigidTransform":
-        return cls(np.eye(3), np.zeros(3))
-
     @property
     def quaternion(self) -> Quaternion:
-        return matrix_to_quaternion(self.rotation)
+        return self._turn
 
     def point(self, point: Sequence[float]) -> Vector:
-        return tuple(float(value) for value in self.rotation @ np.asarray(point) + self.translation)
+        x, y, z = self.vector(point)
+        tx, ty, tz = self._shift
+        return (x + tx, y + ty, z + tz)
 
     def vector(self, vector: Sequence[float]) -> Vector:
         """A direction: rotated, not moved."""
-        return tuple(float(value) for value in self.rotation @ np.asarray(vector))
+        x, y, z = (float(value) for value in vector)
+        return tuple(r0 * x + r1 * y + r2 * z for r0, r1, r2 in self._rows)
 
     def pose(self, pose: Pose) -> Pose:
-        rotation = self.rotation @ quaternion_to_matrix(pose.orientation)
-        return Pose(self.point(pose.position), matrix_to_quaternion(rotation))
+        """The pose moved: its orientation turned by this rotation (the Hamilton product of the two
+        quaternions, w kept >= 0 as matrix_to_quaternion gives it)."""
+        (ax, ay, az, aw), (bx, by, bz, bw) = self._turn, pose.orientation
+        turned = (
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+            aw * bw - ax * bx - ay * by - az * bz,
+        )
+        norm = math.sqrt(sum(value * value for value in turned)) * (-1.0 if turned[3] < 0 else 1.0)
+        return Pose(self.point(pose.position), tuple(value / norm for value in turned))
 
 
 def approach_pose(position: Sequence[float], normal: Sequence[float]) -> Pose:

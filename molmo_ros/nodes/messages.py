@@ -92,10 +92,12 @@ def _add_3d(result: PointingResult, point: OutcomePoint) -> None:
     result.depth_step.append(lifted.depth_step if valid else math.nan)
     result.depth_edge.append(valid and lifted.edge)
     result.depth_fallback.append(valid and lifted.fallback)
+    result.depth_search_distance.append(lifted.search_distance if valid else math.nan)
     result.normal_valid.append(has_normal)
     result.normals.append(_vector(target.normal) if has_normal else Vector3())
     result.normal_residual.append(lifted.normal_residual if valid else math.nan)
     result.normal_inliers.append(lifted.normal_inliers if valid else 0)
+    result.normal_error.append(lifted.normal_error if has_normal else math.nan)
     result.normal_status.append(normal_status(lifted))
     result.approach_poses.append(
         _pose(target.approach) if has_normal else Pose(orientation=Quaternion(w=0.0))
@@ -103,17 +105,15 @@ def _add_3d(result: PointingResult, point: OutcomePoint) -> None:
 
 
 def normal_status(lifted: LiftedPoint | None) -> str:
-    """Empty when the point has a normal, else why not."""
+    """Empty when the point has a normal, else why not, naming the parameters."""
     if lifted is None or not lifted.valid:
         return "no depth at this point"
-    return lifted.normal_reason
+    return said_with_parameters(lifted.normal_reason, lifted.normal_settings)
 
 
 def _view_message(outcome: PointingOutcome, index: int) -> CameraView:
     view = outcome.views[index]
     own = [point.depth for point in outcome.points if point.view == index]
-    to_target = view.to_target or RigidTransform.identity()
-    x, y, z, w = to_target.quaternion
     return CameraView(
         header=view_header(view),
         camera=view.camera,
@@ -121,17 +121,19 @@ def _view_message(outcome: PointingOutcome, index: int) -> CameraView:
         image_height=view.height,
         depth_stamp=depth_stamp(view),
         depth_status=depth_status(view),
-        camera_to_target=Transform(
-            translation=Vector3(
-                x=float(to_target.translation[0]),
-                y=float(to_target.translation[1]),
-                z=float(to_target.translation[2]),
-            ),
-            rotation=Quaternion(x=x, y=y, z=z, w=w),
-        ),
+        camera_to_target=_transform(view.to_target),
         points_3d=[_point(p.xyz) if p is not None and p.xyz else PointMsg() for p in own],
         normals=[_vector(p.normal) if p is not None and p.normal else Vector3() for p in own],
     )
+
+
+def _transform(transform: RigidTransform | None) -> Transform:
+    """The transform as a message; all zeros (a zero quaternion, not a rotation) when there is none, so
+    that no identity passes for a transform that was looked up."""
+    if transform is None:
+        return Transform(rotation=Quaternion(w=0.0))
+    x, y, z, w = transform.quaternion
+    return Transform(translation=_vector(transform.translation), rotation=Quaternion(x=x, y=y, z=z, w=w))
 
 
 def summary(outcome: PointingOutcome) -> str:

@@ -49,6 +49,9 @@ class ViewInput:
 
     view: View
     depth: ViewDepth  # paired, missing with the reason, or None when the camera has no depth source
+    # The transform to the target frame, or why there is none, looked up when the frame was chosen (see
+    # answering.py); None: looked up here, when a point needs it.
+    to_target: RigidTransform | PointingError | None = None
 
 
 def ask_model(
@@ -103,7 +106,7 @@ def pointing_outcome(
         if require_depth and not isinstance(depth_state, DepthUsed):
             raise _no_depth(view.camera, depth_state)
         has_3d = any(point is not None and point.valid for point in lifted)
-        to_target = target.transform_of(view) if target is not None and has_3d else None
+        to_target = _to_target(view_input, target) if target is not None and has_3d else None
         views.append(replace(view, depth=depth_state, to_target=to_target))
         points += [
             OutcomePoint(pixel.x, pixel.y, pixel.label, index, depth, _target(depth, to_target))
@@ -124,6 +127,16 @@ def pointing_outcome(
         images=tuple(images),
         target_frame="" if target is None else target.frame,
     )
+
+
+def _to_target(view_input: ViewInput, target: TargetFrame) -> RigidTransform:
+    """The view's transform to the target frame: the one looked up earlier, or now."""
+    found = view_input.to_target
+    if found is None:
+        return target.transform_of(view_input.view)
+    if isinstance(found, PointingError):
+        raise found
+    return found
 
 
 def _target(lifted: LiftedPoint | None, to_target: RigidTransform | None) -> Target | None:

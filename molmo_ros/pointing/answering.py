@@ -2,7 +2,12 @@
 model's answer, the depth frame and camera model that go with each frame, and the outcome.
 
 Depth is paired after the model has answered: a depth frame stamped like the colour frame often arrives
-a few milliseconds after it (the standing query wakes on the colour frame), and by then it is there."""
+a few milliseconds after it (the standing query wakes on the colour frame), and by then it is there.
+
+The transform of each frame that may have 3D points to the target frame is looked up before the model
+runs, while the frame is young: tf2's buffer keeps 10 s of a moving camera's transforms, and a frame's
+age plus the model's time could pass that (a lookup then fails as an extrapolation into the past). A
+failed lookup is kept, and fails the request only if a 3D point needs it."""
 
 import time
 from collections.abc import Callable, Mapping
@@ -13,6 +18,7 @@ import numpy as np
 from molmo_ros.backends.interface import GenerationControl, PointingBackend
 from molmo_ros.depth.pairing import DepthMissing, ViewDepth, pair_depth
 from molmo_ros.depth.settings import DepthSettings
+from molmo_ros.depth.transforms import RigidTransform
 from molmo_ros.image_conversion import ImageConversionError
 from molmo_ros.pointing.answer import ViewInput, ask_model, pointing_outcome
 from molmo_ros.pointing.errors import ErrorCode, PointingError, unexpected_error
@@ -55,6 +61,7 @@ def answer_request(
     try:
         settings = context.settings
         inputs = gather_inputs(request, context.frames, settings, context.now_ns)
+        transforms = early_transforms(request, inputs.views, context) if not request.ask else []
         query = request.query.strip()
         prompt = query if request.ask else make_point_prompt(settings.prompt_template, query)
         started = time.perf_counter()
@@ -66,7 +73,7 @@ def answer_request(
             query=request.query,
             prompt=prompt,
             text=text,
-            inputs=with_depth(request, inputs, context),
+            inputs=with_depth(request, inputs, context, transforms),
             depth_settings=context.depth_settings,
             require_depth=request.require_depth or settings.require_depth,
             model_seconds=seconds,
@@ -102,15 +109,54 @@ def gather_inputs(
     return ModelInputs(chosen, images, views, ages)
 
 
-def with_depth(request: PointingRequest, inputs: ModelInputs, context: Context) -> list[ViewInput]:
-    """Each view with the depth to lift its points with: the request's own, or the camera's depth frame
-    stamped nearest the colour frame (see the module docstring for why this comes after the model)."""
+def early_transforms(
+    request: PointingRequest, views: list[View], context: Context
+) -> list[RigidTransform | PointingError | None]:
+    """Each view's transform to the target frame, or why there is none, looked up now (see the module
+    docstring); None where there is no target frame or the view can have no 3D point (no depth source)."""
+    found: list[RigidTransform | PointingError | None] = []
+    for view in views:
+        if context.target is None or not _has_depth_source(request, view, context.cameras):
+            found.append(None)
+            continue
+        try:
+            found.append(context.target.transform_of(view))
+        except PointingError as error:
+            found.append(error)
+    return found
+
+
+def with_depth(
+    request: PointingRequest,
+    inputs: ModelInputs,
+    context: Context,
+    transforms: list[RigidTransform | PointingError | None],
+) -> list[ViewInput]:
+    """Each view with the depth to lift its points with, and its `early_transforms`: the request's own
+    depth, or the camera's depth frame stamped nearest the colour frame (see the module docstring for why
+    this comes after the model)."""
     if request.image is not None:
-        return [ViewInput(inputs.views[0], _own_depth(request, context.depth_settings))]
+        depths = [_own_depth(request, context.depth_settings)]
+    else:
+        depths = [
+            _camera_depth(frame, context.frames, context.cameras, context.depth_settings)
+            for frame in inputs.frames
+        ]
     return [
-        ViewInput(view, _camera_depth(frame, context.frames, context.cameras, context.depth_settings))
-        for frame, view in zip(inputs.frames, inputs.views, strict=True)
+        ViewInput(view, depth, transform)
+        for view, depth, transform in zip(inputs.views, depths, transforms, strict=True)
     ]
+
+
+def _has_depth_source(request: PointingRequest, view: View, cameras: Mapping[str, CameraSettings]) -> bool:
+    """Whether the view's points may be lifted: it came with depth, or its camera has a depth topic."""
+    if request.image is not None:
+        return request.depth is not None and request.camera_model is not None
+    return bool(_camera(cameras, view.camera).depth_topic)
+
+
+def _camera(cameras: Mapping[str, CameraSettings], name: str) -> CameraSettings:
+    return cameras.get(name) or CameraSettings(name=name)
 
 
 def _own_depth(request: PointingRequest, settings: DepthSettings) -> ViewDepth:
@@ -126,7 +172,7 @@ def _own_depth(request: PointingRequest, settings: DepthSettings) -> ViewDepth:
 def _camera_depth(
     frame: Frame, frames: LatestFrames, cameras: Mapping[str, CameraSettings], settings: DepthSettings
 ) -> ViewDepth:
-    camera = cameras.get(frame.camera) or CameraSettings(name=frame.camera)
+    camera = _camera(cameras, frame.camera)
     if not camera.depth_topic:
         return None
     model = frames.camera_model(frame.camera)

@@ -3,8 +3,9 @@
 Transforms come through one small interface, `TransformSource`, with two implementations: the static
 poses of fixed cameras (`StaticCameraPoses`, from each camera's pose_* settings, tested everywhere) and
 tf2 (`molmo_ros.nodes.tf2_transforms`, a ROS import, so it lives with the node). A camera with a static
-pose uses it; every other frame goes to tf2. When neither can give a frame's transform in time the answer
-is the error NO_TRANSFORM: a point is never handed over in the camera's frame as if it were the planner's.
+pose uses it; every other frame, a request's own image's included, goes to tf2, which is loaded whenever
+it can be imported. When neither can give a frame's transform in time the answer is the error
+NO_TRANSFORM: a point is never handed over in the camera's frame as if it were the planner's.
 """
 
 from collections.abc import Callable, Mapping
@@ -32,14 +33,14 @@ class TransformSource(Protocol):
 
 
 class StaticCameraPoses:
-    """The fixed poses of the cameras that have one (cameras.<name>.pose_*), each in its parent frame."""
+    """The fixed poses of the cameras that have one (cameras.<name>.pose_*), each in the target frame
+    (`target_frame` refuses a pose given in another frame)."""
 
-    def __init__(self, cameras: Mapping[str, CameraSettings]) -> None:
+    def __init__(self, cameras: Mapping[str, CameraSettings], why_no_tf2: str = "") -> None:
         self._poses = {
-            name: (camera.pose_parent_frame, camera.static_pose())
-            for name, camera in cameras.items()
-            if camera.pose_parent_frame
+            name: camera.static_pose() for name, camera in cameras.items() if camera.pose_parent_frame
         }
+        self._why_no_tf2 = why_no_tf2  # when these poses are the only source: why tf2 is not there
 
     def has_pose(self, camera: str) -> bool:
         return camera in self._poses
@@ -47,13 +48,9 @@ class StaticCameraPoses:
     def lookup(self, target: str, view: View, timeout_s: float) -> RigidTransform:
         if view.camera not in self._poses:
             what = f"camera {view.camera!r}" if view.camera else "a request's own image"
-            raise TransformUnavailable(f"{what} has no static pose")
-        parent, pose = self._poses[view.camera]
-        if parent != target:
-            raise TransformUnavailable(
-                f"the static pose of camera {view.camera!r} is given in {parent!r}, not in {target!r}"
-            )
-        return pose
+            without = f", and tf2 is not available ({self._why_no_tf2})" if self._why_no_tf2 else ""
+            raise TransformUnavailable(f"{what} has no static pose{without}")
+        return self._poses[view.camera]
 
 
 class StaticPosesFirst:
@@ -94,27 +91,29 @@ def target_frame(
     load_tf2: Callable[[], TransformSource],
 ) -> TargetFrame | None:
     """The target frame the settings ask for, with the transform sources it needs; None when
-    target_frame is empty. `load_tf2` is called only when some camera has no static pose; it raises
-    ImportError where tf2_ros cannot be imported. ValueError says what to set instead."""
+    target_frame is empty. `load_tf2` raises ImportError where tf2_ros cannot be imported; it is called
+    whenever target_frame is set, since a request's own image may come from any frame. Without tf2 the
+    static poses serve alone, when every camera has one. ValueError says what to set instead."""
     if not settings.target_frame:
         return None
-    static = StaticCameraPoses(cameras)
     for name, camera in cameras.items():
         if camera.pose_parent_frame and camera.pose_parent_frame != settings.target_frame:
             raise ValueError(
                 f"camera {name!r}'s static pose is given in {camera.pose_parent_frame!r} but target_frame "
                 f"is {settings.target_frame!r}: give the pose in {settings.target_frame!r}"
             )
-    without_pose = [name for name in cameras if not static.has_pose(name)]
-    if not without_pose:
-        return TargetFrame(settings.target_frame, static, settings.transform_timeout)
     try:
         tf2 = load_tf2()
     except ImportError as error:
-        raise ValueError(
-            f"target_frame is {settings.target_frame!r}, but camera(s) {', '.join(without_pose)} have no "
-            f"static pose (cameras.<name>.pose_parent_frame, pose_translation, pose_rotation) and tf2 is "
-            f"not available ({error}): give each camera a static pose, run in a ROS 2 install that has "
-            "tf2_ros, or leave target_frame empty"
-        ) from error
-    return TargetFrame(settings.target_frame, StaticPosesFirst(static, tf2), settings.transform_timeout)
+        without_pose = [name for name, camera in cameras.items() if not camera.pose_parent_frame]
+        if without_pose:
+            raise ValueError(
+                f"target_frame is {settings.target_frame!r}, but camera(s) {', '.join(without_pose)} have "
+                "no static pose (cameras.<name>.pose_parent_frame, pose_translation, pose_rotation) and tf2 "
+                f"is not available ({error}): give each camera a static pose, run in a ROS 2 install that "
+                "has tf2_ros, or leave target_frame empty"
+            ) from error
+        static = StaticCameraPoses(cameras, why_no_tf2=str(error))
+        return TargetFrame(settings.target_frame, static, settings.transform_timeout)
+    source = StaticPosesFirst(StaticCameraPoses(cameras), tf2)
+    return TargetFrame(settings.target_frame, source, settings.transform_timeout)
