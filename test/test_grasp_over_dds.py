@@ -284,7 +284,7 @@ def test_target_frame_without_a_static_pose_or_tf2_fails_configure_saying_what_t
     assert rig.node.trigger_configure() == TransitionCallbackReturn.FAILURE
     logged = capfd.readouterr().err
     assert "cannot configure" in logged and "camera(s) front, wrist have no static pose" in logged, logged
-    assert "tf2 is not available" in logged and "leave target_frame empty" in logged
+    assert "tf2 is not available" in logged and "leave the target frame empty (parameter target_frame" in logged
 
 
 def transform_message(translation: np.ndarray, quaternion: np.ndarray) -> TransformStamped:
@@ -318,10 +318,14 @@ def test_cameras_without_a_static_pose_take_tf2s_transform_at_the_frames_stamp(m
     assert [result.points_3d[0].x, result.points_3d[0].y, result.points_3d[0].z] == pytest.approx(
         rotation @ (RAY * 2.0) + translation, abs=1e-6
     )
-    assert listener.buffer.calls == [("base_link", "front_optical", stamp_ns, 300_000_000)]
+    # Taken before the model without waiting, and there: no second lookup.
+    assert listener.buffer.calls == [("base_link", "front_optical", stamp_ns, 0)]
     listener.buffer.transforms.clear()
+    listener.buffer.calls.clear()
     failed = rig.user.point("mug")
     assert failed.error_code == Point.Response.NO_TRANSFORM and "tf2: LookupException" in failed.message
+    waits = [call[3] for call in listener.buffer.calls]
+    assert waits == [0, 300_000_000], "not there before the model: looked up again after it, waiting"
     assert rig.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
     assert tf2_frames_services(rig) == 1
     assert rig.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS

@@ -295,6 +295,19 @@ def test_unquantized_cache_entries_keep_their_identity(tiny_model_dir):
     ], "an entry made with other layers kept in full precision is another entry"
 
 
+def test_an_int8_entry_without_int8_weights_is_refused(tiny_model_dir, tmp_path):
+    """An entry that says int8 but holds full-precision weights would silently cost bf16 memory."""
+    loaded = checkpoint.load_checkpoint(
+        str(tiny_model_dir), None, CPU, torch.bfloat16, cache_dir=tmp_path, quantization="none"
+    )
+    manifest_path = loaded.files_dir / weights_cache.CACHE_MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["identity"]["quantization"] = "int8"
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(IncompatibleCheckpointError, match="where this version does not put them, or lacks"):
+        weights_cache.load_cached_model(loaded.files_dir, CPU)
+
+
 def test_an_int8_entry_with_int8_where_this_version_puts_none_is_refused(
     tiny_model_dir, tmp_path, monkeypatch
 ):

@@ -271,7 +271,7 @@ def test_without_tf2_static_poses_serve_alone_and_other_frames_say_tf2_is_missin
 def test_a_static_pose_in_another_frame_than_the_target_is_refused_at_once():
     settings = PointingSettings(cameras=("front",), target_frame="base_link")
     cameras = {"front": CameraSettings(name="front", pose_parent_frame="world")}
-    with pytest.raises(ValueError, match="given in 'world' but target_frame is 'base_link'"):
+    with pytest.raises(ValueError, match="given in 'world' but the target frame is 'base_link'"):
         target_frame(settings, cameras, pytest.fail)
 
 

@@ -225,6 +225,10 @@ class PointerNode(LifecycleNode):
         # Everything loaded so far (modules, the model: 414k objects with the tiny MolmoE) lives until
         # deactivate. Left to the collector, each full collection walks it all while holding the GIL:
         # 235 ms of CPU, 1.2 s under CPU contention, with no frame taken (bench/frames_under_load.py).
+        # Collected first, so no garbage (say a failed earlier load's) is pinned until deactivate. The
+        # freeze is process-wide: with several pointer nodes in one process, the first to deactivate
+        # unfreezes the others' models too (correct, only slower collections again).
+        gc.collect()
         gc.freeze()
         self.get_logger().info(f"active: {backend.name} backend ready")
         return super().on_activate(state)

@@ -4,10 +4,11 @@ model's answer, the depth frame and camera model that go with each frame, and th
 Depth is paired after the model has answered: a depth frame stamped like the colour frame often arrives
 a few milliseconds after it (the standing query wakes on the colour frame), and by then it is there.
 
-The transform of each frame that may have 3D points to the target frame is looked up before the model
-runs, while the frame is young: tf2's buffer keeps 10 s of a moving camera's transforms, and a frame's
-age plus the model's time could pass that (a lookup then fails as an extrapolation into the past). A
-failed lookup is kept, and fails the request only if a 3D point needs it."""
+The transform of each frame that may have 3D points to the target frame is taken before the model runs,
+while the frame is young, without waiting: tf2's buffer keeps 10 s of a moving camera's transforms, and a
+frame's age plus the model's time could pass that (a lookup then fails as an extrapolation into the
+past). One not there yet (tf lagging the camera) is looked up again after the model, waiting up to the
+transform timeout. A failed lookup fails the request only if a 3D point needs it."""
 
 import time
 from collections.abc import Callable, Mapping
@@ -120,7 +121,7 @@ def early_transforms(
             found.append(None)
             continue
         try:
-            found.append(context.target.transform_of(view))
+            found.append(context.target.transform_of(view, wait=False))
         except PointingError as error:
             found.append(error)
     return found
@@ -142,10 +143,22 @@ def with_depth(
             _camera_depth(frame, context.frames, context.cameras, context.depth_settings)
             for frame in inputs.frames
         ]
+    if context.target is not None:  # a transform not there yet (tf lagging the camera) may be there now
+        transforms = [
+            _waited_transform(context.target, view) if isinstance(found, PointingError) else found
+            for view, found in zip(inputs.views, transforms, strict=True)
+        ]
     return [
         ViewInput(view, depth, transform)
         for view, depth, transform in zip(inputs.views, depths, transforms, strict=True)
     ]
+
+
+def _waited_transform(target: TargetFrame, view: View) -> RigidTransform | PointingError:
+    try:
+        return target.transform_of(view)
+    except PointingError as error:
+        return error
 
 
 def _has_depth_source(request: PointingRequest, view: View, cameras: Mapping[str, CameraSettings]) -> bool:

@@ -16,7 +16,7 @@ from molmo_ros.depth.transforms import RigidTransform
 from molmo_ros.pointing.errors import ErrorCode, PointingError
 from molmo_ros.pointing.outcomes import View
 from molmo_ros.pointing.settings import CameraSettings, PointingSettings
-from molmo_ros.settings_fields import SettingRef
+from molmo_ros.settings_fields import SettingRef, SettingValueError
 
 TARGET_FRAME = SettingRef(PointingSettings, "target_frame")
 
@@ -72,15 +72,17 @@ class TargetFrame:
     source: TransformSource
     timeout_s: float
 
-    def transform_of(self, view: View) -> RigidTransform:
-        """The transform from `view`'s frame to this one at its stamp, or PointingError NO_TRANSFORM."""
+    def transform_of(self, view: View, wait: bool = True) -> RigidTransform:
+        """The transform from `view`'s frame to this one at its stamp, or PointingError NO_TRANSFORM;
+        waiting up to the timeout, or (`wait` False) only taking what is there now."""
+        timeout_s = self.timeout_s if wait else 0.0
         try:
-            return self.source.lookup(self.frame, view, self.timeout_s)
+            return self.source.lookup(self.frame, view, timeout_s)
         except TransformUnavailable as error:
             raise PointingError(
                 ErrorCode.NO_TRANSFORM,
                 f"no transform from {view.frame_id!r} to {self.frame!r} at the frame's stamp "
-                f"({view.stamp_ns / 1e9:.3f} s) within {self.timeout_s:g} s: {error}",
+                f"({view.stamp_ns / 1e9:.3f} s) within {timeout_s:g} s: {error}",
                 [TARGET_FRAME, SettingRef(PointingSettings, "transform_timeout")],
             ) from error
 
@@ -93,25 +95,28 @@ def target_frame(
     """The target frame the settings ask for, with the transform sources it needs; None when
     target_frame is empty. `load_tf2` raises ImportError where tf2_ros cannot be imported; it is called
     whenever target_frame is set, since a request's own image may come from any frame. Without tf2 the
-    static poses serve alone, when every camera has one. ValueError says what to set instead."""
+    static poses serve alone, when every camera has one. SettingValueError says what to set instead."""
     if not settings.target_frame:
         return None
     for name, camera in cameras.items():
         if camera.pose_parent_frame and camera.pose_parent_frame != settings.target_frame:
-            raise ValueError(
-                f"camera {name!r}'s static pose is given in {camera.pose_parent_frame!r} but target_frame "
-                f"is {settings.target_frame!r}: give the pose in {settings.target_frame!r}"
+            raise SettingValueError(
+                f"camera {name!r}'s static pose is given in {camera.pose_parent_frame!r} but the target "
+                f"frame is {settings.target_frame!r}: give the pose in {settings.target_frame!r}",
+                [SettingRef(CameraSettings, "pose_parent_frame", name), TARGET_FRAME],
             )
     try:
         tf2 = load_tf2()
     except ImportError as error:
         without_pose = [name for name, camera in cameras.items() if not camera.pose_parent_frame]
         if without_pose:
-            raise ValueError(
-                f"target_frame is {settings.target_frame!r}, but camera(s) {', '.join(without_pose)} have "
-                "no static pose (cameras.<name>.pose_parent_frame, pose_translation, pose_rotation) and tf2 "
-                f"is not available ({error}): give each camera a static pose, run in a ROS 2 install that "
-                "has tf2_ros, or leave target_frame empty"
+            raise SettingValueError(
+                f"the target frame is {settings.target_frame!r}, but camera(s) {', '.join(without_pose)} "
+                f"have no static pose and tf2 is not available ({error}): give each camera a static pose "
+                "(its parent frame, translation and rotation), run in a ROS 2 install that has tf2_ros, or "
+                "leave the target frame empty",
+                [TARGET_FRAME]
+                + [SettingRef(CameraSettings, "pose_parent_frame", name) for name in without_pose],
             ) from error
         static = StaticCameraPoses(cameras, why_no_tf2=str(error))
         return TargetFrame(settings.target_frame, static, settings.transform_timeout)

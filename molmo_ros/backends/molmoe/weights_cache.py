@@ -221,7 +221,8 @@ def load_cached_model(entry: Path, device: torch.device) -> MolmoEForPointing:
     expected = {name for name, _ in model.named_parameters()}
     loaded: set[str] = set()
     with out_of_memory_guard(device, f"loading the converted weights in {entry}"):
-        for shard in _read_manifest(entry)["shards"]:
+        manifest = _read_manifest(entry)
+        for shard in manifest["shards"]:
             tensors = _load_shard(entry / shard, device)
             unexpected = set(tensors) - expected
             if unexpected:
@@ -240,14 +241,15 @@ def load_cached_model(entry: Path, device: torch.device) -> MolmoEForPointing:
             f"the weights cache {entry} lacks {len(missing)} tensors (e.g. {sorted(missing)[:_SHOWN]}); "
             "delete that directory to rebuild it"
         )
-    _check_int8_weights(model, entry)
+    _check_int8_weights(model, entry, manifest["identity"].get("quantization", "none"))
     return model
 
 
-def _check_int8_weights(model: MolmoEForPointing, entry: Path) -> None:
-    """An int8 entry holds int8 exactly where quantization puts it (an unquantized entry nowhere)."""
+def _check_int8_weights(model: MolmoEForPointing, entry: Path, quantization: str) -> None:
+    """An int8 entry (by its identity) holds int8 exactly where quantization puts it; an unquantized one
+    holds none."""
     int8 = {name for name, parameter in model.named_parameters() if isinstance(parameter, Int8Tensor)}
-    wanted = quantized_weight_names(model) if int8 else set()
+    wanted = quantized_weight_names(model) if quantization == "int8" else set()
     if int8 != wanted:
         wrong = sorted(int8 ^ wanted)
         raise IncompatibleCheckpointError(
