@@ -217,8 +217,8 @@ def _checked_age_s(frame: Frame, now_ns: int, limit_s: float) -> float:
         raise PointingError(
             ErrorCode.STALE_FRAME,
             f"the newest frame from camera {frame.camera!r} is {age_s:.2f} s old; the limit is "
-            f"{limit_s:g} s; is the camera still publishing? (Fast DDS drops raw frames over 512 KB unless "
-            "the camera loads the shipped large-image profile: README, 'Large images')",
+            f"{limit_s:g} s; is the camera still publishing, and do its frames reach this node (large raw "
+            "frames need a transport that carries them: README, 'Large images')?",
             [MAX_FRAME_AGE],
         )
     if -age_s > limit_s:
