@@ -22,7 +22,7 @@ from molmo_ros.backends.errors import (
     WeightsNotFoundError,
 )
 from molmo_ros.backends.interface import GenerationControl, Stage
-from molmo_ros.backends.molmo2 import MOLMO2_DEFAULT, Molmo2Backend
+from molmo_ros.backends.molmo2 import MOLMO2_DEFAULT, Molmo2Backend, missing_config_fields
 from molmo_ros.backends.settings import BackendSettings
 from molmo_ros.nodes.parameters import with_parameter_names
 
@@ -166,10 +166,16 @@ def test_config_missing_what_molmo2_needs_is_refused_naming_it(tiny_molmo2_dir, 
 
 def test_native_save_passes_the_config_check(tmp_path):
     """transformers' own names (vision_config, vision_feature_layer, rope_parameters) are accepted too."""
-    loaded = Molmo2Backend.load(
-        BackendSettings(backend="molmo2", model=str(build_native_molmo2(tmp_path / "native")), device="cpu")
-    )
-    loaded.close()
+    checkpoint = build_native_molmo2(tmp_path / "native")
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["model_type"] == "molmo2"
+    assert "vision_config" in config and "vit_config" not in config, "a save with transformers' names"
+    assert missing_config_fields(config) == []
+    loaded = Molmo2Backend.load(BackendSettings(backend="molmo2", model=str(checkpoint), device="cpu"))
+    try:
+        assert type(loaded.model).__name__ == "Molmo2ForConditionalGeneration"
+    finally:
+        loaded.close()
 
 
 @pytest.mark.parametrize(

@@ -122,8 +122,15 @@ class NodeProcess:
             return "".join(self._lines)
 
     def stop(self) -> tuple[int, str]:
+        """SIGINT; SIGKILL if the node has not ended within 30 s, so it is never left running (its exit code
+        then says so, and the caller's assertion shows its output)."""
         self.process.send_signal(signal.SIGINT)
-        return self.process.wait(timeout=30), self.output()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        return self.process.returncode, self.output()
 
 
 def start_node(model_seconds: float, queue_size: int, max_frame_age: float = 5.0) -> NodeProcess:

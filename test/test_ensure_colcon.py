@@ -87,8 +87,46 @@ def test_without_apt_get_it_names_the_packages_to_install(tmp_path):
     assert "no apt-get" in last_line and "python3-colcon-ros" in last_line
 
 
-def test_without_root_it_says_so_and_installs_nothing(tmp_path):
+def test_without_root_or_sudo_it_says_so_and_installs_nothing(tmp_path):
     bin_dir = tool_dir(tmp_path, dpkg_query=NOT_INSTALLED, apt_get="exit 0", id="echo 1000")
     result = run_script(bin_dir)
     assert result.returncode == 1 and "needs root" in result.stderr.strip().splitlines()[-1]
+    assert apt_get_calls(tmp_path) == []
+
+
+def test_without_root_passwordless_sudo_installs_them(tmp_path):
+    """As on GitHub's hosted runners: a user whose sudo asks no password gets apt-get run through it, with
+    DEBIAN_FRONTEND still set past sudo's reset of the environment."""
+    installed = tmp_path / "installed"
+    bin_dir = tool_dir(
+        tmp_path,
+        id="echo 1000",
+        sudo='[[ $1 == -n ]] || exit 1; shift; unset DEBIAN_FRONTEND; "$@"',  # sudo resets the environment
+        apt_get=f'echo "$DEBIAN_FRONTEND" >> {tmp_path / "frontend"}; : > {installed}',
+        dpkg_query=f"[[ -e {installed} ]] || exit 1; {INSTALLED}",
+        colcon="exit 0",
+    )
+    result = run_script(bin_dir)
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    sudo_calls = [call for call in calls if call.startswith("sudo ")]
+    assert sudo_calls[0] == "sudo -n true", "sudo is asked first whether it needs a password"
+    assert [call.split()[1:4] for call in sudo_calls[1:]] == [["-n", "env", "DEBIAN_FRONTEND=noninteractive"]]
+    steps = [next(arg for arg in call if arg in ("install", "update")) for call in apt_get_calls(tmp_path)]
+    assert steps == ["install"]
+    assert (tmp_path / "frontend").read_text().split() == ["noninteractive"]
+
+
+def test_without_root_a_sudo_that_asks_a_password_is_not_used(tmp_path):
+    bin_dir = tool_dir(
+        tmp_path,
+        dpkg_query=NOT_INSTALLED,
+        apt_get="exit 0",
+        id="echo 1000",
+        sudo='echo "sudo: a password is required" >&2; exit 1',
+    )
+    result = run_script(bin_dir)
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "needs root or passwordless sudo" in last_line and "sudo apt-get install colcon" in last_line
     assert apt_get_calls(tmp_path) == []

@@ -2,7 +2,8 @@
 # Makes `colcon` ready for test/test_colcon_build.py: Debian's colcon and the extensions a ROS 2 workspace
 # build needs, installed with apt-get when missing (Debian has colcon, but no ROS 2: the ament and rosidl
 # parts come from the venv's PyPI wheels). The installed packages are the cache: when they are all
-# there this costs one dpkg query. Each apt-get step is bounded in time.
+# there this costs one dpkg query. Each apt-get step is bounded in time. Run as root, or by a user with
+# passwordless sudo.
 # Exit 0 when ready; otherwise 1, with the reason on the last line of stderr.
 #   MOLMO_ROS_APT_TIMEOUT_S  seconds allowed for each apt-get step (default 240)
 set -euo pipefail
@@ -28,14 +29,21 @@ if all_installed; then
 fi
 command -v apt-get >/dev/null || fail "colcon is not installed and there is no apt-get to install it" \
   "(install ${packages[*]} or pip's colcon-common-extensions by hand)"
-[[ "$(id -u)" -eq 0 ]] || fail "colcon is not installed and installing it needs root:" \
-  "apt-get install ${packages[*]}"
+# Not root: passwordless sudo (GitHub's hosted runners have it) will do; -n fails rather than ask.
+as_root=()
+if [[ "$(id -u)" -ne 0 ]]; then
+  command -v sudo >/dev/null && sudo -n true 2>/dev/null ||
+    fail "colcon is not installed and installing it needs root or passwordless sudo:" \
+      "sudo apt-get install ${packages[*]}"
+  as_root=(sudo -n)
+fi
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 apt_get() {
   # Waits up to a minute for another apt run's lock rather than failing at once.
-  DEBIAN_FRONTEND=noninteractive timeout "$timeout_s" \
+  # env sets DEBIAN_FRONTEND past sudo, which would drop it from the environment.
+  timeout "$timeout_s" "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
     apt-get -o DPkg::Lock::Timeout=60 -o Acquire::Retries=2 "$@" >>"$log" 2>&1
 }
 explain() {

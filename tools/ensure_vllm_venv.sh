@@ -40,7 +40,13 @@ hash_of() {
 
 pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
 
+# Deletes $venv first, so only when it is a venv (or absent): never a directory MOLMO_ROS_VLLM_VENV named
+# by mistake.
 install_requirements() {
+  if [[ -e "$venv" && ! -f "$venv/pyvenv.cfg" ]]; then
+    echo "ensure_vllm_venv: $venv exists and is not a venv; move it away or set MOLMO_ROS_VLLM_VENV" >&2
+    exit 1
+  fi
   rm -rf "$venv"
   "$python" -m venv "$venv"
   "${pip[@]}" install --progress-bar off -r requirements/vllm/server.txt
@@ -89,10 +95,6 @@ if [[ "${MOLMO_ROS_SKIP_VLLM:-}" == "1" ]]; then
 fi
 hash="$(hash_of requirements/vllm)"
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]]; then
-  if [[ -e "$venv" && ! -f "$venv/pyvenv.cfg" ]]; then
-    echo "ensure_vllm_venv: $venv exists and is not a venv; move it away or set MOLMO_ROS_VLLM_VENV" >&2
-    exit 1
-  fi
   echo "ensure_vllm_venv: building $venv from requirements/vllm (at most ${limit} s)"
   started=$SECONDS
   if ! timeout "$limit" "${BASH_SOURCE[0]}" --install; then

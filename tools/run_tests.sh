@@ -6,12 +6,23 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${MOLMO_ROS_VENV:-$repo_root/.venv}"
 "$repo_root/tools/ensure_venv.sh"
-# The real vLLM server's venv (test/test_vllm_server.py). A failure here does not stop the other tests: the
-# vLLM tests then fail under CI=true and are skipped elsewhere, each saying why.
-if ! "$repo_root/tools/ensure_vllm_venv.sh"; then
+cd "$repo_root"  # pytest's paths are relative to it
+
+# The real vLLM server's venv (test/test_vllm_server.py), 6.3 GB: skipped when the arguments name test files,
+# no directory, and not that file. A failure here does not stop the other tests: the vLLM tests then fail
+# under CI=true and are skipped elsewhere, each saying why.
+needs_vllm=true
+for argument in "$@"; do
+  if [[ $argument == *test_vllm_server.py* || -d $argument ]]; then
+    needs_vllm=true
+    break
+  elif [[ $argument == *.py || $argument == *.py::* ]]; then
+    needs_vllm=false
+  fi
+done
+if [[ $needs_vllm == true ]] && ! "$repo_root/tools/ensure_vllm_venv.sh"; then
   echo "run_tests: the vLLM test venv could not be set up (see above)" >&2
 fi
-cd "$repo_root"
 
 # Debian's colcon for test/test_colcon_build.py (one dpkg query once installed). If it cannot be had, the
 # run goes on: that test fails under CI=true and is skipped elsewhere, with this reason.
@@ -27,6 +38,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$((RANDOM % 101 + 1))}"
 
 "$venv/bin/ruff" check .
+"$venv/bin/ruff" format --check .
 
 status=0
 "$venv/bin/python" -m pytest "$@" || status=$?

@@ -225,6 +225,10 @@ class _Checks:
         """Point `index`'s normal, or the first reason it has none; `pixel_m` is the width of a depth
         pixel at the surface's depth (for saying how thin a surface is)."""
         count, residual = int(self.planes.counts[index]), float(self.residuals[index])
+
+        def refused(reason: str, *settings: SettingRef) -> SurfaceNormal:
+            return SurfaceNormal(None, residual, count, reason=reason, settings=settings)
+
         if self.too_few[index]:
             return SurfaceNormal(
                 None,
@@ -237,33 +241,24 @@ class _Checks:
         error = float(self.errors[index])
         if error > settings.normal_max_error:
             across, sigma = float(self.planes.across[index]), float(self.sigmas[index])
-            return SurfaceNormal(
-                None,
-                residual,
-                count,
-                reason=f"the surface is too thin or too noisy here to orient: its points spread "
+            return refused(
+                f"the surface is too thin or too noisy here to orient: its points spread "
                 f"{across / pixel_m:.1f} pixels across with {sigma * 1000:.1f} mm of depth noise, "
                 f"which would tilt a normal by about {error:.0f} degrees, more than the "
                 f"{settings.normal_max_error:g} allowed",
-                settings=(NORMAL_MAX_ERROR,),
+                NORMAL_MAX_ERROR,
             )
         if self.bends[index] > self.allowed[index]:
-            return SurfaceNormal(
-                None,
-                residual,
-                count,
-                reason=f"the surface bends at the point: the planes on its two sides differ by "
+            return refused(
+                f"the surface bends at the point: the planes on its two sides differ by "
                 f"{self.bends[index]:.0f} degrees, more than the {self.allowed[index]:.0f} that noise and "
                 "the largest bend allow (a ridge, a crease or a corner between faces)",
-                settings=(NORMAL_MAX_BEND,),
+                NORMAL_MAX_BEND,
             )
         if self.off[index] > self.tolerances[index]:
-            return SurfaceNormal(
-                None,
-                residual,
-                count,
-                reason=f"the point is on an edge: it lies {self.off[index] * 1000:.1f} mm off the plane of "
-                "the surface around it",
+            return refused(
+                f"the point is on an edge: it lies {self.off[index] * 1000:.1f} mm off the plane of "
+                "the surface around it"
             )
         normal = no_negative_zeros(self.normals[index])
         plane = Plane(normal, float(self.offsets[index]), float(self.seed_depths[index]))

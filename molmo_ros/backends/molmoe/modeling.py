@@ -158,7 +158,7 @@ class MolmoEForPointing(nn.Module):
 
     @property
     def quantization(self) -> str:
-        """"int8" after a weight-only int8 load (quantization.py), else "none"."""
+        """The weights' quantization: "int8" after a weight-only int8 load (quantization.py), else "none"."""
         return "int8" if experts_are_int8(self.llm.layers[0].mlp.experts) else "none"
 
     def experts_kernel(self, name: str) -> str:
