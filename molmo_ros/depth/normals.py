@@ -226,8 +226,8 @@ class _Checks:
         pixel at the surface's depth (for saying how thin a surface is)."""
         count, residual = int(self.planes.counts[index]), float(self.residuals[index])
 
-        def refused(reason: str, *settings: SettingRef) -> SurfaceNormal:
-            return SurfaceNormal(None, residual, count, reason=reason, settings=settings)
+        def refused(reason: str, *about: SettingRef) -> SurfaceNormal:
+            return SurfaceNormal(None, residual, count, reason=reason, settings=about)
 
         if self.too_few[index]:
             return SurfaceNormal(
