@@ -172,15 +172,26 @@ def start_clients(
     return clients
 
 
+def report_of(client: subprocess.Popen, timeout: float) -> dict:
+    """The client's report, its last line. A client still running `timeout` seconds later is killed: once,
+    in a clean-clone CI run, one hung in its rclpy teardown after it had reported, its server (the node)
+    having just exited, and what it reported is what the tests are about. One that never reported fails
+    the test."""
+    try:
+        output, _ = client.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        client.kill()
+        output, _ = client.communicate()
+    last_line = (output.strip().splitlines() or [""])[-1]
+    assert last_line.startswith("{"), f"the client never reported; its output: {output!r}"
+    return json.loads(last_line)
+
+
 def go(clients: list[subprocess.Popen]) -> list[dict]:
     for client in clients:
         client.stdin.write("go\n")
         client.stdin.flush()
-    reports = []
-    for client in clients:
-        output, _ = client.communicate(timeout=120)
-        reports.append(json.loads(output.strip().splitlines()[-1]))
-    return reports
+    return [report_of(client, timeout=120) for client in clients]
 
 
 def wait_for_a_frame(node: NodeProcess, camera: subprocess.Popen) -> None:
@@ -235,7 +246,7 @@ def test_shutdown_answers_every_waiting_and_new_request_and_exits_promptly(camer
         node.process.send_signal(signal.SIGTERM)
         # The node has taken the signal once it says so.
         assert node.wait_for("shutting down", 30), "the node never said it shuts down: " + node.output()
-        reports = go(after) + [json.loads(before[0].communicate(timeout=60)[0].strip().splitlines()[-1])]
+        reports = go(after) + [report_of(before[0], timeout=60)]
         node.process.wait(timeout=30)
         exit_seconds = time.monotonic() - signalled
         output = node.output()
