@@ -3,6 +3,7 @@ without remote code, token-for-token agreement with transformers' own save, one 
 work, cancel and progress, and the errors for a wrong checkpoint, an incomplete config or missing weights.
 Its text is random."""
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -13,7 +14,7 @@ import pytest
 import torch
 from molmo2_tiny import AUTO_MAP, REMOTE_CODE_MARKER, WEIGHTS_FILE, build_native_molmo2, write_remote_code
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, dynamic_module_utils
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from molmo_ros.backends.errors import (
     GenerationCancelledError,
@@ -80,22 +81,22 @@ def test_hub_checkpoint_loads_without_its_remote_code(tiny_molmo2_dir, monkeypat
     loaded.close()
 
 
-def test_remote_code_marker_appears_when_remote_code_is_trusted(tiny_molmo2_dir, tmp_path, monkeypatch):
-    """The control for the test above: with trust_remote_code the auto_map target is imported and leaves its
-    marker (in a copy of the checkpoint's config, so the shared checkpoint stays clean; transformers copies
-    remote code into a modules cache, here a temporary one)."""
-    copy = tmp_path / "metadata"
-    copy.mkdir()
-    shutil.copy(tiny_molmo2_dir / "config.json", copy / "config.json")
-    write_remote_code(copy)
-    monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
-    monkeypatch.setattr(sys, "path", list(sys.path))
+@pytest.mark.parametrize("remote_file", sorted({target.split(".")[0] for target in AUTO_MAP.values()}))
+def test_remote_code_marker_appears_when_remote_code_is_imported(tmp_path, remote_file):
+    """The control for the test above, without trust_remote_code (the project never passes it): each file
+    auto_map names, imported from a copy elsewhere as a loader's modules cache would hold it, leaves its
+    marker in the checkpoint's directory and fails."""
+    checkpoint, cache = tmp_path / "checkpoint", tmp_path / "modules"
+    checkpoint.mkdir()
+    cache.mkdir()
+    write_remote_code(checkpoint)
+    copy = cache / f"{remote_file}.py"
+    shutil.copy(checkpoint / f"{remote_file}.py", copy)
+    module_name = f"remote_code_copy.{remote_file}"
+    spec = importlib.util.spec_from_file_location(module_name, copy)
     with pytest.raises(ImportError, match="remote code was imported"):
-        AutoConfig.from_pretrained(copy, trust_remote_code=True)
-    imported = (copy / REMOTE_CODE_MARKER).read_text()
-    assert imported.startswith(DYNAMIC_MODULES) and imported.endswith(".configuration_molmo2")
-    for name in [name for name in sys.modules if name.startswith(DYNAMIC_MODULES)]:
-        monkeypatch.delitem(sys.modules, name)
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    assert (checkpoint / REMOTE_CODE_MARKER).read_text() == module_name
 
 
 def greedy_tokens(directory, image: np.ndarray, prompt: str) -> tuple[list[int], torch.Tensor]:
