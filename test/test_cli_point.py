@@ -153,13 +153,13 @@ def test_known_answer_becomes_pixel_points_and_dropped_points(monkeypatch, png, 
     assert not np.array_equal(drawn[24, 16], original[24, 16])
 
 
-def test_depth_and_intrinsics_add_3d_points_to_the_json(monkeypatch, png, tmp_path, capsys):
+def wall_arguments(png: Path, tmp_path: Path) -> list[str]:
+    """molmo-point's arguments for `png` with a depth image of a flat wall 1.5 m away and intrinsics."""
     import cv2
 
-    use_backend(monkeypatch, FakeAnsweringBackend)
     depth = tmp_path / "depth.png"
-    cv2.imwrite(str(depth), np.full((HEIGHT, WIDTH), 1500, dtype=np.uint16))  # a wall 1.5 m away
-    arguments = [
+    cv2.imwrite(str(depth), np.full((HEIGHT, WIDTH), 1500, dtype=np.uint16))
+    return [
         "--query",
         "red mug",
         "--image",
@@ -169,6 +169,11 @@ def test_depth_and_intrinsics_add_3d_points_to_the_json(monkeypatch, png, tmp_pa
         "--intrinsics",
         "50,50,31.5,23.5",
     ]
+
+
+def test_depth_and_intrinsics_add_3d_points_to_the_json(monkeypatch, png, tmp_path, capsys):
+    use_backend(monkeypatch, FakeAnsweringBackend)
+    arguments = wall_arguments(png, tmp_path)
     assert cli.main([*arguments, "--format", "json"]) == cli.EXIT_OK
     report = json.loads(capsys.readouterr().out)
     # the point (16.0, 24.0) is OpenCV pixel (15.5, 23.5): X = (15.5 - 31.5) * 1.5 / 50, Y = 0
@@ -189,21 +194,8 @@ def test_depth_and_intrinsics_add_3d_points_to_the_json(monkeypatch, png, tmp_pa
 
 
 def test_the_depth_settings_are_options_and_their_errors_name_them(monkeypatch, png, tmp_path, capsys):
-    import cv2
-
     use_backend(monkeypatch, FakeAnsweringBackend)
-    depth = tmp_path / "depth.png"
-    cv2.imwrite(str(depth), np.full((HEIGHT, WIDTH), 1500, dtype=np.uint16))
-    arguments = [
-        "--query",
-        "red mug",
-        "--image",
-        str(png),
-        "--depth",
-        str(depth),
-        "--intrinsics",
-        "50,50,31.5,23.5",
-    ]
+    arguments = wall_arguments(png, tmp_path)
     assert cli.main([*arguments, "--format", "json", "--normal-radius", "0"]) == cli.EXIT_OK
     (lifted,) = json.loads(capsys.readouterr().out)["points_3d"]
     assert lifted["normal"] is None and lifted["normal_reason"] == "normals are off (option --normal-radius)"
