@@ -175,3 +175,12 @@ def point_once_ready(user: TestClient, rgb: np.ndarray) -> tuple[object, list[Im
 
     assert publish_until(camera, fresh_frame, answered, timeout=120)
     return response, sent
+
+
+def assert_the_model_answers(user: TestClient, rgb: np.ndarray) -> None:
+    """One Point call, once the node is ready, answered by the model: a success with the model's raw text,
+    stamped with one of the frames sent."""
+    response, sent = point_once_ready(user, rgb)
+    assert response.success, response.message
+    assert response.result.raw_text.strip(), "the model's raw text comes back"
+    assert response.result.header.stamp in [frame.header.stamp for frame in sent]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
-from ros_helpers import Spinner, TestClient, point_once_ready
+from ros_helpers import Spinner, TestClient, assert_the_model_answers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(sys.prefix)
@@ -203,10 +203,7 @@ def test_node_program_from_the_install_answers_a_point_call_with_the_tiny_model(
     spinner = Spinner(user)
     try:
         rgb = np.random.default_rng(7).integers(0, 255, (48, 64, 3), dtype=np.uint8)
-        response, sent = point_once_ready(user, rgb)
-        assert response.success, response.message
-        assert response.result.raw_text.strip(), "the model's raw text comes back"
-        assert response.result.header.stamp in [frame.header.stamp for frame in sent]
+        assert_the_model_answers(user, rgb)
         with open(f"/proc/{node.pid}/maps") as maps:
             mapped = {line.split()[-1] for line in maps if "molmo_ros" in line}
     finally:

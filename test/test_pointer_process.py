@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
-from ros_helpers import Spinner, TestClient, point_once_ready, wait_until
+from ros_helpers import Spinner, TestClient, assert_the_model_answers, point_once_ready, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -109,10 +109,7 @@ def test_console_entry_point_with_the_tiny_molmo2_backend(ros, tiny_molmo2_dir):
     spinner = Spinner(user)
     try:
         rgb = np.random.default_rng(5).integers(0, 255, (60, 80, 3), dtype=np.uint8)
-        response, sent = point_once_ready(user, rgb)
-        assert response.success, response.message
-        assert response.result.raw_text.strip(), "the model's raw text comes back"
-        assert response.result.header.stamp in [frame.header.stamp for frame in sent]
+        assert_the_model_answers(user, rgb)
     finally:
         spinner.close()
         user.destroy_node()
