@@ -12,22 +12,8 @@ python="${MOLMO_ROS_PYTHON:-python3.11}"
 package_paths=(molmo_ros msg srv action launch config samples cmake setup.py pyproject.toml CMakeLists.txt package.xml)
 cd "$repo_root"
 
-# sha256 over the names and contents of the given files (names relative to the repo root).
-hash_files() {
-  local file
-  for file in "$@"; do
-    if [[ -f "$file" ]]; then printf '%s\0' "$file"; fi
-  done | sort -z | xargs -0 --no-run-if-empty sha256sum | sha256sum | cut -d' ' -f1
-}
-
-# The package files git would commit: tracked or untracked but not ignored (so no generated files).
-package_files() {
-  if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-    git ls-files -z --cached --others --exclude-standard -- "${package_paths[@]}" | tr '\0' '\n'
-  else
-    find "${package_paths[@]}" -type f -not -path '*/__pycache__/*' -not -name '*.so' 2>/dev/null
-  fi
-}
+# shellcheck source=tools/file_hash.sh
+source tools/file_hash.sh
 
 if [[ ! -x "$venv/bin/python" ]]; then
   echo "ensure_venv: creating $venv with $python"
@@ -35,7 +21,7 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
 
-requirements_hash="$(hash_files requirements/*.txt)"
+requirements_hash="$(hash_of requirements/*.txt)"
 requirements_stamp="$venv/.molmo_ros_requirements.sha256"
 if [[ "$(cat "$requirements_stamp" 2>/dev/null)" != "$requirements_hash" ]]; then
   echo "ensure_venv: installing requirements/dev.txt into $venv"
@@ -43,9 +29,8 @@ if [[ "$(cat "$requirements_stamp" 2>/dev/null)" != "$requirements_hash" ]]; the
   echo "$requirements_hash" >"$requirements_stamp"
 fi
 
-mapfile -t files < <(package_files)
 # New requirements (other ROS wheels) also need a rebuild of the interfaces.
-package_hash="$(printf '%s %s' "$requirements_hash" "$(hash_files "${files[@]}")" | sha256sum | cut -d' ' -f1)"
+package_hash="$(printf '%s %s' "$requirements_hash" "$(hash_of "${package_paths[@]}")" | sha256sum | cut -d' ' -f1)"
 package_stamp="$venv/.molmo_ros_package.sha256"
 if [[ "$(cat "$package_stamp" 2>/dev/null)" != "$package_hash" ]]; then
   echo "ensure_venv: building and installing molmo_ros into $venv"

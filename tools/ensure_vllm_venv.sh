@@ -31,14 +31,8 @@ unsupported_reason() {
   fi
 }
 
-# sha256 over the names and contents of the files under the given directories.
-hash_of() {
-  if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-    git ls-files -z --cached --others --exclude-standard -- "$@"
-  else
-    find "$@" -type f -not -path '*/__pycache__/*' -print0
-  fi | sort -z | xargs -0 --no-run-if-empty sha256sum | sha256sum | cut -d' ' -f1
-}
+# shellcheck source=tools/file_hash.sh
+source tools/file_hash.sh
 
 pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
 
