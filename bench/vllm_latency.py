@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from node_overhead import percentile  # bench/ is this script's directory, so its first on sys.path
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_DIR = REPO_ROOT / "test"
 NODE_OVERHEAD = REPO_ROOT / "bench" / "node_overhead.py"  # its camera and server double serve here too
@@ -70,11 +72,6 @@ def start_node(url: str, model: str, tokens: int, env: dict[str, str]) -> subpro
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def pair(values: list[float]) -> str:
