@@ -1162,6 +1162,7 @@ def test_a_transform_not_found_fails_only_an_answer_with_3d_points(make_harness)
     assert transforms.asked == [0, 1], "taken before the model, and looked up again after it"
     harness, transforms = target_harness(make_harness, "There are none.", missing=True)
     assert harness.point("cup").points == ()
+    assert transforms.asked == [0], "no wait for a transform that no 3D point needs"
 
 
 def test_a_camera_without_depth_needs_no_transform(make_harness):

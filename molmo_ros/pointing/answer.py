@@ -49,9 +49,9 @@ class ViewInput:
 
     view: View
     depth: ViewDepth  # paired, missing with the reason, or None when the camera has no depth source
-    # The transform to the target frame, or why there is none, looked up when the frame was chosen (see
-    # answering.py); None: looked up here, when a point needs it.
-    to_target: RigidTransform | PointingError | None = None
+    # The transform to the target frame, looked up when the frame was chosen (see answering.py); None
+    # (none yet, or not looked up): looked up here, waiting, when a point needs it.
+    to_target: RigidTransform | None = None
 
 
 def ask_model(
@@ -130,13 +130,10 @@ def pointing_outcome(
 
 
 def _to_target(view_input: ViewInput, target: TargetFrame) -> RigidTransform:
-    """The view's transform to the target frame: the one looked up earlier, or now."""
-    found = view_input.to_target
-    if found is None:
+    """The view's transform to the target frame: the one looked up earlier, or now, waiting."""
+    if view_input.to_target is None:
         return target.transform_of(view_input.view)
-    if isinstance(found, PointingError):
-        raise found
-    return found
+    return view_input.to_target
 
 
 def _target(lifted: LiftedPoint | None, to_target: RigidTransform | None) -> Target | None:

@@ -8,7 +8,7 @@ The transform of each frame that may have 3D points to the target frame is taken
 while the frame is young, without waiting: tf2's buffer keeps 10 s of a moving camera's transforms, and a
 frame's age plus the model's time could pass that (a lookup then fails as an extrapolation into the
 past). One not there yet (tf lagging the camera) is looked up again after the model, waiting up to the
-transform timeout. A failed lookup fails the request only if a 3D point needs it."""
+transform timeout, only if a 3D point needs it; a failed lookup then fails the request."""
 
 import time
 from collections.abc import Callable, Mapping
@@ -112,18 +112,19 @@ def gather_inputs(
 
 def early_transforms(
     request: PointingRequest, views: list[View], context: Context
-) -> list[RigidTransform | PointingError | None]:
-    """Each view's transform to the target frame, or why there is none, looked up now (see the module
-    docstring); None where there is no target frame or the view can have no 3D point (no depth source)."""
-    found: list[RigidTransform | PointingError | None] = []
+) -> list[RigidTransform | None]:
+    """Each view's transform to the target frame, looked up now without waiting (see the module
+    docstring); None where there is none yet, no target frame, or the view can have no 3D point (no depth
+    source)."""
+    found: list[RigidTransform | None] = []
     for view in views:
         if context.target is None or not _has_depth_source(request, view, context.cameras):
             found.append(None)
             continue
         try:
             found.append(context.target.transform_of(view, wait=False))
-        except PointingError as error:
-            found.append(error)
+        except PointingError:
+            found.append(None)  # tf lagging the camera: looked up again, waiting, if a 3D point needs it
     return found
 
 
@@ -131,7 +132,7 @@ def with_depth(
     request: PointingRequest,
     inputs: ModelInputs,
     context: Context,
-    transforms: list[RigidTransform | PointingError | None],
+    transforms: list[RigidTransform | None],
 ) -> list[ViewInput]:
     """Each view with the depth to lift its points with, and its `early_transforms`: the request's own
     depth, or the camera's depth frame stamped nearest the colour frame (see the module docstring for why
@@ -143,22 +144,10 @@ def with_depth(
             _camera_depth(frame, context.frames, context.cameras, context.depth_settings)
             for frame in inputs.frames
         ]
-    if context.target is not None:  # a transform not there yet (tf lagging the camera) may be there now
-        transforms = [
-            _waited_transform(context.target, view) if isinstance(found, PointingError) else found
-            for view, found in zip(inputs.views, transforms, strict=True)
-        ]
     return [
         ViewInput(view, depth, transform)
         for view, depth, transform in zip(inputs.views, depths, transforms, strict=True)
     ]
-
-
-def _waited_transform(target: TargetFrame, view: View) -> RigidTransform | PointingError:
-    try:
-        return target.transform_of(view)
-    except PointingError as error:
-        return error
 
 
 def _has_depth_source(request: PointingRequest, view: View, cameras: Mapping[str, CameraSettings]) -> bool:
