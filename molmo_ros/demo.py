@@ -24,6 +24,7 @@ from rclpy.node import Node
 from molmo_ros.backends.settings import BACKENDS, BackendSettings
 from molmo_ros.depth.transforms import no_negative_zeros
 from molmo_ros.msg import PointingResult
+from molmo_ros.nodes.dds_profile import PROFILE_VARIABLE, shipped_profile_path
 from molmo_ros.nodes.image_folder_publisher import DEFAULT_DEPTH_TOPIC, SCENE
 from molmo_ros.pointing.settings import camera_info_topic_beside
 from molmo_ros.resources import share_dir
@@ -40,7 +41,7 @@ def _environment() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))
-    env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(share_dir() / "config" / "fastdds_large_images.xml"))
+    env.setdefault(PROFILE_VARIABLE, shipped_profile_path())
     return env
 
 

@@ -52,7 +52,7 @@ ViewDepth = PairedDepth | DepthMissing | None
 def pair_depth(
     colour_stamp_ns: int,
     depth: DepthFrame | None,
-    camera: CameraModel | DepthError | None,
+    camera: CameraModel | DepthError,
     settings: DepthSettings,
     *,
     check_stamps: bool = True,
@@ -61,8 +61,6 @@ def pair_depth(
     be used. `check_stamps` False: the caller sent colour, depth and camera together (a request's own)."""
     if depth is None:
         return DepthMissing("no depth frame received")
-    if camera is None:
-        return DepthMissing("no CameraInfo to go with the depth frame")
     if isinstance(camera, DepthError):
         return DepthMissing(f"unusable CameraInfo: {camera}")
     skew_s = abs(depth.stamp_ns - colour_stamp_ns) / 1e9
