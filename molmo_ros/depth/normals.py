@@ -157,8 +157,8 @@ def surface_normals(
         )
     if not surfaces:
         return []
-    near = _neighbourhoods(depth_m, camera, scale, surfaces, settings)
     depths = np.array([surface.depth for surface in surfaces])
+    near = _neighbourhoods(depth_m, camera, scale, surfaces, depths, settings)
     tolerances = TOLERANCE_SIGMAS * noise_sigma(depths, settings)[:, np.newaxis]
     # NaN depths (no depth) are never within the band; with the dense window: on a steep surface the band
     # is a thin strip across the grid, and the window's part of it still spreads both ways
@@ -273,12 +273,13 @@ def _neighbourhoods(
     camera: CameraModel,
     scale: tuple[float, float],
     surfaces: Sequence[Surface],
+    depths: np.ndarray,
     settings: DepthSettings,
 ) -> _Neighbourhoods:
     """The sampling grids centred on the surfaces' seed pixels (see the module's docstring), and the
-    dense depth windows around them, each valid pixel lifted along its own ray, in one gather."""
+    dense depth windows around them, each valid pixel lifted along its own ray, in one gather; `depths`
+    are the surfaces' depths."""
     count, side = len(surfaces), 2 * settings.normal_radius + 1
-    depths = np.array([surface.depth for surface in surfaces])
     focal = np.array([camera.fx * scale[0], camera.fy * scale[1]])
     # pixels between neighbouring samples, so that the grid spans normal_size from its first pixel's outer
     # edge to its last's; 1 where adjacent pixels already span more
@@ -300,10 +301,8 @@ def _neighbourhoods(
     valid = usable_depths(patches, settings)
     # depth-image pixel centres as continuous points of the colour image, which the camera model is for
     ray_x, ray_y = camera.pixel_rays((columns + 0.5) / scale[0], (rows + 0.5) / scale[1])
-    seed_x, seed_y = camera.pixel_rays(
-        (seed_pixels[:, 0] + 0.5) / scale[0], (seed_pixels[:, 1] + 0.5) / scale[1]
-    )
-    seeds = np.stack([seed_x, seed_y, np.ones(count)], axis=1) * depths[:, np.newaxis]
+    centre = settings.normal_radius * (side + 1)  # the grid's middle sample, row by row: the seed pixel
+    seeds = np.stack([ray_x[:, centre], ray_y[:, centre], np.ones(count)], axis=1) * depths[:, np.newaxis]
     frames = _sight_frames(seeds)
     seeds_along = np.einsum("ki,kij->kj", seeds, frames)  # the seeds' own (u, v, t)
     # each point Z (ray_x, ray_y, 1), less its seed, along each axis of its frame; 0 without depth, so that
