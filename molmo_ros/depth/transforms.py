@@ -43,16 +43,16 @@ def no_negative_zeros(values: Sequence[float] | np.ndarray) -> tuple[float, ...]
     return tuple(float(value) + 0.0 for value in values)
 
 
-def unit_quaternion(values: Sequence[float], what: str = "quaternion") -> Quaternion:
+def unit_quaternion(values: Sequence[float]) -> Quaternion:
     """(x, y, z, w) normalised; DepthError unless it has 4 finite values and a norm near 1."""
     quaternion = np.asarray(values, dtype=np.float64).reshape(-1)
     if quaternion.size != 4 or not np.all(np.isfinite(quaternion)):
-        raise DepthError(f"{what} must be 4 finite numbers x, y, z, w, not {list(values)!r}")
+        raise DepthError(f"quaternion must be 4 finite numbers x, y, z, w, not {list(values)!r}")
     norm = float(np.linalg.norm(quaternion))
     if abs(norm - 1.0) > QUATERNION_NORM_TOLERANCE:
         raise DepthError(
-            f"{what} {quaternion.tolist()} has norm {norm:.4g}; a rotation is a unit quaternion x, y, z, w "
-            "(the identity is 0, 0, 0, 1)"
+            f"quaternion {quaternion.tolist()} has norm {norm:.4g}; a rotation is a unit quaternion x, y, z, "
+            "w (the identity is 0, 0, 0, 1)"
         )
     return tuple(float(value) for value in quaternion / norm)
 
