@@ -28,6 +28,7 @@ from molmo_ros.backends.molmoe.config import MolmoConfig
 from molmo_ros.backends.molmoe.fast_generation import FastGenerator
 from molmo_ros.backends.molmoe.key_mapping import load_reference_model
 from molmo_ros.backends.molmoe.quantization import (
+    expert_groups,
     int8_batched_linear,
     int8_batched_mm_experts_forward,
     int8_grouped_linear,
@@ -65,8 +66,7 @@ def expert_case(request):
 def run_kernel(kind: str, x: torch.Tensor, quantized: Int8Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
     if kind == "batched":
         return int8_batched_linear(x, quantized, expert_ids)
-    ends = torch.bincount(expert_ids, minlength=EXPERTS).cumsum(0)
-    return int8_grouped_linear(x, quantized, expert_ids, ends)
+    return int8_grouped_linear(x, quantized, expert_ids, expert_groups(expert_ids, EXPERTS))
 
 
 @pytest.fixture

@@ -109,13 +109,21 @@ def int8_batched_linear(x: torch.Tensor, weight: Int8Tensor, expert_ids: torch.T
     return product * weight.scale[expert_ids].squeeze(-1).to(x.dtype)
 
 
+def expert_groups(expert_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, list[int]]:
+    """For (token, expert) pairs sorted by expert: each expert's cumulative row count (int32, for
+    grouped_mm's offsets) and the same counts on the host, after a 0 (the one host read, and sync, of a
+    layer's prefill)."""
+    ends = torch.bincount(expert_ids, minlength=num_experts).cumsum(0).to(torch.int32)
+    return ends, [0, *ends.tolist()]
+
+
 def int8_grouped_linear(
-    x: torch.Tensor, weight: Int8Tensor, expert_ids: torch.Tensor, ends: torch.Tensor
+    x: torch.Tensor, weight: Int8Tensor, expert_ids: torch.Tensor, groups: tuple[torch.Tensor, list[int]]
 ) -> torch.Tensor:
-    """x [S, in] with rows sorted by expert_ids, ends [E] the cumulative row count per expert: each row
-    times its expert's weight^T, EXPERTS_PER_CHUNK experts at a time converted to x's dtype and multiplied
-    as one grouped matmul, then each output channel times its scale. Reads `ends` on the host."""
-    bounds = [0, *ends.tolist()]
+    """x [S, in] with rows sorted by expert_ids, `groups` from expert_groups: each row times its expert's
+    weight^T, EXPERTS_PER_CHUNK experts at a time converted to x's dtype and multiplied as one grouped
+    matmul, then each output channel times its scale."""
+    ends, bounds = groups
     num_experts = weight.shape[0]
     out = x.new_empty(x.shape[0], weight.shape[1])
     for first in range(0, num_experts, EXPERTS_PER_CHUNK):
@@ -123,7 +131,7 @@ def int8_grouped_linear(
         start, stop = bounds[first], bounds[last]
         if start == stop:
             continue
-        offsets = ends[first:last].to(torch.int32) - start
+        offsets = ends[first:last] - start
         chunk = weight.qdata[first:last].to(x.dtype).transpose(-2, -1)
         out[start:stop] = _grouped_mm(x[start:stop], chunk, offs=offsets)
     return out * weight.scale.squeeze(-1)[expert_ids].to(x.dtype)
@@ -147,14 +155,14 @@ def int8_grouped_mm_experts_forward(
     self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
 ) -> torch.Tensor:
     """transformers' grouped_mm experts with int8 weights (prefills): (token, expert) pairs sorted by
-    expert, two host reads of the counts per layer (one per projection), so not for CUDA graphs."""
+    expert, one host read of the counts per layer, so not for CUDA graphs."""
     num_tokens, hidden_dim = hidden_states.shape
     top_k = top_k_index.shape[-1]
     expert_ids, order = torch.sort(top_k_index.reshape(-1))
     inputs = hidden_states[order // top_k]
-    ends = torch.bincount(expert_ids, minlength=self.num_experts).cumsum(0)
-    gated = self._apply_gate(int8_grouped_linear(inputs, self.gate_up_proj, expert_ids, ends))
-    projected = int8_grouped_linear(gated, self.down_proj, expert_ids, ends)
+    groups = expert_groups(expert_ids, self.num_experts)
+    gated = self._apply_gate(int8_grouped_linear(inputs, self.gate_up_proj, expert_ids, groups))
+    projected = int8_grouped_linear(gated, self.down_proj, expert_ids, groups)
     weighted = projected * top_k_weights.reshape(-1)[order].unsqueeze(-1).to(projected.dtype)
     unsorted = torch.empty_like(weighted)
     unsorted[order] = weighted
