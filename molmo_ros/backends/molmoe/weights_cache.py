@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torchao.prototype.safetensors.safetensors_support import (
     flatten_tensor_state_dict,
     unflatten_tensor_state_dict,
@@ -206,9 +206,9 @@ def _stored_bytes(tensor: torch.Tensor) -> int:
 
 def _load_shard(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
     """One shard's tensors on `device`, int8 weights rebuilt as torchao Int8Tensors."""
-    with safe_open(path, framework="pt") as shard:
+    with safe_open(path, framework="pt", device=str(device)) as shard:
         metadata = shard.metadata() or {}
-    tensors = load_file(path, device=str(device))
+        tensors = {name: shard.get_tensor(name) for name in shard.keys()}
     if "tensor_names" not in metadata:  # an unquantized shard: plain tensors only
         return tensors
     rebuilt, leftover = unflatten_tensor_state_dict(tensors, metadata)
