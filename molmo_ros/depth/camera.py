@@ -128,18 +128,17 @@ class CameraModel:
 
     def pixel_rays(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The x and y components (as in `rays`) of the rays of continuous points (xs, ys), arrays of one
-        shape; a camera without distortion needs no undistortion, just the pinhole's arithmetic."""
+        shape."""
         xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
-        if self.distortion_model == "":
-            return (xs - 0.5 - self.cx) / self.fx, (ys - 0.5 - self.cy) / self.fy
-        rays = self.rays(np.stack([xs.reshape(-1), ys.reshape(-1)], axis=1))
-        return rays[:, 0].reshape(xs.shape), rays[:, 1].reshape(xs.shape)
+        rectified = self.rectify(np.stack([xs.reshape(-1), ys.reshape(-1)], axis=1))
+        x = (rectified[:, 0] - self.cx) / self.fx
+        y = (rectified[:, 1] - self.cy) / self.fy
+        return x.reshape(xs.shape), y.reshape(xs.shape)
 
     def rays(self, points_px: np.ndarray) -> np.ndarray:
         """Nx3 rays (x, y, 1) in the optical frame; a point at depth Z is Z times its ray."""
-        rectified = self.rectify(points_px)
-        x = (rectified[:, 0] - self.cx) / self.fx
-        y = (rectified[:, 1] - self.cy) / self.fy
+        points = np.asarray(points_px, dtype=np.float64).reshape(-1, 2)
+        x, y = self.pixel_rays(points[:, 0], points[:, 1])
         return np.stack([x, y, np.ones_like(x)], axis=1)
 
 
